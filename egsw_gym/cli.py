@@ -1,0 +1,152 @@
+"""The ``egsw-gym`` command line: train, compare, plot, evaluate, demo.
+
+Examples
+--------
+::
+
+    egsw-gym train --algo ppo-egsw --env CartPole-v1 --seed 0 --out runs/one
+    egsw-gym compare --suite classic --algos ppo,ppo-egsw,grpo,grpo-egsw --seeds 5 --out runs/classic
+    egsw-gym plot runs/classic
+    egsw-gym evaluate runs/one/CartPole-v1/ppo-egsw/seed0 --episodes 20
+    egsw-gym demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from egsw_gym.experiments.presets import ALGORITHMS, SUITES, parse_overrides
+
+__all__ = ["main", "build_parser", "DEMO"]
+
+#: What ``egsw-gym demo`` runs: small, so that it finishes in under 10 minutes on 2 CPU cores.
+DEMO = [
+    dict(env_ids=["CartPole-v1"], algos=["ppo", "ppo-egsw"], seeds=[0, 1], overrides={"n_timesteps": 60000}),
+    dict(env_ids=["egsw/Arithmetic-v0"], algos=["grpo", "grpo-egsw"], seeds=[0], overrides={}),
+]
+
+
+def _seeds(text: str) -> list[int]:
+    """``"5"`` -> seeds 0..4; ``"0,3,7"`` -> those seeds."""
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--seeds must be >= 1 or a comma-separated list, got {text!r}")
+    return list(range(n))
+
+
+def _algos(text: str) -> list[str]:
+    algos = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in algos if a not in ALGORITHMS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad}; allowed: {', '.join(ALGORITHMS)}")
+    return algos
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egsw-gym", description="EGSW-augmented PPO and GRPO, from CartPole to LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one algorithm on one environment with its preset")
+    t.add_argument("--algo", required=True, choices=list(ALGORITHMS))
+    t.add_argument("--env", required=True, help="environment id with a preset, e.g. CartPole-v1")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, e.g. grpo.learning_rate=1e-3")
+    t.add_argument("--progress", action="store_true", help="show a progress bar")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+    c = sub.add_parser("compare", help="algorithms x environments x seeds, with table and plots")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--suite", choices=list(SUITES))
+    g.add_argument("--envs", help="comma-separated environment ids")
+    c.add_argument("--algos", type=_algos, default=list(ALGORITHMS), help="comma-separated (default: all four)")
+    c.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (5) or a list (0,3,7); default 3")
+    c.add_argument("--out", required=True)
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override for every run")
+    c.add_argument("--jobs", type=int, default=None, help="parallel processes (default: all cores)")
+
+    pl = sub.add_parser("plot", help="(re)write the table and plots of a compare output directory")
+    pl.add_argument("out")
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run directory")
+    e.add_argument("run_dir", help="a directory written by train/compare (holds config.json and model.zip)")
+    e.add_argument("--episodes", type=int, default=None, help="evaluation episodes / problems")
+
+    d = sub.add_parser("demo", help="the main job: PPO vs PPO+EGSW on CartPole, GRPO vs GRPO+EGSW on arithmetic")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--jobs", type=int, default=None)
+    return p
+
+
+def _load_spec(run_dir: Path):
+    from egsw_gym.egsw import EGSW
+    from egsw_gym.experiments.presets import RunSpec
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["egsw"] = EGSW.from_dict(cfg["egsw"])
+    return RunSpec(**cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from egsw_gym.experiments.compare import run_dir_of
+        from egsw_gym.experiments.presets import make_run_spec
+        from egsw_gym.experiments.runner import train_run
+
+        spec = make_run_spec(args.algo, args.env, args.seed, parse_overrides(args.set))
+        run_dir = run_dir_of(args.out, spec.algo, spec.env_id, spec.seed)
+        result = train_run(spec, run_dir, progress_bar=args.progress, torch_threads=args.threads)
+        print(json.dumps(result, indent=2))
+        print(f"run directory: {run_dir}")
+    elif args.command == "compare":
+        from egsw_gym.experiments.compare import compare
+
+        envs = [e.strip() for e in args.envs.split(",")] if args.envs else None
+        table = compare(args.suite, env_ids=envs, algos=args.algos, seeds=args.seeds, out_dir=args.out,
+                        overrides=parse_overrides(args.set), jobs=args.jobs)
+        print(table)
+        print(f"\ncurves, plots and summary.md in {args.out}")
+    elif args.command == "plot":
+        from egsw_gym.experiments.report import write_report
+
+        table, plots = write_report(args.out)
+        print(table)
+        for p in plots:
+            print(f"wrote {p}")
+    elif args.command == "evaluate":
+        from egsw_gym.experiments.runner import evaluate_model
+
+        run_dir = Path(args.run_dir)
+        spec = _load_spec(run_dir)
+        if args.episodes:
+            spec.eval_episodes = args.episodes
+        if spec.base_algo == "ppo":
+            from egsw_gym import PPO as algo_cls
+        else:
+            from egsw_gym import GRPO as algo_cls
+        model = algo_cls.load(run_dir / "model.zip", device="cpu")
+        if spec.normalize:
+            raise SystemExit("evaluate does not restore VecNormalize statistics yet; use the curve.csv of the run")
+        mean, std = evaluate_model(model, spec)
+        print(json.dumps(dict(env_id=spec.env_id, algo=spec.algo, seed=spec.seed, episodes=spec.eval_episodes,
+                              eval_mean=mean, eval_std=std), indent=2))
+    elif args.command == "demo":
+        from egsw_gym.experiments.compare import compare
+
+        t0 = time.perf_counter()
+        for part in DEMO:
+            table = compare(None, out_dir=args.out, jobs=args.jobs, **part)
+        print(table)  # the last report covers every run in the output directory
+        print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; plots and summary.md in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

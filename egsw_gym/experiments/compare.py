@@ -1,0 +1,104 @@
+"""Run algorithms x environments x seeds in parallel processes, resumably, then report.
+
+Each run lives in ``OUT/<env>/<algo>/seed<k>/``; finished runs are skipped on rerun and
+interrupted ones restart cleanly (see :func:`egsw_gym.experiments.runner.train_run`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from egsw_gym.experiments.presets import ALGORITHMS, load_suite, make_run_spec
+from egsw_gym.experiments.report import write_report
+from egsw_gym.experiments.runner import train_run
+
+__all__ = ["run_dir_of", "plan_runs", "compare"]
+
+
+def run_dir_of(out_dir: str | Path, algo: str, env_id: str, seed: int) -> Path:
+    """Where one run's files go."""
+    return Path(out_dir) / env_id.replace("/", "_") / algo / f"seed{seed}"
+
+
+def plan_runs(suite: str | None, env_ids: list[str] | None, algos: list[str], seeds: list[int],
+              overrides: dict[str, Any] | None = None) -> list[tuple[Any, str]]:
+    """The (RunSpec, algo) grid. Combinations a preset has no block for (PPO on a text task) are left out."""
+    if env_ids is None:
+        if suite is None:
+            raise ValueError("give --suite or --envs")
+        env_ids = list(load_suite(suite))
+    for a in algos:
+        if a not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {a!r}; allowed: {list(ALGORITHMS)}")
+    plan = []
+    for env_id in env_ids:
+        for algo in algos:
+            for seed in seeds:
+                try:
+                    plan.append(make_run_spec(algo, env_id, seed, overrides))
+                except ValueError as err:
+                    if "has no" in str(err):
+                        continue
+                    raise
+    return plan
+
+
+def _run_one(args: tuple[Any, str]) -> dict[str, Any]:
+    spec, run_dir = args
+    return train_run(spec, run_dir)
+
+
+def compare(suite: str | None = None, *, env_ids: list[str] | None = None, algos: list[str],
+            seeds: list[int], out_dir: str | Path, overrides: dict[str, Any] | None = None,
+            jobs: int | None = None, progress: bool = True) -> str:
+    """Train every run of the grid (in ``jobs`` processes) and write the report.
+
+    Parameters
+    ----------
+    suite : str, optional
+        ``classic``, ``mujoco`` or ``llm``: all environments of that preset file.
+    env_ids : list of str, optional
+        Explicit environments instead of a suite.
+    algos : list of str
+        Algorithms from :data:`~egsw_gym.experiments.presets.ALGORITHMS`.
+    seeds : list of int
+        Seeds; every (env, algo) pair runs each.
+    out_dir : path
+        Output directory.
+    overrides : dict, optional
+        Preset overrides applied to every run.
+    jobs : int, optional
+        Parallel processes; default: the number of cores.
+    progress : bool
+        Show a progress bar over runs.
+
+    Returns
+    -------
+    str
+        The markdown summary table (also written to ``out_dir/summary.md``).
+    """
+    specs = plan_runs(suite, env_ids, algos, seeds, overrides)
+    work = [(s, str(run_dir_of(out_dir, s.algo, s.env_id, s.seed))) for s in specs]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(work), desc="runs", disable=not progress, unit="run")
+    if jobs == 1:
+        for item in work:
+            r = _run_one(item)
+            bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
+            bar.update()
+    else:
+        # spawn: fresh interpreters, no torch thread pools or RNG state inherited through fork.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_run_one, item) for item in work]):
+                r = fut.result()
+                bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
+                bar.update()
+    bar.close()
+    table, _ = write_report(out_dir)
+    return table

@@ -1,0 +1,175 @@
+"""Hyperparameter presets, RL Zoo style: one YAML file per environment family.
+
+Each file maps an environment id to run settings (``n_timesteps``, ``eval_freq``, ``eval_episodes``,
+``env_kwargs``, ``warm_start_steps``), one block per base algorithm (``ppo``, ``grpo``: constructor
+arguments plus ``n_envs``, ``policy``, ``normalize``) and an ``egsw`` block, the EGSW config the
+``-egsw`` algorithm variants add. Any value can be overridden from the command line with
+``--set KEY=VALUE`` where KEY is dotted (``grpo.learning_rate=1e-3``, ``egsw.alpha=0.2``,
+``n_timesteps=5000``); values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from egsw_gym.egsw import EGSW
+
+__all__ = ["ALGORITHMS", "SUITES", "RunSpec", "load_suite", "find_env_preset", "make_run_spec", "parse_overrides"]
+
+#: algorithm name -> (base algorithm block in the preset, whether EGSW is on)
+ALGORITHMS: dict[str, tuple[str, bool]] = {
+    "ppo": ("ppo", False),
+    "ppo-egsw": ("ppo", True),
+    "grpo": ("grpo", False),
+    "grpo-egsw": ("grpo", True),
+}
+#: suite name -> preset file (also the environment family)
+SUITES = ("classic", "mujoco", "llm")
+
+_RUN_KEYS = ("n_timesteps", "eval_freq", "eval_episodes", "env_kwargs", "warm_start_steps")
+_ALGO_RUN_KEYS = ("n_envs", "policy", "normalize")
+
+
+@dataclass
+class RunSpec:
+    """Everything needed to train one (algorithm, environment, seed) run.
+
+    Parameters
+    ----------
+    algo : str
+        One of :data:`ALGORITHMS`.
+    env_id : str
+        Gymnasium environment id.
+    seed : int
+        Random seed of the run.
+    n_timesteps : int
+        Training budget in environment steps (tokens for language-model environments).
+    n_envs : int
+        Number of parallel environments.
+    policy : str
+        Policy name (``"MlpPolicy"``, ``"LMPolicy"``).
+    algo_kwargs : dict
+        Remaining constructor arguments of the algorithm.
+    egsw : EGSW or None
+        EGSW config for the ``-egsw`` variants, ``None`` otherwise.
+    eval_freq : int
+        Evaluate every this many environment steps.
+    eval_episodes : int
+        Episodes (or held-out problems) per evaluation.
+    normalize : bool
+        Wrap the training env in ``VecNormalize``.
+    env_kwargs : dict
+        Keyword arguments for ``gym.make``.
+    warm_start_steps : int
+        Supervised warm-start steps for language-model policies (0 for none).
+    """
+
+    algo: str
+    env_id: str
+    seed: int
+    n_timesteps: int
+    n_envs: int
+    policy: str
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    egsw: EGSW | None = None
+    eval_freq: int = 10_000
+    eval_episodes: int = 10
+    normalize: bool = False
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    warm_start_steps: int = 0
+
+    @property
+    def base_algo(self) -> str:
+        return ALGORITHMS[self.algo][0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (written next to each run as ``config.json``)."""
+        d = dict(self.__dict__)
+        d["egsw"] = self.egsw.to_dict() if self.egsw is not None else None
+        return d
+
+
+def load_suite(suite: str) -> dict[str, dict[str, Any]]:
+    """The presets of one environment family (``classic``, ``mujoco``, ``llm``)."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {list(SUITES)}, got {suite!r}")
+    text = resources.files("egsw_gym.experiments").joinpath("presets", f"{suite}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def find_env_preset(env_id: str) -> dict[str, Any]:
+    """The preset block of ``env_id``, searched in every suite."""
+    for suite in SUITES:
+        presets = load_suite(suite)
+        if env_id in presets:
+            return copy.deepcopy(presets[env_id])
+    known = sorted(k for s in SUITES for k in load_suite(s))
+    raise ValueError(f"no preset for env {env_id!r}; known: {known}. Add a block to a presets YAML file.")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["grpo.learning_rate=1e-3", "n_timesteps=5000"]`` -> nested dict of YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. grpo.learning_rate=1e-3), got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Build the :class:`RunSpec` of one run from the presets plus ``overrides``.
+
+    Parameters
+    ----------
+    algo : str
+        ``ppo``, ``ppo-egsw``, ``grpo`` or ``grpo-egsw``.
+    env_id : str
+        Environment id with a preset.
+    seed : int
+        Random seed.
+    overrides : dict, optional
+        Nested overrides, e.g. from :func:`parse_overrides`.
+    """
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {algo!r}")
+    preset = _merge(find_env_preset(env_id), copy.deepcopy(overrides or {}))
+    base, use_egsw = ALGORITHMS[algo]
+    if base not in preset:
+        raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
+    algo_kwargs = dict(preset[base])
+    run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
+    return RunSpec(
+        algo=algo,
+        env_id=env_id,
+        seed=int(seed),
+        n_timesteps=int(preset["n_timesteps"]),
+        n_envs=int(run.get("n_envs", 1)),
+        policy=str(run.get("policy", "MlpPolicy")),
+        normalize=bool(run.get("normalize", False)),
+        algo_kwargs=algo_kwargs,
+        egsw=EGSW(**preset.get("egsw", {})) if use_egsw else None,
+        eval_freq=int(preset.get("eval_freq", 10_000)),
+        eval_episodes=int(preset.get("eval_episodes", 10)),
+        env_kwargs=dict(preset.get("env_kwargs") or {}),
+        warm_start_steps=int(preset.get("warm_start_steps", 0)),
+    )

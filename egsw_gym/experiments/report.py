@@ -1,0 +1,109 @@
+"""Turn a directory of finished runs into a table (IQM with 95% bootstrap CIs, via rliable) and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["collect_runs", "summary_table", "plot_curves", "write_report"]
+
+
+def collect_runs(out_dir: str | Path) -> list[dict]:
+    """Every finished run under ``out_dir``: its ``result.json`` plus its learning curve."""
+    runs = []
+    for result_path in sorted(Path(out_dir).glob("**/result.json")):
+        result = json.loads(result_path.read_text())
+        curve_path = result_path.parent / "curve.csv"
+        with open(curve_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        result["curve"] = {
+            "timesteps": np.array([float(r["timesteps"]) for r in rows]),
+            "eval_mean": np.array([float(r["eval_mean"]) for r in rows]),
+        }
+        runs.append(result)
+    return runs
+
+
+def _grouped(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    by_env: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by_env[r["env_id"]][r["algo"]].append(r)
+    return by_env
+
+
+def summary_table(runs: list[dict], reps: int = 2000) -> str:
+    """Markdown table: per environment and algorithm, the final evaluation score's interquartile
+    mean with a 95% stratified-bootstrap confidence interval (rliable), the mean, and each seed."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    lines = [
+        "| env | algorithm | seeds | IQM | 95% CI | mean | per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for env_id, by_algo in sorted(_grouped(runs).items()):
+        scores = {
+            algo: np.array([[r["final_eval_mean"]] for r in sorted(rs, key=lambda r: r["seed"])])
+            for algo, rs in sorted(by_algo.items())
+        }
+        point, interval = rly.get_interval_estimates(
+            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+        )
+        for algo, s in scores.items():
+            lo, hi = interval[algo][:, 0]
+            per_seed = ", ".join(f"{v:.3g}" for v in s[:, 0])
+            lines.append(
+                f"| {env_id} | {algo} | {len(s)} | {point[algo][0]:.3g} | [{lo:.3g}, {hi:.3g}] | "
+                f"{s.mean():.3g} | {per_seed} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[dict], out_dir: str | Path) -> list[Path]:
+    """One PNG per environment: mean evaluation curve per algorithm with a min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for env_id, by_algo in sorted(_grouped(runs).items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for algo, rs in sorted(by_algo.items()):
+            # Seeds can evaluate at slightly different steps: interpolate onto the first seed's grid.
+            grid = rs[0]["curve"]["timesteps"]
+            ys = np.stack([np.interp(grid, r["curve"]["timesteps"], r["curve"]["eval_mean"]) for r in rs])
+            ax.plot(grid, ys.mean(0), label=f"{algo} (n={len(rs)})")
+            ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation score")
+        ax.set_title(env_id)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(out_dir) / f"curves_{env_id.replace('/', '_')}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(out_dir: str | Path) -> tuple[str, list[Path]]:
+    """Write ``summary.md``, ``curves.csv`` (all curves, long format) and the PNG plots of ``out_dir``."""
+    out_dir = Path(out_dir)
+    runs = collect_runs(out_dir)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (result.json) under {out_dir}")
+    with open(out_dir / "curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_id", "algo", "seed", "timesteps", "eval_mean"])
+        for r in runs:
+            for t, v in zip(r["curve"]["timesteps"], r["curve"]["eval_mean"]):
+                w.writerow([r["env_id"], r["algo"], r["seed"], int(t), v])
+    table = summary_table(runs)
+    (out_dir / "summary.md").write_text(table + "\n")
+    return table, plot_curves(runs, out_dir)

@@ -1,0 +1,193 @@
+"""Train and evaluate one (algorithm, environment, seed) run, writing its learning curve as CSV.
+
+A run directory holds ``config.json`` (the :class:`RunSpec`), ``curve.csv`` (one row per
+evaluation: ``timesteps, eval_mean, eval_std, wall_s``), ``model.zip`` and, once finished,
+``result.json``. ``result.json`` is written last and atomically, so its presence means the run is
+complete: :func:`train_run` skips such runs and restarts any other one from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
+
+from egsw_gym.experiments.presets import RunSpec
+
+__all__ = ["is_text_env", "make_env", "make_model", "evaluate_model", "train_run", "EvalCurveCallback"]
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+
+
+def is_text_env(env_id: str) -> bool:
+    """Whether ``env_id`` is one of our token-level text generation environments."""
+    import egsw_gym  # noqa: F401  (registers the egsw/ ids)
+
+    spec = gym.spec(env_id)
+    return "text_generation" in str(spec.entry_point)
+
+
+def make_env(spec: RunSpec, *, n_envs: int | None = None, seed: int | None = None, split: str | None = None) -> VecEnv:
+    """The vectorised training (or evaluation) environment of a run.
+
+    Text environments use their batched ``vector_entry_point`` behind the SB3 adapter; everything
+    else goes through SB3's ``make_vec_env``.
+    """
+    n_envs = spec.n_envs if n_envs is None else n_envs
+    seed = spec.seed if seed is None else seed
+    env_kwargs = dict(spec.env_kwargs)
+    if is_text_env(spec.env_id):
+        from egsw_gym.common.vec_env import VectorEnvAdapter
+
+        if split is not None:
+            env_kwargs["split"] = split
+        venv = gym.make_vec(spec.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        env: VecEnv = VectorEnvAdapter(venv)
+        env.seed(seed)
+        return env
+    return make_vec_env(spec.env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+
+
+def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: int = 0):
+    """Instantiate the algorithm of ``spec`` on its training environment (warm-started if asked)."""
+    env = make_env(spec)
+    if spec.normalize:
+        env = VecNormalize(env, gamma=spec.algo_kwargs.get("gamma", 0.99))
+    if spec.base_algo == "ppo":
+        from egsw_gym import PPO as algo_cls
+    else:
+        from egsw_gym import GRPO as algo_cls
+    model = algo_cls(
+        spec.policy,
+        env,
+        egsw=spec.egsw,
+        seed=spec.seed,
+        device="cpu",
+        verbose=verbose,
+        tensorboard_log=tensorboard_log,
+        **spec.algo_kwargs,
+    )
+    if spec.warm_start_steps and spec.policy == "LMPolicy":
+        from egsw_gym.llm import warm_start
+
+        warm_start(model.policy, env.get_attr("task")[0], env.get_attr("tokenizer")[0],
+                   steps=spec.warm_start_steps, seed=spec.seed)
+    return model
+
+
+def evaluate_model(model, spec: RunSpec, eval_env: VecEnv | None = None) -> tuple[float, float]:
+    """Mean and std of the evaluation score: episode return (control) or held-out accuracy (text)."""
+    if is_text_env(spec.env_id):
+        from egsw_gym.llm import evaluate_accuracy
+
+        acc = evaluate_accuracy(model.policy, spec.env_id, n=spec.eval_episodes, greedy=True,
+                                env_kwargs=spec.env_kwargs)
+        value = float(acc["accuracy"])
+        return value, float(np.sqrt(value * (1 - value)))
+    if eval_env is None:
+        eval_env = make_env(spec, n_envs=1, seed=spec.seed + 10_000)
+        if spec.normalize:
+            eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+    if spec.normalize:
+        sync_envs_normalization(model.get_env(), eval_env)
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=True)
+    return float(mean), float(std)
+
+
+class EvalCurveCallback(BaseCallback):
+    """Evaluate every ``spec.eval_freq`` environment steps and append a row to ``curve.csv``.
+
+    Parameters
+    ----------
+    spec : RunSpec
+        The run (evaluation settings come from it).
+    curve_path : pathlib.Path
+        CSV file to append to (created with a header).
+    """
+
+    def __init__(self, spec: RunSpec, curve_path: Path):
+        super().__init__()
+        self.spec, self.curve_path = spec, curve_path
+        self._next_eval = 0
+        self._t0 = time.perf_counter()
+        self._eval_env: VecEnv | None = None
+        self.last: tuple[float, float] = (float("nan"), float("nan"))
+
+    def _init_callback(self) -> None:
+        with open(self.curve_path, "w", newline="") as f:
+            csv.writer(f).writerow(["timesteps", "eval_mean", "eval_std", "wall_s"])
+        self._next_eval = 0
+
+    def evaluate_now(self) -> None:
+        """Evaluate and append one row (also called once after training)."""
+        mean, std = evaluate_model(self.model, self.spec, self._eval_env)
+        self.last = (mean, std)
+        self.logger.record("eval/mean", mean)
+        with open(self.curve_path, "a", newline="") as f:
+            csv.writer(f).writerow([self.num_timesteps, mean, std, round(time.perf_counter() - self._t0, 2)])
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next_eval:
+            self.evaluate_now()
+            self._next_eval = self.num_timesteps + self.spec.eval_freq
+        return True
+
+
+def train_run(spec: RunSpec, run_dir: str | os.PathLike, *, progress_bar: bool = False, verbose: int = 0,
+              torch_threads: int = 1) -> dict[str, Any]:
+    """Train one run into ``run_dir`` (skipped when already finished) and return its result.
+
+    Parameters
+    ----------
+    spec : RunSpec
+        What to run.
+    run_dir : path
+        Output directory; an unfinished one is wiped and the run restarts cleanly.
+    progress_bar : bool
+        Show SB3's progress bar.
+    verbose : int
+        Algorithm verbosity.
+    torch_threads : int
+        ``torch.set_num_threads`` for this run (small networks train fastest on one thread).
+    """
+    run_dir = Path(run_dir)
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # interrupted earlier: restart cleanly rather than mix two partial runs
+    run_dir.mkdir(parents=True)
+    torch.set_num_threads(torch_threads)
+    _write_json_atomic(run_dir / "config.json", spec.to_dict())
+    t0 = time.perf_counter()
+    model = make_model(spec, verbose=verbose)
+    from stable_baselines3.common.logger import configure
+
+    model.set_logger(configure(str(run_dir / "logs"), ["csv"]))
+    callback = EvalCurveCallback(spec, run_dir / "curve.csv")
+    model.learn(total_timesteps=spec.n_timesteps, callback=callback, progress_bar=progress_bar)
+    callback.evaluate_now()
+    from egsw_gym.common.checkpoints import save_atomic
+
+    save_atomic(model, run_dir / "model.zip")
+    result = dict(algo=spec.algo, env_id=spec.env_id, seed=spec.seed, timesteps=int(model.num_timesteps),
+                  final_eval_mean=callback.last[0], final_eval_std=callback.last[1],
+                  wall_s=round(time.perf_counter() - t0, 2))
+    _write_json_atomic(result_path, result)
+    return result
