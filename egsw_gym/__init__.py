@@ -1,8 +1,9 @@
 """egsw-gym: entropy-guided sequence weighting for PPO and GRPO, from CartPole to language models."""
 
+from egsw_gym.algorithms.grpo import GRPO
 from egsw_gym.algorithms.ppo import PPO
 from egsw_gym.egsw import EGSW, effective_sample_size, egsw_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["EGSW", "egsw_weights", "effective_sample_size", "__version__", "PPO"]
+__all__ = ["GRPO", "EGSW", "egsw_weights", "effective_sample_size", "__version__", "PPO"]
