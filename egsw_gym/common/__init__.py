@@ -1,0 +1,1 @@
+"""Shared plumbing: vector-env adapter, safe checkpoints, callbacks."""
