@@ -67,7 +67,9 @@ def build_tiny_lm(
     special = {
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id
+        if tokenizer.bos_token_id is not None
+        else tokenizer.eos_token_id,
     }
     for name, value in special.items():
         if value is not None and value >= vocab_size:
@@ -80,7 +82,12 @@ def build_tiny_lm(
         **config_kwargs,
     }
     config = GPT2Config(
-        vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, **fields
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        **fields,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

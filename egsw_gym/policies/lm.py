@@ -1,0 +1,685 @@
+"""``"LMPolicy"``: any ``transformers`` causal language model as a GRPO policy.
+
+The text environment's action is the next token, so a causal LM *is* a policy over it. The policy
+keeps the model's KV cache as its recurrent state across the steps of a round: the first
+:meth:`LMPolicy.act` call of a round (``state is None``) prefills the prompt read from the
+observation, every later call feeds back only the token chosen at the previous step. Stepping the
+environment token by token therefore costs what ``model.generate`` costs.
+
+:meth:`LMPolicy.evaluate_sequences` recomputes the same log-probs with gradients in one
+teacher-forced forward pass over prompt plus completion. Both paths build their inputs the same way
+(:func:`prepare_prompt`, :func:`position_ids_from_mask`), which is what makes them agree: prompts are
+left-padded, so positions must come from the attention mask, as ``generate`` does, or every padded
+prompt would be read at shifted positions.
+
+Observations (see ``egsw_gym.envs.text_generation``)::
+
+    Dict(input_ids=Box(int64, (P + N,)), attention_mask=Box(0, 1, (P + N,)))
+
+with the prompt left-padded into the first ``P`` slots and generated tokens from slot ``P`` on.
+The policy never needs ``P``: it packs whatever tokens the mask marks as real to the right
+(:func:`prepare_prompt`), which also makes ``predict`` work on an observation taken mid-episode.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+
+from egsw_gym.policies.base import GRPOPolicy
+from egsw_gym.policies.tiny_lm import build_tiny_lm
+
+__all__ = [
+    "LMPolicy",
+    "LMState",
+    "build_tiny_lm",
+    "prepare_prompt",
+    "position_ids_from_mask",
+    "sequence_log_probs",
+]
+
+
+# --------------------------------------------------------------------------- input preparation
+def prepare_prompt(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, fill_token_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pack the real tokens of each row and drop the columns that are padding in every row.
+
+    The environment's observation holds a left-padded prompt followed by right-padded generated
+    tokens. Moving each row's real tokens to the right end (keeping their order) turns it into the
+    left-padded batch a KV-cached decoder wants: the next-token logits of every row are then in the
+    last column. Positions come from the mask (:func:`position_ids_from_mask`), so packing does not
+    change what the model computes. A row without any real token gets ``fill_token_id`` in its last
+    slot, because a query that may attend to nothing gives undefined attention.
+
+    Parameters
+    ----------
+    input_ids : torch.Tensor
+        ``(B, L)`` token ids.
+    attention_mask : torch.Tensor
+        ``(B, L)`` 1 for real tokens, 0 for padding.
+    fill_token_id : int
+        Token placed in rows that have no real token (the BOS or EOS token is a good choice).
+
+    Returns
+    -------
+    input_ids : torch.Tensor
+        ``(B, L')`` int64, left-padded, ``L' = max(1, longest row)``.
+    attention_mask : torch.Tensor
+        ``(B, L')`` int64.
+    """
+    ids = input_ids.long()
+    mask = attention_mask.long()
+    # Fast path (the normal first observation): the mask never goes 1 -> 0 along a row, i.e. the
+    # batch is already left-padded. Otherwise sort pads to the front; a stable sort keeps token order.
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        order = torch.argsort(mask, dim=1, stable=True)
+        ids = ids.gather(1, order)
+        mask = mask.gather(1, order)
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        empty = lengths == 0
+        ids = ids.clone()
+        mask = mask.clone()
+        ids[empty, -1] = fill_token_id
+        mask[empty, -1] = 1
+        lengths = mask.sum(1)
+    keep = max(int(lengths.max()), 1)
+    return ids[:, -keep:], mask[:, -keep:]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, max_position: int | None = None) -> torch.Tensor:
+    """Position ids that count only real tokens, as ``GenerationMixin.generate`` builds them.
+
+    Parameters
+    ----------
+    attention_mask : torch.Tensor
+        ``(B, L)`` 1 for real tokens, 0 for padding.
+    max_position : int or None
+        Clamp positions to this value (the model's last position embedding). Only tokens fed after
+        an episode has used all its slots can reach it, and their outputs are masked anyway.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L)`` int64; 0 on padding (never attended to, so the value does not matter).
+    """
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.clamp_(min=0)
+    if max_position is not None:
+        positions = positions.clamp_(max=max_position)
+    return positions
+
+
+def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
+    """Name of the KV-cache keyword (``cache`` in transformers >= 5.2x, else ``past_key_values``) and
+    whether ``logits_to_keep`` is accepted, read from the signature of the underlying model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+    params = inspect.signature(base.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def _output_cache(output: Any) -> Any:
+    """The KV cache of a model output, whichever name this transformers version uses."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _max_position(config: Any) -> int | None:
+    """Last usable position of models with a fixed position table (GPT-2), else ``None``."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value - 1
+    return None
+
+
+def sequence_log_probs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    actions: torch.Tensor,
+    n_actions: int | None = None,
+    temperature: float = 1.0,
+    fill_token_id: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced log-probs and entropies of ``actions`` after each prompt, with gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ``transformers`` causal LM (possibly wrapped by peft).
+    prompt_ids : torch.Tensor
+        ``(B, L)`` prompt token ids, any padding (packed with :func:`prepare_prompt`).
+    prompt_mask : torch.Tensor
+        ``(B, L)`` 1 for real prompt tokens.
+    actions : torch.Tensor
+        ``(B, T)`` completion token ids; entries after a sequence's end may be anything in
+        ``[0, n_actions)`` (causality keeps them out of the earlier positions).
+    n_actions : int or None
+        Restrict the distribution to the first ``n_actions`` tokens (the environment's action
+        space, when the model's vocabulary is padded larger); ``None`` keeps the whole vocabulary.
+    temperature : float
+        Sampling temperature; log-probs and entropies are those of ``softmax(logits / temperature)``.
+    fill_token_id : int
+        See :func:`prepare_prompt`.
+
+    Returns
+    -------
+    log_probs : torch.Tensor
+        ``(B, T)`` float32 log-probability of each action.
+    entropies : torch.Tensor
+        ``(B, T)`` float32 Shannon entropy (nats) of each step's next-token distribution.
+    """
+    ids, mask = prepare_prompt(prompt_ids, prompt_mask, fill_token_id)
+    actions = actions.long().to(ids.device)
+    batch, steps = actions.shape
+    if steps == 0:
+        empty = torch.zeros(batch, 0, device=ids.device)
+        return empty, empty.clone()
+    full_ids = torch.cat([ids, actions], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
+    cache_kw, has_keep = _forward_kwargs(model)
+    config = getattr(model, "config", None)
+    kwargs: dict[str, Any] = {
+        "input_ids": full_ids,
+        "attention_mask": full_mask,
+        "position_ids": position_ids_from_mask(full_mask, _max_position(config)),
+        "use_cache": False,
+    }
+    # Logits at the last prompt token and at every action but the last: steps + 1 columns from the
+    # end, minus the final one. Skipping the prompt columns saves the output projection over them.
+    if has_keep:
+        kwargs["logits_to_keep"] = steps + 1
+    logits = model(**kwargs).logits[:, -(steps + 1) : -1]
+    if n_actions is not None:
+        logits = logits[..., :n_actions]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_p = torch.log_softmax(logits, dim=-1)
+    log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropies = -(log_p.exp() * log_p).sum(-1)
+    return log_probs, entropies
+
+
+# --------------------------------------------------------------------------- the policy
+@dataclass
+class LMState:
+    """Recurrent state of :class:`LMPolicy` within one round of episodes.
+
+    Attributes
+    ----------
+    cache : Any
+        The model's KV cache (a ``transformers`` ``Cache``).
+    mask_buffer : torch.Tensor
+        ``(B, capacity)`` attention mask, allocated once per round: the packed prompt mask followed
+        by ones, so a step passes the view ``mask_buffer[:, :length]`` instead of concatenating.
+    length : int
+        Tokens in the cache.
+    next_positions : torch.Tensor
+        ``(B, 1)`` position id of the next token fed (real tokens so far per row).
+    last_actions : torch.Tensor
+        ``(B, 1)`` the tokens chosen at the previous step, fed at the next one.
+    """
+
+    cache: Any
+    mask_buffer: torch.Tensor
+    length: int
+    next_positions: torch.Tensor
+    last_actions: torch.Tensor
+
+
+def _resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
+    """``None``/``"auto"`` -> ``None``; a name such as ``"bfloat16"`` or a ``torch.dtype`` -> the dtype."""
+    if torch_dtype is None or torch_dtype == "auto":
+        return None
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if isinstance(torch_dtype, str) and isinstance(getattr(torch, torch_dtype, None), torch.dtype):
+        return getattr(torch, torch_dtype)
+    raise ValueError(f"torch_dtype must be None, 'auto', a torch.dtype or its name, got {torch_dtype!r}")
+
+
+def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> int:
+    """Validate the text-environment spaces; return the observation length ``P + N``."""
+    expected = (
+        "LMPolicy needs a text-generation environment (e.g. 'egsw/Arithmetic-v0') with "
+        "Dict(input_ids=Box(int64, (L,)), attention_mask=Box(0, 1, (L,))) observations and a "
+        "Discrete(vocab_size) next-token action"
+    )
+    if not isinstance(observation_space, spaces.Dict) or not {"input_ids", "attention_mask"} <= set(
+        observation_space.spaces
+    ):
+        raise ValueError(f"{expected}; got observation space {observation_space}")
+    ids_space = observation_space["input_ids"]
+    mask_space = observation_space["attention_mask"]
+    for name, space in (("input_ids", ids_space), ("attention_mask", mask_space)):
+        if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"{expected}; got {name} space {space}")
+    if ids_space.shape != mask_space.shape:
+        raise ValueError(
+            f"{expected}; input_ids {ids_space.shape} and attention_mask {mask_space.shape} differ in shape"
+        )
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"{expected}; got action space {action_space}")
+    if int(action_space.start) != 0:
+        raise ValueError(
+            f"{expected}; the Discrete action space must start at 0 (token ids), got {action_space}"
+        )
+    return int(ids_space.shape[0])
+
+
+class LMPolicy(GRPOPolicy):
+    """A ``transformers`` causal LM as a critic-free GRPO policy over next-token actions.
+
+    Parameters
+    ----------
+    observation_space : gymnasium.spaces.Dict
+        ``Dict(input_ids, attention_mask)`` of the text environment (see the module docstring).
+    action_space : gymnasium.spaces.Discrete
+        ``Discrete(vocab_size)``, the next token.
+    lr_schedule : Callable[[float], float]
+        Learning-rate schedule; its value at progress 1 is the optimizer's initial learning rate.
+    model : None, str, os.PathLike or transformers.PreTrainedModel
+        ``None`` builds the tiny default GPT-2 (:func:`build_tiny_lm`, vocabulary
+        ``action_space.n``, or ``model_config``); a path loads that local checkpoint directory with
+        ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`` (never the hub); a
+        model object is used as is (not copied).
+    tokenizer : None, str, os.PathLike or transformers.PreTrainedTokenizerBase
+        Only needed for special-token ids and :meth:`save_pretrained`. ``None``: the checkpoint
+        directory's tokenizer when ``model`` is a path holding one, else the built-in character
+        tokenizer. It must be the environment's tokenizer (actions are its ids).
+    model_config : None, dict or transformers.PretrainedConfig
+        When ``model`` is ``None``: a ``PretrainedConfig`` or a dict with ``model_type`` builds that
+        architecture from scratch; a dict without ``model_type`` is keyword arguments of
+        :func:`build_tiny_lm` (``n_layer``, ``n_embd``, ``n_head``, ``n_positions``, ``seed``...).
+    torch_dtype : None, str or torch.dtype
+        Parameter dtype (``"bfloat16"`` halves memory on GPUs); ``None`` keeps float32 for built
+        models and loads checkpoints in float32. Log-probs are always computed in float32.
+    lora_config : None, dict or peft.LoraConfig
+        Train a LoRA adapter instead of all weights (needs ``peft``). A dict is passed to
+        ``peft.LoraConfig(task_type="CAUSAL_LM", **lora_config)``.
+    temperature : float
+        Sampling temperature. Log-probs and entropies (in :meth:`act` and
+        :meth:`evaluate_sequences`) are those of the tempered distribution actually sampled from.
+    disable_dropout : bool
+        Set every dropout probability to 0 (as TRL does): the training pass must give the same
+        log-probs as the sampling pass, which dropout would break.
+    optimizer_class : type of torch.optim.Optimizer
+        Optimizer over the trainable parameters (only the adapter's with LoRA).
+    optimizer_kwargs : dict or None
+        Extra optimizer keyword arguments (not the learning rate).
+    """
+
+    uses_step_observations = False
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: Any = None,
+        tokenizer: Any = None,
+        model_config: Any = None,
+        torch_dtype: Any = None,
+        lora_config: Any = None,
+        temperature: float = 1.0,
+        disable_dropout: bool = True,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        obs_len = _check_spaces(observation_space, action_space)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(
+            observation_space,
+            action_space,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+        )
+        self.n_actions = int(action_space.n)
+        self.obs_len = obs_len
+        self.temperature = float(temperature)
+        self.torch_dtype = torch_dtype
+        self.lora_config = lora_config
+        self.disable_dropout = disable_dropout
+        dtype = _resolve_dtype(torch_dtype)
+
+        self.tokenizer = self._resolve_tokenizer(tokenizer, model)
+        self.model = self._resolve_model(model, model_config, dtype, obs_len)
+        self._check_model(obs_len)
+        if disable_dropout:
+            self._disable_dropout()
+        if lora_config is not None:
+            self.model = self._apply_lora(self.model, lora_config)
+        self._cache_kw, self._has_logits_to_keep = _forward_kwargs(self.model)
+        self._max_position = _max_position(self.base_model.config)
+        self._fill_token_id = self._special_id("bos_token_id", "eos_token_id", "pad_token_id")
+
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # ----------------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _resolve_tokenizer(tokenizer: Any, model: Any) -> Any:
+        """The tokenizer argument, else the checkpoint's own tokenizer, else the built-in one."""
+        from egsw_gym.envs.tokenizer import load_tokenizer
+
+        if tokenizer is None and isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+            if any(os.path.exists(os.path.join(path, n)) for n in names):
+                return load_tokenizer(path)
+        return load_tokenizer(tokenizer)
+
+    def _resolve_model(self, model: Any, model_config: Any, dtype: torch.dtype | None, obs_len: int) -> Any:
+        """Build, load or adopt the language model (see the ``model`` parameter)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+        if model is None:
+            if model_config is None or (isinstance(model_config, dict) and "model_type" not in model_config):
+                kwargs = dict(model_config or {})
+                kwargs.setdefault("n_positions", max(256, obs_len))
+                return build_tiny_lm(self.n_actions, tokenizer=self.tokenizer, dtype=dtype, **kwargs)
+            if isinstance(model_config, dict):
+                fields = dict(model_config)
+                model_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+            if not isinstance(model_config, PretrainedConfig):
+                raise TypeError(
+                    f"model_config must be None, a dict or a PretrainedConfig, got {type(model_config).__name__}"
+                )
+            built = AutoModelForCausalLM.from_config(model_config)
+            return built.to(dtype) if dtype is not None else built
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isdir(path):
+                raise ValueError(
+                    f"model={path!r} is not a local directory; pass a checkpoint directory written by "
+                    "save_pretrained (models are never fetched from the hub), a PreTrainedModel, or None "
+                    "for the tiny default model"
+                )
+            return AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=dtype or torch.float32
+            )
+        if isinstance(model, PreTrainedModel) or hasattr(model, "get_base_model"):
+            return model if dtype is None else model.to(dtype)
+        raise TypeError(
+            f"model must be None, a local checkpoint directory or a transformers PreTrainedModel, got "
+            f"{type(model).__name__}"
+        )
+
+    @property
+    def base_model(self) -> Any:
+        """The ``transformers`` model without a peft wrapper (its ``config``, ``save_pretrained``...)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def _check_model(self, obs_len: int) -> None:
+        """Clear errors for a model that cannot serve the environment's spaces."""
+        out = self.base_model.get_output_embeddings()
+        vocab = int(out.weight.shape[0]) if out is not None else int(self.base_model.config.vocab_size)
+        if vocab < self.n_actions:
+            raise ValueError(
+                f"the model's vocabulary ({vocab} tokens) is smaller than the environment's action space "
+                f"(Discrete({self.n_actions})): the environment and the model must share a tokenizer. "
+                "Build the environment with the model's tokenizer (tokenizer=<checkpoint dir>) or pass a "
+                "model whose vocabulary covers it"
+            )
+        max_pos = _max_position(self.base_model.config)
+        if max_pos is not None and max_pos + 1 < obs_len:
+            raise ValueError(
+                f"the model reads at most {max_pos + 1} positions but observations hold {obs_len} tokens "
+                "(max_prompt_tokens + max_new_tokens); shorten the environment or use a model with more "
+                "positions (e.g. model_config={'n_positions': ...})"
+            )
+
+    def _disable_dropout(self) -> None:
+        """Zero every dropout probability (modules and the config fields attention reads at call time)."""
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        config = self.base_model.config
+        for name in ("attn_pdrop", "attention_dropout", "resid_pdrop", "embd_pdrop", "hidden_dropout"):
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, 0.0)
+
+    @staticmethod
+    def _apply_lora(model: Any, lora_config: Any) -> Any:
+        """Wrap ``model`` with a LoRA adapter; only the adapter's parameters stay trainable."""
+        try:
+            import peft
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("lora_config needs peft: pip install 'egsw-gym[lora]'") from err
+        if isinstance(lora_config, dict):
+            lora_config = peft.LoraConfig(**{"task_type": "CAUSAL_LM", **lora_config})
+        return peft.get_peft_model(model, lora_config)
+
+    def _special_id(self, *names: str) -> int:
+        """First defined special-token id among ``names`` (tokenizer first, then model config), else 0."""
+        for source in (self.tokenizer, self.base_model.config):
+            for name in names:
+                value = getattr(source, name, None)
+                if isinstance(value, int) and 0 <= value < self.n_actions:
+                    return value
+        return 0
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        """What SB3's ``save``/``load`` need to rebuild this policy without the hub or the original model.
+
+        The model is rebuilt from its config (weights then come from the saved ``state_dict``), so a
+        policy created from a checkpoint path loads even if that directory is gone.
+        """
+        data = super()._get_constructor_parameters()
+        data.pop("normalize_images", None)
+        data.update(
+            lr_schedule=self._dummy_schedule,
+            model=None,
+            tokenizer=self.tokenizer,
+            model_config=self.base_model.config.to_dict(),
+            torch_dtype=self.torch_dtype,
+            lora_config=self.lora_config,
+            temperature=self.temperature,
+            disable_dropout=self.disable_dropout,
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+        return data
+
+    # ----------------------------------------------------------------------- GRPO interface
+    def _obs_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` as 2-D tensors on the model's device."""
+        if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
+            raise ValueError("LMPolicy expects dict observations with 'input_ids' and 'attention_mask'")
+        ids = torch.as_tensor(obs["input_ids"], device=self.device)
+        mask = torch.as_tensor(obs["attention_mask"], device=self.device)
+        if ids.dim() == 1:
+            ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+        return ids, mask
+
+    def _next_token(
+        self, logits: torch.Tensor, deterministic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Choose tokens from ``(B, V)`` last-position logits; return actions, log-probs, entropies."""
+        logits = logits[:, : self.n_actions].float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        log_p = torch.log_softmax(logits, dim=-1)
+        probs = log_p.exp()
+        if deterministic:
+            actions = logits.argmax(-1)
+        else:
+            actions = torch.multinomial(probs, 1).squeeze(-1)
+        log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropies = -(probs * log_p).sum(-1)
+        return actions, log_probs, entropies
+
+    def act(
+        self, obs: PyTorchObs, state: LMState | None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
+        """Choose the next token of every sequence, reusing the KV cache kept in ``state``.
+
+        Parameters
+        ----------
+        obs : dict of torch.Tensor
+            ``input_ids`` and ``attention_mask``, ``(n_envs, P + N)`` (or one unbatched observation).
+            Read only when ``state`` is None; afterwards the previous actions are fed back, so
+            environments that auto-reset mid-round do not disturb the others' caches.
+        state : LMState or None
+            ``None`` at the first step of a round (prefill the prompt); afterwards the value the
+            previous call returned.
+        deterministic : bool
+            Greedy (argmax) tokens instead of samples.
+
+        Returns
+        -------
+        actions : torch.Tensor
+            ``(n_envs,)`` int64 token ids.
+        log_probs : torch.Tensor
+            ``(n_envs,)`` float32 log-probability of ``actions`` under the (tempered) distribution.
+        entropies : torch.Tensor
+            ``(n_envs,)`` float32 entropy of that distribution.
+        new_state : LMState
+            The state for the next call (the same object, updated in place).
+        """
+        # inference_mode skips autograd bookkeeping entirely; the outputs are cloned below so the
+        # caller gets ordinary tensors it may later combine with tensors that require grad.
+        with torch.inference_mode():
+            if state is None:
+                ids, mask = self._obs_tensors(obs)
+                ids, mask = prepare_prompt(ids, mask, self._fill_token_id)
+                batch, length = ids.shape
+                # One allocation for the whole round: the prompt mask then ones for every token fed
+                # later (a round takes at most obs_len steps; _grow_mask covers the rest).
+                mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
+                inputs = {
+                    "input_ids": ids,
+                    "attention_mask": mask,
+                    "position_ids": position_ids_from_mask(mask, self._max_position),
+                    self._cache_kw: None,
+                }
+                next_positions = mask.sum(1, keepdim=True)
+                state = LMState(None, mask_buffer, length, next_positions, ids[:, -1:])
+            else:
+                length = state.length + 1
+                if length > state.mask_buffer.shape[1]:
+                    state.mask_buffer = torch.cat(
+                        [state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1
+                    )
+                positions = state.next_positions
+                if self._max_position is not None:
+                    positions = positions.clamp(max=self._max_position)
+                inputs = {
+                    "input_ids": state.last_actions,
+                    "attention_mask": state.mask_buffer[:, :length],
+                    "position_ids": positions,
+                    self._cache_kw: state.cache,
+                }
+                state.length = length
+                state.next_positions = state.next_positions + 1
+            if self._has_logits_to_keep:
+                inputs["logits_to_keep"] = 1
+            output = self.model(**inputs, use_cache=True)
+            state.cache = _output_cache(output)
+            actions, log_probs, entropies = self._next_token(output.logits[:, -1], deterministic)
+            state.last_actions = actions.unsqueeze(-1)
+        return actions.clone(), log_probs.clone(), entropies.clone(), state
+
+    def evaluate_sequences(
+        self,
+        first_obs: PyTorchObs,
+        step_obs: PyTorchObs | None,
+        actions: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies of whole completions, with gradients, in one forward pass.
+
+        Parameters
+        ----------
+        first_obs : dict of torch.Tensor
+            ``(B, P + N)`` observations at the start of the episodes (the prompts).
+        step_obs : None
+            Unused (:attr:`uses_step_observations` is ``False``): the completion is ``actions``.
+        actions : torch.Tensor
+            ``(B, T)`` (or ``(B, T, 1)``) generated token ids, padded after each sequence's end.
+        mask : torch.Tensor
+            ``(B, T)`` bool, ``True`` on real tokens. Padding must come after the end; the padded
+            outputs are set to 0.
+
+        Returns
+        -------
+        log_probs : torch.Tensor
+            ``(B, T)`` float32 log-probabilities of ``actions``.
+        entropies : torch.Tensor
+            ``(B, T)`` float32 entropies of each step's (tempered) next-token distribution.
+        """
+        del step_obs
+        ids, prompt_mask = self._obs_tensors(first_obs)
+        actions = torch.as_tensor(actions, device=self.device).long()
+        if actions.dim() == 3:
+            actions = actions.squeeze(-1)
+        mask = torch.as_tensor(mask, device=self.device).bool()
+        # Padding may hold anything (GRPO zero-pads); keep it a valid token id for the embedding.
+        actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
+        log_probs, entropies = sequence_log_probs(
+            self.model,
+            ids,
+            prompt_mask,
+            actions,
+            n_actions=self.n_actions,
+            temperature=self.temperature,
+            fill_token_id=self._fill_token_id,
+        )
+        zero = torch.zeros((), device=log_probs.device)
+        return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
+
+    # ----------------------------------------------------------------------- saving
+    def save_pretrained(self, directory: str | os.PathLike, merge_lora: bool = True) -> str:
+        """Write the model (and tokenizer) as a Hugging Face checkpoint directory.
+
+        The directory can be passed back as ``LMPolicy(..., model=directory)`` (or to
+        ``AutoModelForCausalLM.from_pretrained``) with no network access.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Target directory (created if needed).
+        merge_lora : bool
+            With a LoRA adapter: ``True`` merges it into a copy of the base weights and writes a
+            standalone checkpoint; ``False`` writes peft's adapter-only format (loading it then needs
+            the base model and ``peft``).
+
+        Returns
+        -------
+        str
+            The directory.
+        """
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        model = self.model
+        if hasattr(model, "get_base_model") and merge_lora:
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(directory)
+        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def decode(self, token_ids: torch.Tensor | np.ndarray | list[int]) -> str:
+        """Decode token ids with the policy's tokenizer (a convenience for logging samples).
+
+        Parameters
+        ----------
+        token_ids : torch.Tensor, numpy.ndarray or list of int
+            One sequence of ids.
+        """
+        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
