@@ -1,0 +1,129 @@
+"""Wall-time overhead of EGSW-PPO over Stable-Baselines3's PPO, side by side in one process.
+
+Same seeds, same hyperparameters (those of ``shared/baselines/ppo_bench.py``: RL Zoo settings on
+CartPole-v1, SB3 defaults on HalfCheetah-v5), runs interleaved (SB3, EGSW, EGSW, SB3, ...) so that
+load from other processes hits both alike. Prints each run's wall and CPU time and the ratios.
+Target: EGSW / SB3 wall-time ratio <= 1.05.
+
+Usage::
+
+    python benchmarks/ppo_overhead.py                       # both tasks, seeds 0 and 1
+    python benchmarks/ppo_overhead.py --tasks cartpole --seeds 0 1 --cartpole-steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def make_cartpole(cls: type, seed: int, **extra: Any) -> Any:
+    """CartPole-v1 with the RL Zoo PPO settings (8 envs)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed, vec_env_cls=DummyVecEnv)
+    return cls(
+        "MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+        learning_rate=1e-3, clip_range=0.2, device="cpu", seed=seed, verbose=0, **extra,
+    )  # fmt: skip
+
+
+def make_halfcheetah(cls: type, seed: int, **extra: Any) -> Any:
+    """HalfCheetah-v5 with SB3's default PPO settings (1 env)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = make_vec_env("HalfCheetah-v5", n_envs=1, seed=seed, vec_env_cls=DummyVecEnv)
+    return cls("MlpPolicy", env, device="cpu", seed=seed, verbose=0, **extra)
+
+
+TASKS: dict[str, tuple[Callable[..., Any], int]] = {
+    "cartpole": (make_cartpole, 8),
+    "halfcheetah": (make_halfcheetah, 1),
+}
+
+
+def timed_learn(model: Any, steps: int) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``model.learn(steps)`` (construction excluded)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.learn(total_timesteps=steps)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    """Run the interleaved comparison and print one line per run plus a summary per task."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["cartpole", "halfcheetah"])
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1],
+        help="one SB3 + one EGSW run per seed, order alternating",
+    )
+    p.add_argument("--cartpole-steps", type=int, default=100_000)
+    p.add_argument("--halfcheetah-steps", type=int, default=50_000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(
+        "--mode",
+        choices=["auto", "step", "trajectory"],
+        default="auto",
+        help="EGSW mode; auto: step with several envs, trajectory with one (step mode needs n_envs >= 2)",
+    )
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+
+    import stable_baselines3 as sb3
+
+    import egsw_gym
+
+    summary = {}
+    for task in a.tasks:
+        make, n_envs = TASKS[task]
+        steps = a.cartpole_steps if task == "cartpole" else a.halfcheetah_steps
+        mode = a.mode if a.mode != "auto" else ("step" if n_envs > 1 else "trajectory")
+        egsw = egsw_gym.EGSW(alpha=a.alpha, temperature=a.temperature, mode=mode)
+        runs: dict[str, list[tuple[float, float]]] = {"sb3": [], "egsw": []}
+        for i, seed in enumerate(a.seeds):
+            # Alternate the order (ABBA) so a drift in machine load does not favour one side.
+            order = ["sb3", "egsw"] if i % 2 == 0 else ["egsw", "sb3"]
+            for name in order:
+                if name == "sb3":
+                    model = make(sb3.PPO, seed)
+                else:
+                    model = make(egsw_gym.PPO, seed, egsw=egsw)
+                wall, cpu = timed_learn(model, steps)
+                runs[name].append((wall, cpu))
+                print(
+                    f"{task:12s} seed={seed} {name:5s} steps={model.num_timesteps} wall={wall:7.2f}s cpu={cpu:7.2f}s",
+                    flush=True,
+                )
+        sb3_wall = sum(w for w, _ in runs["sb3"])
+        egsw_wall = sum(w for w, _ in runs["egsw"])
+        sb3_cpu = sum(c for _, c in runs["sb3"])
+        egsw_cpu = sum(c for _, c in runs["egsw"])
+        per_seed = [e[0] / s[0] for s, e in zip(runs["sb3"], runs["egsw"], strict=True)]
+        summary[task] = dict(
+            steps=steps, egsw_mode=mode, seeds=a.seeds, sb3_wall_s=round(sb3_wall, 2), egsw_wall_s=round(egsw_wall, 2),
+            wall_ratio=round(egsw_wall / sb3_wall, 4), median_seed_wall_ratio=round(statistics.median(per_seed), 4),
+            cpu_ratio=round(egsw_cpu / sb3_cpu, 4),
+        )  # fmt: skip
+        print(
+            f"{task:12s} SB3 {sb3_wall:.2f}s  EGSW-PPO {egsw_wall:.2f}s  wall ratio {egsw_wall / sb3_wall:.3f} "
+            f"(cpu ratio {egsw_cpu / sb3_cpu:.3f}; target <= 1.05)",
+            flush=True,
+        )
+    print("RESULT " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
