@@ -473,7 +473,9 @@ class GRPO(BaseAlgorithm):
             rew_l.append(torch.as_tensor(rewards, dtype=torch.float32, device=self.device))
             mask_l.append(torch.as_tensor(active.copy(), device=self.device))
             # Only first episodes count (later ones are auto-reset data we throw away).
-            self._update_info_buffer([info for info, a in zip(infos, active, strict=True) if a], dones[active])
+            self._update_info_buffer(
+                [info for info, a in zip(infos, active, strict=True) if a], dones[active]
+            )
             active &= ~np.asarray(dones, dtype=bool)
 
             callback.update_locals(locals())
@@ -614,7 +616,7 @@ class GRPO(BaseAlgorithm):
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                losses.append(float(out.loss))
+                losses.append(float(out.loss.detach()))
                 clip_fracs.append(out.clip_fraction)
                 kls.append(out.kl)
                 ents.append(out.entropy)

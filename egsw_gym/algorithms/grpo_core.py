@@ -331,7 +331,8 @@ def aggregate_loss(
     _check_mask(mask)
     _check_padded("per_step", per_step, mask)
     m = mask.to(per_step.dtype)
-    masked = per_step * m
+    # where(), not a product: padding may hold inf/NaN (0 * inf = NaN), and must not leak in.
+    masked = torch.where(mask, per_step, torch.zeros_like(per_step))
     if loss_type == "grpo":
         # Sequences with no valid step (should not occur) are skipped rather than divided by zero.
         lengths = m.sum(dim=1)
@@ -416,6 +417,13 @@ def grpo_loss(
     _check_mask(mask)
     for name, x in (("log_probs", log_probs), ("old_log_probs", old_log_probs), ("advantages", advantages)):
         _check_padded(name, x, mask)
+    # Padding carries whatever the policy produced there; replace it before any exp() so that
+    # neither the loss nor its gradient can pick up inf/NaN from it (where() routes zero grad).
+    log_probs = torch.where(mask, log_probs, old_log_probs.to(log_probs.dtype))
+    if ref_log_probs is not None:
+        ref_log_probs = torch.where(mask, ref_log_probs, log_probs.detach())
+    if entropies is not None:
+        entropies = torch.where(mask, entropies, torch.zeros_like(entropies))
     surrogate, ratio, clipped = clipped_surrogate(
         log_probs, old_log_probs, advantages, clip_range, clip_range_high
     )
@@ -437,7 +445,7 @@ def grpo_loss(
         n = mask.sum().clamp_min(1)
 
         def mmean(x: torch.Tensor) -> float:
-            return float((x * mask).sum() / n)
+            return float(torch.where(mask, x, torch.zeros_like(x)).sum() / n)
 
         stats = GRPOLossOutput(
             loss=loss,
