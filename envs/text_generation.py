@@ -1,0 +1,444 @@
+"""Text generation as a token-level Gymnasium environment with a verifiable reward.
+
+The contract (shared by :class:`TextGenerationEnv` and
+:class:`~egsw_gym.envs.vector.TextGenerationVectorEnv`; the LM policy and GRPO rely on it):
+
+Observation
+    ``spaces.Dict({"input_ids": Box(0, vocab_size - 1, (L,), int64),
+    "attention_mask": Box(0, 1, (L,), int64)})`` with ``L = max_prompt_tokens + max_new_tokens``.
+    The prompt's tokens are LEFT-padded into slots ``[0, max_prompt_tokens)``; the tokens
+    generated so far follow from slot ``max_prompt_tokens`` on and the rest is right-padded with
+    the pad id. ``attention_mask`` is 1 exactly on real (prompt or generated) tokens. So after
+    ``t`` steps the generated tokens are ``input_ids[P:P + t]`` (``P = max_prompt_tokens``).
+Action
+    ``Discrete(vocab_size)``: the next token id (``vocab_size == len(tokenizer)``).
+Episode
+    One prompt per episode. ``terminated`` when the action is the EOS id (the EOS is written into
+    the observation too); ``truncated`` after ``max_new_tokens`` tokens without EOS.
+Reward
+    0.0 on every step but the last; on the last step, the task's verifier score (in ``[0, 1]``)
+    of the decoded completion.
+Info
+    At reset: ``prompt`` (str), ``answer`` (str), ``prompt_index`` (int, the problem's index in
+    the split) and ``split``. On intermediate steps: ``{}``. On the last step: the same four, plus
+    ``completion`` (the generated tokens without the final EOS, decoded with
+    ``skip_special_tokens=True``), ``score`` (float, equal to the reward), ``num_new_tokens``
+    (int, EOS included) and the verifier's breakdown (``correct``, ``format_ok``, ``parsed`` and
+    the task's own keys, see :class:`~egsw_gym.envs.tasks.ScoreResult`).
+Reset
+    ``reset(seed=s)`` reseeds ``np_random`` from ``s`` and samples the problem with it, so the
+    same seed always gives the same prompt (this is how GRPO makes a group share a prompt);
+    ``reset()`` without a seed continues the generator. ``reset(options={"prompt_index": k})``
+    picks problem ``k`` of the split (``0 <= k < task.num_problems(split)``) regardless of the
+    generator; ``info["prompt_index"]`` always names the problem, so
+    ``reset(options={"prompt_index": info["prompt_index"]})`` reproduces a sampled prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .tasks import TRAIN_SIZE, Problem, Task, make_task
+from .tasks.base import check_split
+from .tokenizer import load_tokenizer
+
+__all__ = ["TextGenerationEnv", "TextGenerationCore", "PROMPT_TRUNCATION"]
+
+#: allowed values of ``prompt_truncation``.
+PROMPT_TRUNCATION = ("error", "left")
+_PROMPT_CACHE_SIZE = 8192
+_OPTION_KEYS = ("prompt_index",)
+
+
+def _positive_int(name: str, value: Any, upper: int = 1 << 20) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= upper:
+        raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
+    return int(value)
+
+
+class TextGenerationCore:
+    """Everything the single and the vector environment share: task, tokenizer, spaces, prompt
+    encoding and the final scoring. Not an environment itself.
+
+    Parameters
+    ----------
+    task : str or Task
+        ``"arithmetic"``, ``"countdown"``, ``"gsm8k"``, ``"jsonl"`` or a
+        :class:`~egsw_gym.envs.tasks.Task` object.
+    tokenizer : None, str, os.PathLike or tokenizer object
+        ``None``: the built-in character tokenizer; a local directory; or a Hugging Face tokenizer.
+    max_prompt_tokens : int or None
+        Prompt slots. ``None``: for generated tasks the task's bound on prompt characters plus the
+        tokenizer's special tokens (exact for the built-in tokenizer); for JSONL the longest
+        tokenized prompt in the file.
+    max_new_tokens : int or None
+        Completion budget. ``None``: ``task.suggested_max_new_tokens``.
+    split : str
+        ``"train"`` or ``"test"``.
+    data_path : str, os.PathLike or None
+        JSONL file for ``task="jsonl"``.
+    prompt_truncation : str
+        What to do with a prompt longer than ``max_prompt_tokens``: ``"error"`` (default, raise a
+        ``ValueError`` at reset) or ``"left"`` (keep its last ``max_prompt_tokens`` tokens).
+    **task_kwargs
+        Forwarded to the task (difficulty knobs such as ``digits``, ``operators``,
+        ``num_numbers``, ``kinds``; ``seed``, ``num_test``, ``format_weight``).
+    """
+
+    def __init__(
+        self,
+        task: str | Task = "arithmetic",
+        tokenizer: Any = None,
+        max_prompt_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        split: str = "train",
+        data_path: str | os.PathLike | None = None,
+        prompt_truncation: str = "error",
+        **task_kwargs: Any,
+    ):
+        self.split = check_split(split)
+        if prompt_truncation not in PROMPT_TRUNCATION:
+            raise ValueError(
+                f"prompt_truncation must be one of {PROMPT_TRUNCATION}, got {prompt_truncation!r}"
+            )
+        self.prompt_truncation = prompt_truncation
+        self.task = make_task(task, data_path=data_path, **task_kwargs)
+        if self.task.num_problems(self.split) <= 0:
+            raise ValueError(
+                f"split={self.split!r} of task {self.task.name!r} is empty; use the other split or more data"
+            )
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.vocab_size = int(len(self.tokenizer))
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ValueError("tokenizer has no eos_token_id; the environment ends episodes on EOS")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.eos_token_id = int(eos)
+        self.pad_token_id = int(eos if pad is None else pad)
+        if max_prompt_tokens is None:
+            max_prompt_tokens = self._default_prompt_tokens()
+        self.max_prompt_tokens = _positive_int("max_prompt_tokens", max_prompt_tokens)
+        if max_new_tokens is None:
+            max_new_tokens = self.task.suggested_max_new_tokens
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.seq_len = self.max_prompt_tokens + self.max_new_tokens
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, Problem]] = OrderedDict()
+
+    def _default_prompt_tokens(self) -> int:
+        if self.task.num_problems("train") < TRAIN_SIZE:  # a finite data set: measure it
+            prompts = [
+                self.task.problem(i, s).prompt
+                for s in ("train", "test")
+                for i in range(self.task.num_problems(s))
+            ]
+            return max(len(self.tokenizer.encode(p)) for p in prompts)
+        extra = getattr(self.tokenizer, "num_special_tokens_to_add", None)
+        return self.task.max_prompt_chars() + (int(extra(pair=False)) if callable(extra) else 0)
+
+    # ------------------------------------------------------------------------------------ spaces
+    def observation_space(self) -> spaces.Dict:
+        """The single-environment observation space (see the module docstring)."""
+        return spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, (self.seq_len,), np.int64),
+                "attention_mask": spaces.Box(0, 1, (self.seq_len,), np.int64),
+            }
+        )
+
+    def action_space(self) -> spaces.Discrete:
+        """``Discrete(vocab_size)``."""
+        return spaces.Discrete(self.vocab_size)
+
+    # ----------------------------------------------------------------------------------- prompts
+    def choose_problem(self, rng: np.random.Generator, options: dict | None) -> Problem:
+        """The problem of a reset: ``options["prompt_index"]`` if given, else sampled with ``rng``.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The environment's generator (advanced by one draw when sampling).
+        options : dict or None
+            Reset options; only ``"prompt_index"`` is understood.
+
+        Returns
+        -------
+        Problem
+        """
+        index = None
+        if options:
+            unknown = [k for k in options if k not in _OPTION_KEYS]
+            if unknown:
+                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {_OPTION_KEYS}")
+            index = options.get("prompt_index")
+        if index is None:
+            return self.task.sample(rng, self.split)
+        return self.task.problem(self.task.check_index(index, self.split), self.split)
+
+    def encode(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        """The left-padded prompt row and its mask, both ``(max_prompt_tokens,)`` int64 (cached).
+
+        Parameters
+        ----------
+        problem : Problem
+            The problem whose prompt to encode.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(input_ids, attention_mask)`` for slots ``[0, max_prompt_tokens)``.
+        """
+        key = hash((problem.metadata.get("split"), problem.metadata.get("index"), problem.prompt))
+        hit = self._cache.get(key)
+        if hit is not None and hit[2].prompt == problem.prompt:
+            self._cache.move_to_end(key)
+            return hit[0], hit[1]
+        ids = list(self.tokenizer.encode(problem.prompt))
+        P = self.max_prompt_tokens
+        if len(ids) > P:
+            if self.prompt_truncation == "error":
+                raise ValueError(
+                    f"the prompt of problem {problem.metadata.get('index')} has {len(ids)} tokens but "
+                    f"max_prompt_tokens={P}; raise max_prompt_tokens or pass prompt_truncation='left'"
+                )
+            ids = ids[-P:]
+        row = np.full(P, self.pad_token_id, dtype=np.int64)
+        mask = np.zeros(P, dtype=np.int64)
+        if ids:
+            row[P - len(ids) :] = ids
+            mask[P - len(ids) :] = 1
+        row.flags.writeable = False
+        mask.flags.writeable = False
+        self._cache[key] = (row, mask, problem)
+        if len(self._cache) > _PROMPT_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return row, mask
+
+    @staticmethod
+    def reset_info(problem: Problem) -> dict[str, Any]:
+        """The info of a reset: ``prompt``, ``answer``, ``prompt_index`` and ``split``.
+
+        Parameters
+        ----------
+        problem : Problem
+            The episode's problem.
+
+        Returns
+        -------
+        dict
+        """
+        return {
+            "prompt": problem.prompt,
+            "answer": problem.answer,
+            "prompt_index": int(problem.metadata.get("index", -1)),
+            "split": str(problem.metadata.get("split", "")),
+        }
+
+    # ----------------------------------------------------------------------------------- scoring
+    def decode(self, generated: np.ndarray) -> str:
+        """Decode generated token ids, dropping one final EOS and all special tokens.
+
+        Parameters
+        ----------
+        generated : numpy.ndarray
+            The episode's generated ids, in order.
+
+        Returns
+        -------
+        str
+        """
+        ids = generated.tolist()
+        if ids and ids[-1] == self.eos_token_id:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+    def finish(self, problem: Problem, generated: np.ndarray) -> tuple[float, dict[str, Any]]:
+        """Score a finished episode.
+
+        Parameters
+        ----------
+        problem : Problem
+            The episode's problem.
+        generated : numpy.ndarray
+            Its generated ids (EOS included when it terminated).
+
+        Returns
+        -------
+        tuple of (float, dict)
+            The reward and the final info (see the module docstring).
+        """
+        completion = self.decode(generated)
+        result = self.task.score(completion, problem)
+        info = {
+            **result.breakdown,
+            **self.reset_info(problem),
+            "completion": completion,
+            "score": float(result.score),
+            "num_new_tokens": int(len(generated)),
+        }
+        return float(result.score), info
+
+
+class TextGenerationEnv(gym.Env):
+    """One prompt per episode, one token per step, the verifier's score at the end.
+
+    See the module docstring for the exact observation layout, info keys and reset semantics.
+
+    Parameters
+    ----------
+    task : str or Task
+        ``"arithmetic"`` (default), ``"countdown"``, ``"gsm8k"``, ``"jsonl"`` or a
+        :class:`~egsw_gym.envs.tasks.Task` object (then no task keyword arguments).
+    tokenizer : None, str, os.PathLike or tokenizer object
+        ``None`` (default): the built-in character tokenizer; a local ``save_pretrained``
+        directory (never the hub); or a Hugging Face tokenizer object.
+    max_prompt_tokens : int or None
+        Prompt slots (default: fits every prompt of the task, see :class:`TextGenerationCore`).
+    max_new_tokens : int or None
+        Completion budget (default ``task.suggested_max_new_tokens``).
+    split : str
+        ``"train"`` (default) or ``"test"`` (held out, never overlapping train).
+    data_path : str, os.PathLike or None
+        The local JSONL file for ``task="jsonl"``.
+    prompt_truncation : str
+        ``"error"`` (default) or ``"left"``; see :class:`TextGenerationCore`.
+    render_mode : str or None
+        ``None`` or ``"ansi"`` (``render()`` returns prompt plus completion so far).
+    **task_kwargs
+        Forwarded to the task: difficulty knobs (arithmetic ``digits``, ``operators``,
+        ``allow_negative``; countdown ``num_numbers``, ``max_number``, ``max_target``; gsm8k
+        ``kinds``; jsonl ``test_fraction``, ``match``, ``test_data_path``) and ``seed``,
+        ``num_test``, ``format_weight``, ``max_completion_chars``.
+
+    Attributes
+    ----------
+    task : Task
+        The task (prompts and verifier).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: str | Task = "arithmetic",
+        tokenizer: Any = None,
+        max_prompt_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        split: str = "train",
+        data_path: str | os.PathLike | None = None,
+        prompt_truncation: str = "error",
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
+            )
+        self.render_mode = render_mode
+        self.core = TextGenerationCore(
+            task,
+            tokenizer,
+            max_prompt_tokens,
+            max_new_tokens,
+            split,
+            data_path,
+            prompt_truncation,
+            **task_kwargs,
+        )
+        self.task, self.tokenizer = self.core.task, self.core.tokenizer
+        self.split, self.max_prompt_tokens, self.max_new_tokens = (
+            self.core.split,
+            self.core.max_prompt_tokens,
+            self.core.max_new_tokens,
+        )
+        self.eos_token_id, self.pad_token_id, self.vocab_size = (
+            self.core.eos_token_id,
+            self.core.pad_token_id,
+            self.core.vocab_size,
+        )
+        self.observation_space = self.core.observation_space()
+        self.action_space = self.core.action_space()
+        L = self.core.seq_len
+        self._ids = np.full(L, self.pad_token_id, dtype=np.int64)
+        self._mask = np.zeros(L, dtype=np.int64)
+        self._t = 0
+        self._done = True
+        self.problem: Problem | None = None
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode with a new prompt.
+
+        Parameters
+        ----------
+        seed : int or None
+            Reseeds ``np_random``; the prompt is then a deterministic function of the seed.
+        options : dict or None
+            ``{"prompt_index": k}`` picks problem ``k`` of the split instead of sampling.
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            The observation and ``{"prompt", "answer", "prompt_index", "split"}``.
+        """
+        super().reset(seed=seed)
+        self.problem = self.core.choose_problem(self.np_random, options)
+        row, mask = self.core.encode(self.problem)
+        P = self.max_prompt_tokens
+        self._ids.fill(self.pad_token_id)
+        self._mask.fill(0)
+        self._ids[:P], self._mask[:P] = row, mask
+        self._t, self._done = 0, False
+        return self._obs(), self.core.reset_info(self.problem)
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Append one token.
+
+        Parameters
+        ----------
+        action : int
+            A token id in ``[0, vocab_size)``.
+
+        Returns
+        -------
+        tuple
+            ``(obs, reward, terminated, truncated, info)``; reward and the full info only on the
+            last step (see the module docstring).
+        """
+        if self._done:
+            raise RuntimeError("the episode is over (or never started); call reset() before step()")
+        try:
+            token = int(action)
+        except (TypeError, ValueError):
+            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}") from None
+        if not 0 <= token < self.vocab_size or np.ndim(action) != 0:
+            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}")
+        pos = self.max_prompt_tokens + self._t
+        self._ids[pos], self._mask[pos] = token, 1
+        self._t += 1
+        terminated = token == self.eos_token_id
+        truncated = not terminated and self._t >= self.max_new_tokens
+        if not (terminated or truncated):
+            return self._obs(), 0.0, False, False, {}
+        self._done = True
+        P = self.max_prompt_tokens
+        reward, info = self.core.finish(self.problem, self._ids[P : P + self._t])
+        return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``: the prompt followed by the completion so far."""
+        if self.render_mode != "ansi" or self.problem is None:
+            return None
+        P = self.max_prompt_tokens
+        return self.problem.prompt + self.core.decode(self._ids[P : P + self._t])

@@ -1,0 +1,257 @@
+"""A batched text-generation environment: many sequences stepped at once with numpy.
+
+Same per-slot contract as :class:`~egsw_gym.envs.text_generation.TextGenerationEnv` (see that
+module's docstring), batched: observations are ``{"input_ids": (n, L), "attention_mask": (n, L)}``
+int64 arrays, actions a ``MultiDiscrete([vocab_size] * n)`` array. The token hot path is a handful
+of numpy operations on those arrays; Python work per slot happens only when a slot's episode ends
+(decode, verify, sample the next prompt).
+
+Autoreset is ``AutoresetMode.SAME_STEP`` (like SB3): a slot whose episode ends is reset inside the
+same ``step``; that step returns the new episode's first observation, the finished episode's
+reward/terminated/truncated, and in ``info`` (gymnasium's dict-of-arrays with ``_key`` masks)
+``final_obs`` (object array holding the finished slot's last observation dict) and ``final_info``
+(the finished episode's info, see the single env), while the top-level keys hold the new
+episode's reset info (``prompt``, ``answer``, ``prompt_index``, ``split``).
+
+Slot ``i`` is exactly a single environment reset with ``seed[i]``: stepping this environment
+gives the same trajectories as ``n`` single environments with the same seeds and actions (each
+single one calling ``reset()`` without a seed when its episode ends).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .tasks import Task
+from .text_generation import _OPTION_KEYS, TextGenerationCore
+
+__all__ = ["TextGenerationVectorEnv"]
+
+
+class TextGenerationVectorEnv(VectorEnv):
+    """``num_envs`` text-generation episodes stepped together.
+
+    Parameters
+    ----------
+    num_envs : int
+        Number of parallel sequences.
+    task : str or Task
+        As for :class:`~egsw_gym.envs.text_generation.TextGenerationEnv` (one task object is
+        shared by all slots).
+    tokenizer : None, str, os.PathLike or tokenizer object
+        As for the single environment.
+    max_prompt_tokens : int or None
+        As for the single environment.
+    max_new_tokens : int or None
+        As for the single environment.
+    split : str
+        ``"train"`` or ``"test"``.
+    data_path : str, os.PathLike or None
+        JSONL file for ``task="jsonl"``.
+    prompt_truncation : str
+        ``"error"`` or ``"left"``.
+    render_mode : str or None
+        ``None`` or ``"ansi"`` (``render()`` returns one string per slot).
+    **task_kwargs
+        Forwarded to the task.
+
+    Attributes
+    ----------
+    task : Task
+        The shared task.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer.
+    supports_per_env_options : bool
+        ``True``: ``reset(options={"prompt_index": [k_0, ..., k_{n-1}]})`` gives each slot its own
+        option (``None`` entries sample); :class:`egsw_gym.common.vec_env.VectorEnvAdapter`
+        relies on it for SB3's per-env ``set_options``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+    supports_per_env_options = True
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        task: str | Task = "arithmetic",
+        tokenizer: Any = None,
+        max_prompt_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        split: str = "train",
+        data_path: str | os.PathLike | None = None,
+        prompt_truncation: str = "error",
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
+            )
+        self.render_mode = render_mode
+        self.num_envs = int(num_envs)
+        self.core = TextGenerationCore(
+            task,
+            tokenizer,
+            max_prompt_tokens,
+            max_new_tokens,
+            split,
+            data_path,
+            prompt_truncation,
+            **task_kwargs,
+        )
+        c = self.core
+        self.task, self.tokenizer, self.split = c.task, c.tokenizer, c.split
+        self.max_prompt_tokens, self.max_new_tokens = c.max_prompt_tokens, c.max_new_tokens
+        self.eos_token_id, self.pad_token_id, self.vocab_size = c.eos_token_id, c.pad_token_id, c.vocab_size
+        self.single_observation_space = c.observation_space()
+        self.single_action_space = c.action_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        n, L = self.num_envs, c.seq_len
+        self._ids = np.full((n, L), self.pad_token_id, dtype=np.int64)
+        self._mask = np.zeros((n, L), dtype=np.int64)
+        self._t = np.zeros(n, dtype=np.int64)
+        self._rows = np.arange(n)
+        self._started = False
+        self.problems: list[Any] = [None] * n
+        self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(n)]
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    def _reset_slot(self, i: int, options: dict | None) -> dict[str, Any]:
+        problem = self.core.choose_problem(self._rngs[i], options)
+        row, mask = self.core.encode(problem)
+        P = self.max_prompt_tokens
+        self._ids[i].fill(self.pad_token_id)
+        self._mask[i].fill(0)
+        self._ids[i, :P], self._mask[i, :P] = row, mask
+        self._t[i] = 0
+        self.problems[i] = problem
+        return self.core.reset_info(problem)
+
+    def _per_slot(self, name: str, value: Any, check, offset: bool = False) -> list:
+        """Broadcast a scalar or ``None`` to all slots (``offset``: slot ``i`` gets ``value + i``),
+        or validate a per-slot sequence."""
+        if value is None or np.isscalar(value):
+            value = check(value)
+            if value is None or not offset:
+                return [value] * self.num_envs
+            return [value + i for i in range(self.num_envs)]
+        if not isinstance(value, (Sequence, np.ndarray)) or len(value) != self.num_envs:
+            raise ValueError(
+                f"{name} must be None, a scalar or a sequence of {self.num_envs} entries, got {value!r}"
+            )
+        return [check(v) for v in value]
+
+    @staticmethod
+    def _check_seed(s: Any) -> int | None:
+        if s is None:
+            return None
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"seed must be None, a non-negative int or a list of them, got {s!r}")
+        return int(s)
+
+    # ---------------------------------------------------------------------------------- gym API
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every slot.
+
+        Parameters
+        ----------
+        seed : int, sequence of (int or None), or None
+            An int ``s`` seeds slot ``i`` with ``s + i`` (as ``SyncVectorEnv`` does); a sequence
+            gives each slot its seed (``None``: unseeded). A seeded slot samples exactly the
+            prompt a single environment reset with that seed samples.
+        options : dict or None
+            ``{"prompt_index": k}`` puts problem ``k`` in every slot (a whole group on one prompt);
+            ``{"prompt_index": [k_0, ..., k_{n-1}]}`` one per slot, ``None`` entries sampled.
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            Batched observation and the reset infos (dict of arrays with ``_key`` masks).
+        """
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            super().reset(seed=int(seed))
+        seeds = self._per_slot("seed", seed, self._check_seed, offset=True)
+        slot_options: list[dict | None] = [None] * self.num_envs
+        if options:
+            unknown = [k for k in options if k not in _OPTION_KEYS]
+            if unknown:
+                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {_OPTION_KEYS}")
+            idx = self._per_slot("options['prompt_index']", options.get("prompt_index"), lambda v: v)
+            slot_options = [None if k is None else {"prompt_index": k} for k in idx]
+        for i, s in enumerate(seeds):
+            if s is not None:
+                self._rngs[i] = seeding.np_random(s)[0]
+        infos: dict[str, Any] = {}
+        for i in range(self.num_envs):
+            infos = self._add_info(infos, self._reset_slot(i, slot_options[i]), i)
+        self._started = True
+        return self._obs(), infos
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Append one token to every sequence; finished slots are scored and reset in place.
+
+        Parameters
+        ----------
+        actions : numpy.ndarray
+            ``(num_envs,)`` token ids in ``[0, vocab_size)``.
+
+        Returns
+        -------
+        tuple
+            ``(obs, rewards, terminated, truncated, infos)`` with ``rewards`` float64 ``(n,)``
+            (nonzero only for slots whose episode ended), ``terminated``/``truncated`` bool ``(n,)``,
+            and the SAME_STEP infos described in the module docstring.
+        """
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(
+                f"actions must be an integer array of shape ({self.num_envs},), got {actions.dtype} {actions.shape}"
+            )
+        if actions.min() < 0 or actions.max() >= self.vocab_size:
+            raise ValueError(f"actions must be token ids in [0, {self.vocab_size}), got {actions}")
+        pos = self.max_prompt_tokens + self._t
+        self._ids[self._rows, pos] = actions
+        self._mask[self._rows, pos] = 1
+        self._t += 1
+        terminated = actions == self.eos_token_id
+        truncated = ~terminated & (self._t >= self.max_new_tokens)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        done = np.flatnonzero(terminated | truncated)
+        if len(done) == 0:
+            return self._obs(), rewards, terminated, truncated, {}
+        infos: dict[str, Any] = {}
+        P = self.max_prompt_tokens
+        for i in done.tolist():
+            final_obs = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
+            rewards[i], final_info = self.core.finish(self.problems[i], self._ids[i, P : P + self._t[i]])
+            infos = self._add_info(infos, {"final_obs": final_obs, "final_info": final_info}, i)
+            infos = self._add_info(infos, self._reset_slot(i, None), i)
+        return self._obs(), rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[str, ...] | None:
+        """With ``render_mode="ansi"``: per slot, the prompt followed by the completion so far."""
+        if self.render_mode != "ansi" or not self._started:
+            return None
+        P = self.max_prompt_tokens
+        return tuple(
+            p.prompt + self.core.decode(self._ids[i, P : P + self._t[i]]) for i, p in enumerate(self.problems)
+        )
