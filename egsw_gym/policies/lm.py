@@ -389,7 +389,8 @@ class LMPolicy(GRPOPolicy):
             if model_config is None or (isinstance(model_config, dict) and "model_type" not in model_config):
                 kwargs = dict(model_config or {})
                 kwargs.setdefault("n_positions", max(256, obs_len))
-                return build_tiny_lm(self.n_actions, tokenizer=self.tokenizer, dtype=dtype, **kwargs)
+                vocab_size = kwargs.pop("vocab_size", self.n_actions)
+                return build_tiny_lm(vocab_size, tokenizer=self.tokenizer, dtype=dtype, **kwargs)
             if isinstance(model_config, dict):
                 fields = dict(model_config)
                 model_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
