@@ -13,8 +13,9 @@ seeds, options and infos:
   lists (``{"prompt_index": [3, 3, 7, 7]}``). Both are consumed by the reset, as in
   ``DummyVecEnv``. The reset infos are in ``reset_infos``.
 - ``step_wait()`` returns ``(obs, rewards float32 (n,), dones bool (n,), infos list of n dicts)``.
-  For an env whose episode ended, ``infos[i]`` is the finished episode's final info plus
-  ``"terminal_observation"`` (its last observation) and ``"TimeLimit.truncated"``; the new
+  Every ``infos[i]`` has ``"TimeLimit.truncated"`` (truncated and not terminated). For an env
+  whose episode ended, ``infos[i]`` is the finished episode's final info plus
+  ``"terminal_observation"`` (its last observation); the new
   episode's reset info goes to ``reset_infos[i]``, exactly as ``DummyVecEnv`` does.
 """
 
@@ -168,9 +169,10 @@ class VectorEnvAdapter(VecEnv):
                     self.reset_infos[i] = top[i]
                 else:
                     infos[i] = top[i]
+        for i in range(self.num_envs):  # as DummyVecEnv: on every step, for every env
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
         for i in np.flatnonzero(dones).tolist():
             infos[i]["terminal_observation"] = None if final_obs is None else final_obs[i]
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
         return obs, np.asarray(rewards, dtype=np.float32), dones, infos
 
     def close(self) -> None:
