@@ -260,6 +260,21 @@ def test_load_with_one_env_rejects_step_mode(tmp_path):
         PPO.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", n_envs=1))
 
 
+def test_loads_a_plain_sb3_zip(tmp_path):
+    ref = make_model(sb3.PPO).learn(32)
+    ref.save(tmp_path / "sb3.zip")
+    model = PPO.load(tmp_path / "sb3.zip", env=make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    assert model.egsw is None
+    obs = model.env.reset()
+    np.testing.assert_array_equal(
+        model.predict(obs, deterministic=True)[0], ref.predict(obs, deterministic=True)[0]
+    )
+    model.learn(32)
+    model.egsw = EGSW()  # SB3's zip names SB3's RolloutBuffer, which cannot hold weights
+    with pytest.raises(ValueError, match="rollout_buffer_class=None"):
+        model.learn(32)
+
+
 # ---------------------------------------------------------------------------------------- SB3 surface
 
 

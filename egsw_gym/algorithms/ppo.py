@@ -21,7 +21,9 @@ The subclass changes three things and nothing else (see ``shared/EGSW.md``):
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import io
+import pathlib
+from collections.abc import Generator, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -127,7 +129,18 @@ class _EGSWBufferMixin:
         return weights
 
     def get(self, batch_size: int | None = None) -> Generator[EGSWRolloutBufferSamples, None, None]:
-        """Yield shuffled minibatches with their weights (same RNG use as SB3: one permutation)."""
+        """Yield shuffled minibatches with their weights (same RNG use as SB3: one permutation).
+
+        Parameters
+        ----------
+        batch_size : int or None
+            Minibatch size; ``None`` yields the whole rollout at once.
+
+        Yields
+        ------
+        EGSWRolloutBufferSamples
+            SB3's minibatch fields plus ``weights``.
+        """
         if not self.generator_ready:
             # Flatten our arrays exactly when SB3 flattens its own (inside super().get).
             self.entropies = self.swap_and_flatten(self.entropies)  # type: ignore[attr-defined]
@@ -137,6 +150,7 @@ class _EGSWBufferMixin:
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
     ) -> EGSWRolloutBufferSamples:
+        """SB3's minibatch at ``batch_inds`` with the matching EGSW weights appended."""
         samples = super()._get_samples(batch_inds, env=env)  # type: ignore[misc]
         weights = self.to_torch(self.weights[batch_inds].flatten())  # type: ignore[attr-defined]
         return EGSWRolloutBufferSamples(*samples, weights=weights)
@@ -396,7 +410,12 @@ class PPO(SB3PPO):
         # The EGSW object is never pickled into the zip; egsw_config (a plain dict) is saved instead.
         return [*super()._excluded_save_params(), "egsw"]
 
-    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
         """Save the model (SB3 ``save``); the EGSW config is stored as plain data in ``egsw_config``.
 
         Parameters
@@ -480,6 +499,15 @@ class PPO(SB3PPO):
         """
         assert self._last_obs is not None, "No previous observation was provided"
         egsw_buffer = isinstance(rollout_buffer, _EGSWBufferMixin)
+        if self.egsw is not None:
+            # model.egsw may have been set after construction (e.g. on a model loaded from a plain SB3 zip).
+            _check_egsw_type(self.egsw)
+            self._check_egsw_env(env.num_envs)
+            if not egsw_buffer:
+                raise ValueError(
+                    f"egsw is set but the rollout buffer ({type(rollout_buffer).__name__}) cannot store entropies "
+                    "and weights; rebuild the model with rollout_buffer_class=None (EGSWRolloutBuffer)"
+                )
         # Switch to eval mode (this affects batch norm / dropout)
         self.policy.set_training_mode(False)
 
