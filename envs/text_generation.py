@@ -321,6 +321,15 @@ class TextGenerationEnv(gym.Env):
         The task (prompts and verifier).
     tokenizer : transformers.PreTrainedTokenizerBase
         The tokenizer.
+    core : TextGenerationCore
+        Prompt encoding (``core.encode(problem) -> (row, mask)``, exactly the observation's
+        prompt slots) and final scoring (``core.finish(problem, generated_ids) -> (reward,
+        info)``), shared with the vector environment; evaluation code can use it to score
+        completions exactly as an episode would.
+    max_prompt_tokens, max_new_tokens, eos_token_id, pad_token_id, vocab_size : int
+        The resolved settings.
+    problem : Problem or None
+        The current episode's problem.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}

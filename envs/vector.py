@@ -68,6 +68,10 @@ class TextGenerationVectorEnv(VectorEnv):
         The shared task.
     tokenizer : transformers.PreTrainedTokenizerBase
         The tokenizer.
+    core : TextGenerationCore
+        Prompt encoding and scoring, as for the single environment.
+    problems : list of Problem
+        The current problem of each slot.
     supports_per_env_options : bool
         ``True``: ``reset(options={"prompt_index": [k_0, ..., k_{n-1}]})`` gives each slot its own
         option (``None`` entries sample); :class:`egsw_gym.common.vec_env.VectorEnvAdapter`
