@@ -9,7 +9,6 @@ from gymnasium import spaces
 
 pytest.importorskip("transformers")
 
-from egsw_gym.envs.tokenizer import build_char_tokenizer  # noqa: E402
 
 from egsw_gym.policies.lm import LMPolicy, prepare_prompt  # noqa: E402
 
@@ -232,25 +231,38 @@ def test_lora_trains_only_adapter_parameters(tmp_path):
     assert torch.allclose(lp_loaded, lp_trained, atol=1e-4)
 
 
+def test_act_on_the_vector_env_matches_evaluate_sequences():
+    """The real rollout path: the batched text env (SAME_STEP autoreset) stepped with act()."""
+    import gymnasium as gym
+
+    import egsw_gym  # noqa: F401  (registers the egsw/* ids)
+
+    venv = gym.make_vec("egsw/Arithmetic-v0", 6, vectorization_mode="vector_entry_point", max_new_tokens=5)
+    policy = LMPolicy(venv.single_observation_space, venv.single_action_space, lambda _: 1e-3)
+    obs, _ = venv.reset(seed=[0, 1, 2, 3, 4, 5])
+    first = {k: torch.as_tensor(v) for k, v in obs.items()}
+    state, active, steps = None, np.ones(6, dtype=bool), []
+    while active.any():
+        actions, log_probs, _, state = policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, state)
+        obs, _, terminated, truncated, _ = venv.step(actions.numpy())
+        steps.append((actions, log_probs, torch.as_tensor(active.copy())))
+        active &= ~(terminated | truncated)
+    actions, lp_act, mask = (torch.stack(x, 1) for x in zip(*steps, strict=True))
+    lp_eval, _ = policy.evaluate_sequences(first, None, actions, mask)
+    assert torch.allclose(lp_eval[mask], lp_act[mask], atol=1e-4)
+
+
 def test_warm_start_raises_arithmetic_accuracy():
-    from types import SimpleNamespace
+    import gymnasium as gym
 
-    from egsw_gym.envs.tasks.arithmetic import ArithmeticTask
-
+    import egsw_gym  # noqa: F401
     from egsw_gym.llm import evaluate_accuracy, warm_start
 
-    task = ArithmeticTask()
-    tokenizer = build_char_tokenizer()
-    max_new = task.suggested_max_new_tokens
-    # A stand-in exposing what evaluate_accuracy reads from an environment (task, tokenizer, budget),
-    # so this test does not depend on the environment module.
-    env = SimpleNamespace(task=task, tokenizer=tokenizer, max_new_tokens=max_new)
-    env.unwrapped = env
-    length = task.max_prompt_chars() + max_new
-    policy = LMPolicy(obs_space(length), spaces.Discrete(len(tokenizer)), lambda _: 1e-3)
+    env = gym.make("egsw/Arithmetic-v0")
+    policy = LMPolicy(env.observation_space, env.action_space, lambda _: 1e-3)
     before = evaluate_accuracy(policy, env, n=200, k=0)
-    stats = warm_start(policy, task, steps=150, batch_size=32, seed=0)
-    after = evaluate_accuracy(policy, env, n=200, k=4)
+    stats = warm_start(policy, env.unwrapped.task, steps=150, batch_size=32, seed=0, env=env)
+    after = evaluate_accuracy(policy, "egsw/Arithmetic-v0", n=200, k=4)
     assert stats["loss"] < 0.4 * stats["first_loss"]
     assert before["accuracy"] == 0.0
     assert after["accuracy"] > before["accuracy"]

@@ -31,28 +31,38 @@ def _unwrap_model(policy_or_model: Any) -> tuple[torch.nn.Module, int | None, fl
     return policy_or_model, None, 1.0, None
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], env: Any = None) -> list[list[int]]:
-    """Token ids of each prompt, exactly as the environment encodes them.
+def _env_core(env: Any) -> Any:
+    """The environment's ``TextGenerationCore`` (prompt encoding and scoring), if it has one."""
+    unwrapped = getattr(env, "unwrapped", env)
+    return getattr(unwrapped, "core", None)
+
+
+def encode_prompts(tokenizer: Any, problems: Sequence[Any], env: Any = None) -> list[list[int]]:
+    """Prompt token ids of each problem, exactly as the environment encodes them.
 
     Parameters
     ----------
     tokenizer : transformers.PreTrainedTokenizerBase
         The environment's tokenizer.
-    prompts : sequence of str
-        Prompt texts.
-    env : gymnasium.Env or None
-        When given and it exposes ``encode_prompt(text)``, that is used, so special tokens (BOS,
-        chat templates) match what the policy sees during RL.
+    problems : sequence of Problem
+        Problems of the task (their ``prompt`` is encoded).
+    env : gymnasium.Env, gymnasium.vector.VectorEnv or None
+        When given, its ``core.encode`` is used, so special tokens and prompt truncation are the ones
+        the policy sees during RL. Otherwise ``tokenizer.encode(prompt)``, which is what the
+        environment calls.
 
     Returns
     -------
     list of list of int
     """
-    unwrapped = getattr(env, "unwrapped", env)
-    encode = getattr(unwrapped, "encode_prompt", None)
-    if callable(encode):
-        return [list(map(int, encode(p))) for p in prompts]
-    return [list(map(int, ids)) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    core = _env_core(env)
+    if core is not None and callable(getattr(core, "encode", None)):
+        rows = []
+        for problem in problems:
+            row, mask = core.encode(problem)
+            rows.append([int(t) for t, m in zip(row, mask, strict=True) if m])
+        return rows
+    return [list(map(int, tokenizer.encode(p.prompt))) for p in problems]
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +176,7 @@ def warm_start(
     try:
         for step in range(steps):
             problems = [task.sample(rng, split) for _ in range(batch_size)]
-            prompts = encode_prompts(tokenizer, [p.prompt for p in problems], env)
+            prompts = encode_prompts(tokenizer, problems, env)
             completions = tokenizer(
                 [task.reference_completion(p) for p in problems], add_special_tokens=False
             )["input_ids"]
@@ -211,16 +221,16 @@ def generate_completions(
     deterministic: bool = True,
     batch_size: int = 256,
 ) -> list[list[int]]:
-    """Complete prompts with the policy's KV-cached :meth:`act` loop, stopping each row at EOS.
+    """Complete prompts with the policy's batched, KV-cached :meth:`act` loop (the rollout path).
 
     Parameters
     ----------
     policy : LMPolicy
-        The policy (its ``tokenizer`` gives EOS and padding ids).
+        The policy (its ``tokenizer`` gives the EOS and padding ids).
     prompt_ids : sequence of sequence of int
         Encoded prompts.
     max_new_tokens : int
-        Completion budget (EOS included), as the environment's ``max_new_tokens``.
+        Completion budget, EOS included (the environment's ``max_new_tokens``).
     deterministic : bool
         Greedy decoding instead of sampling.
     batch_size : int
@@ -229,7 +239,8 @@ def generate_completions(
     Returns
     -------
     list of list of int
-        Each completion's tokens up to and excluding EOS.
+        Each completion's tokens, up to and including its first EOS (none if it was truncated):
+        what the environment would have received as actions.
     """
     tokenizer = policy.tokenizer
     eos_id = tokenizer.eos_token_id
@@ -250,9 +261,8 @@ def generate_completions(
                 done |= actions == eos_id
                 if bool(done.all()):  # every row has stopped: no need to run the model further
                     break
-            out = torch.stack(tokens, 1).tolist()
-            for row in out:
-                results.append(row[: row.index(eos_id)] if eos_id in row else row)
+            for row in torch.stack(tokens, 1).tolist():
+                results.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
     finally:
         policy.set_training_mode(was_training)
     return results
@@ -269,24 +279,28 @@ def evaluate_accuracy(
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Held-out accuracy of an ``LMPolicy``: greedy accuracy and pass@k over the first ``n`` test problems.
+    """Held-out accuracy of an ``LMPolicy``: greedy accuracy and pass@k over the first ``n`` problems.
+
+    Completions come from :func:`generate_completions` (the policy's batched KV-cached ``act``) and
+    are scored by the environment's own ``core.finish`` (its decoding and verifier), so a problem
+    counts as solved exactly when an RL episode on it would be rewarded as correct.
 
     Parameters
     ----------
     policy : LMPolicy
         The policy to evaluate (put in eval mode for the call, then restored).
-    env_id_or_env : str or gymnasium.Env
+    env_id_or_env : str, gymnasium.Env or gymnasium.vector.VectorEnv
         A registered id (made with ``gym.make(id, **env_kwargs)``) or an environment; it provides
-        the task, the tokenizer, the prompt encoding and ``max_new_tokens``.
+        the task, the tokenizer, the prompt encoding, ``max_new_tokens`` and the scoring.
     n : int
-        Number of held-out problems (capped at the split size).
+        Number of problems, the first ``n`` of ``split`` (capped at the split size).
     greedy : bool
         Report greedy (argmax) accuracy as ``accuracy``.
     k : int
-        ``pass@k``: ``k`` sampled completions per problem, a problem passes if any is correct
-        (sampled with the policy's temperature). ``k=0`` skips it.
+        ``pass@k``: ``k`` sampled completions per problem (with the policy's temperature); a
+        problem passes if any is correct. ``k=0`` skips it.
     split : str
-        ``"test"`` (held out) or ``"train"``.
+        ``"test"`` (held out, never trained on) or ``"train"``.
     batch_size : int
         Sequences decoded together.
     seed : int
@@ -297,36 +311,43 @@ def evaluate_accuracy(
     Returns
     -------
     dict
-        ``accuracy`` (greedy, if ``greedy``), ``pass@k`` (if ``k > 0``), ``mean_length`` of the greedy
-        (else sampled) completions in tokens, ``n``.
+        ``accuracy`` (if ``greedy``), ``pass@k`` (if ``k > 0``), ``mean_length`` (completion tokens
+        without EOS, of the greedy completions if any) and ``n``.
     """
     import gymnasium as gym
 
     env = gym.make(env_id_or_env, **(env_kwargs or {})) if isinstance(env_id_or_env, str) else env_id_or_env
-    unwrapped = env.unwrapped
+    unwrapped = getattr(env, "unwrapped", env)
     task, tokenizer = unwrapped.task, unwrapped.tokenizer
+    core = _env_core(env)
+    eos_id = tokenizer.eos_token_id
     max_new = int(getattr(unwrapped, "max_new_tokens", None) or task.suggested_max_new_tokens)
     n = min(int(n), task.num_problems(split))
     problems = [task.problem(i, split) for i in range(n)]
-    prompts = encode_prompts(tokenizer, [p.prompt for p in problems], env)
+    prompts = encode_prompts(tokenizer, problems, env)
 
-    def score(completions: list[list[int]], repeats: int) -> tuple[np.ndarray, float]:
-        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        correct = np.array(
-            [task.score(text, problems[i // repeats]).correct for i, text in enumerate(texts)], dtype=bool
-        )
-        return correct.reshape(n, repeats), float(np.mean([len(c) for c in completions]))
+    def is_correct(problem: Any, tokens: list[int]) -> bool:
+        if core is not None:
+            return bool(core.finish(problem, np.asarray(tokens, dtype=np.int64))[1]["correct"])
+        text = tokenizer.decode([t for t in tokens if t != eos_id], skip_special_tokens=True)
+        return task.score(text, problem).correct
+
+    def run(deterministic: bool, repeats: int) -> tuple[np.ndarray, float]:
+        repeated = [p for p in prompts for _ in range(repeats)]
+        completions = generate_completions(policy, repeated, max_new, deterministic, batch_size)
+        correct = [is_correct(problems[i // repeats], c) for i, c in enumerate(completions)]
+        lengths = [len(c) - (1 if c and c[-1] == eos_id else 0) for c in completions]
+        return np.asarray(correct, dtype=bool).reshape(n, repeats), float(np.mean(lengths))
 
     result: dict[str, float] = {"n": float(n)}
     if greedy:
-        correct, mean_len = score(generate_completions(policy, prompts, max_new, True, batch_size), 1)
+        correct, mean_len = run(True, 1)
         result["accuracy"] = float(correct.mean())
         result["mean_length"] = mean_len
     if k > 0:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            repeated = [p for p in prompts for _ in range(k)]
-            correct, mean_len = score(generate_completions(policy, repeated, max_new, False, batch_size), k)
+            correct, mean_len = run(False, k)
         result[f"pass@{k}"] = float(correct.any(axis=1).mean())
         result.setdefault("mean_length", mean_len)
     return result
