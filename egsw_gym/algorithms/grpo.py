@@ -143,6 +143,8 @@ class GRPO(BaseAlgorithm):
     n_envs : int or None
         Number of environments when ``env`` is a string or a single env; default
         ``group_size * n_groups`` (all groups in one round). Must be a multiple of ``group_size``.
+    env_kwargs : dict or None
+        Keyword arguments of ``gym.make`` when ``env`` is an id string (e.g. a text task's knobs).
     learning_rate : float or Callable[[float], float]
         Learning rate or schedule of remaining progress (1 -> 0).
     n_epochs : int
@@ -202,6 +204,7 @@ class GRPO(BaseAlgorithm):
         group_size: int = 8,
         n_groups: int = 4,
         n_envs: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         learning_rate: float | Schedule = 3e-4,
         n_epochs: int = 4,
         batch_size: int | None = None,
@@ -245,7 +248,7 @@ class GRPO(BaseAlgorithm):
                 f"egsw must be an EGSW instance, a dict from EGSW.to_dict(), or None; got {type(egsw).__name__}"
             )
         if env is not None and not isinstance(env, VecEnv):
-            env = self._make_vec_env(env, n_envs if n_envs is not None else group_size * n_groups, seed)
+            env = self._make_vec_env(env, n_envs if n_envs is not None else group_size * n_groups, env_kwargs)
 
         super().__init__(
             policy=policy,
@@ -337,10 +340,12 @@ class GRPO(BaseAlgorithm):
             )
 
     @staticmethod
-    def _make_vec_env(env: gym.Env | str, n_envs: int, seed: int | None) -> VecEnv:
+    def _make_vec_env(env: gym.Env | str, n_envs: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
         """An id string or a single env -> a ``DummyVecEnv`` of ``n_envs`` monitored copies."""
         if isinstance(env, str):
-            return make_vec_env(env, n_envs=n_envs)
+            # Not make_vec_env(env_id): it forces render_mode="rgb_array", which envs without that mode
+            # (the text env) reject, and which training never needs.
+            return make_vec_env(lambda: gym.make(env, **(env_kwargs or {})), n_envs=n_envs)
         if not isinstance(env, gym.Env):
             raise ValueError(
                 f"env must be a gymnasium.Env, an env id string or an SB3 VecEnv, got {type(env).__name__}"
