@@ -95,6 +95,7 @@ class Snapshot(BaseCallback):
     def _on_rollout_end(self) -> None:
         self.policy_state = copy.deepcopy(self.model.policy.state_dict())
         buf = self.model.rollout_buffer
+        self.entropies = buf.entropies.copy()
         self.data = {
             k: getattr(buf, k).copy()
             for k in ("observations", "actions", "advantages", "returns", "log_probs", "weights")
@@ -159,6 +160,12 @@ def test_step_mode_sets_are_the_envs_at_each_step():
     w = snap.data["weights"]  # (n_steps, n_envs)
     np.testing.assert_allclose(w.sum(axis=1), 4.0, rtol=1e-5)
     assert np.all(w >= 0) and np.isfinite(w).all()
+    # Each weight belongs to its own sample: recompute from the stored advantages and entropies.
+    adv, ent = snap.data["advantages"], snap.entropies
+    adv_std = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    scores = (adv_std + 0.3 * ent) / 1.0
+    expected = 4 * np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(w, expected, rtol=1e-4)
 
 
 def test_trajectory_segments_split_at_episode_starts_and_rollout_bounds():
