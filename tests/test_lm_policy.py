@@ -203,7 +203,9 @@ def test_checkpoint_directory_round_trip_offline(tmp_path, monkeypatch):
 
 def test_lora_trains_only_adapter_parameters(tmp_path):
     pytest.importorskip("peft")
-    policy = make_policy(lora_config={"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]})
+    policy = make_policy(
+        lora_config={"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["c_attn"]}
+    )
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     optimized = sum(p.numel() for g in policy.optimizer.param_groups for p in g["params"])

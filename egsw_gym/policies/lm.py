@@ -357,10 +357,10 @@ class LMPolicy(GRPOPolicy):
         self.tokenizer = self._resolve_tokenizer(tokenizer, model)
         self.model = self._resolve_model(model, model_config, dtype, obs_len)
         self._check_model(obs_len)
-        if disable_dropout:
-            self._disable_dropout()
         if lora_config is not None:
             self.model = self._apply_lora(self.model, lora_config)
+        if disable_dropout:  # after LoRA, which brings its own dropout modules
+            self._disable_dropout()
         self._cache_kw, self._has_logits_to_keep = _forward_kwargs(self.model)
         self._max_position = _max_position(self.base_model.config)
         self._fill_token_id = self._special_id("bos_token_id", "eos_token_id", "pad_token_id")

@@ -50,7 +50,8 @@ def build_tiny_lm(
         Parameter dtype; ``None`` keeps float32.
     **config_kwargs : Any
         Any other ``GPT2Config`` field. Dropout defaults to 0: RL needs the log-probs of the sampling
-        pass and of the training pass to agree (TRL disables dropout for the same reason).
+        pass and of the training pass to agree (TRL disables dropout for the same reason). The
+        activation defaults to ``"gelu_pytorch_tanh"`` (GPT-2's GELU, fused).
 
     Returns
     -------
@@ -78,6 +79,9 @@ def build_tiny_lm(
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
+        # The same tanh-approximated GELU as GPT-2's "gelu_new" (outputs agree to ~1e-6) but one fused
+        # kernel instead of a chain of Python-level ops: ~20% faster forward passes on CPU.
+        "activation_function": "gelu_pytorch_tanh",
         **special,
         **config_kwargs,
     }
