@@ -298,6 +298,15 @@ class PPO(SB3PPO):
     Entropy at a rollout step is the entropy of the action distribution the action was sampled
     from (differential entropy for Gaussian policies). Where a distribution has no closed form
     (gSDE with ``squash_output=True``) the one-sample estimate ``-log pi(a|s)`` is stored instead.
+
+    Because the weights grow with the advantage, the weighted surrogate no longer has zero mean
+    (``sum_i w_i A_i > 0`` even for centred advantages): besides the usual policy gradient it pushes
+    up the likelihood of all sampled actions, which lowers the policy entropy. With a small
+    temperature this can collapse exploration early (seen on CartPole-v1 with the RL Zoo settings,
+    ``EGSW()`` defaults, one seed of three); a larger ``temperature`` or a larger ``alpha`` counters it.
+
+    In ``mode="trajectory"`` every episode segment counts once in its set whatever its length, so a
+    short segment (e.g. the tail cut by the rollout boundary) gets the same share as a full episode.
     """
 
     def __init__(
