@@ -31,7 +31,14 @@ def test_overrides_are_parsed_as_yaml_and_merged():
     assert ov == {"grpo": {"learning_rate": 1e-3}, "egsw": {"alpha": 0.5, "mode": "trajectory"}, "n_timesteps": 5000}
     spec = make_run_spec("grpo-egsw", "CartPole-v1", 0, ov)
     assert spec.algo_kwargs["learning_rate"] == 1e-3 and spec.n_timesteps == 5000
-    assert spec.egsw == EGSW(**{**load_suite("classic")["CartPole-v1"]["egsw"], "alpha": 0.5, "mode": "trajectory"})
+    preset = load_suite("classic")["CartPole-v1"]
+    # env-level egsw < the grpo block's egsw < the user's overrides
+    assert spec.egsw == EGSW(**{**preset["egsw"], **preset["grpo"]["egsw"], "alpha": 0.5, "mode": "trajectory"})
+    spec = make_run_spec("grpo-egsw", "CartPole-v1", 0, parse_overrides(["egsw.temperature=7"]))
+    assert spec.egsw.temperature == 7.0
+    # "lin_<x>" is a linear decay from x to 0
+    lr = make_run_spec("grpo", "CartPole-v1", 0).algo_kwargs["learning_rate"]
+    assert lr(1.0) == pytest.approx(2e-3) and lr(0.5) == pytest.approx(1e-3) and lr(0.0) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["learning_rate"])
     with pytest.raises(ValueError, match="EGSW.temperature"):

@@ -3,7 +3,8 @@
 Each file maps an environment id to run settings (``n_timesteps``, ``eval_freq``, ``eval_episodes``,
 ``env_kwargs``, ``warm_start_steps``), one block per base algorithm (``ppo``, ``grpo``: constructor
 arguments plus ``n_envs``, ``policy``, ``normalize``) and an ``egsw`` block, the EGSW config the
-``-egsw`` algorithm variants add. Any value can be overridden from the command line with
+``-egsw`` algorithm variants add (an ``egsw`` block inside an algorithm block refines it for that
+algorithm). ``"lin_<x>"`` values (learning rates, clip ranges) decay linearly from x to 0. Any value can be overridden from the command line with
 ``--set KEY=VALUE`` where KEY is dotted (``grpo.learning_rate=1e-3``, ``egsw.alpha=0.2``,
 ``n_timesteps=5000``); values are parsed as YAML scalars.
 """
@@ -138,6 +139,15 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+def _schedule(value: Any) -> Any:
+    """RL Zoo's ``"lin_2e-3"``: a linear decay from 2e-3 to 0 over training (SB3 ``LinearSchedule``)."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        from stable_baselines3.common.utils import LinearSchedule
+
+        return LinearSchedule(float(value[4:]), 0.0, 1.0)
+    return value
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -167,8 +177,14 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     base, use_egsw = ALGORITHMS[algo]
     if base not in preset:
         raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
-    algo_kwargs = dict(preset[base])
+    algo_kwargs = {k: _schedule(v) for k, v in preset[base].items()}
     run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
+    # Precedence: the environment's `egsw` block < the algorithm block's `egsw` < the user's `--set egsw.*`.
+    egsw_config = {
+        **(preset.get("egsw") or {}),
+        **(algo_kwargs.pop("egsw", None) or {}),
+        **((overrides or {}).get("egsw") or {}),
+    }
     return RunSpec(
         algo=algo,
         env_id=env_id,
@@ -178,7 +194,7 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
         policy=str(run.get("policy", "MlpPolicy")),
         normalize=bool(run.get("normalize", False)),
         algo_kwargs=algo_kwargs,
-        egsw=EGSW(**preset.get("egsw", {})) if use_egsw else None,
+        egsw=EGSW(**egsw_config) if use_egsw else None,
         eval_freq=int(preset.get("eval_freq", 10_000)),
         eval_episodes=int(preset.get("eval_episodes", 10)),
         env_kwargs=dict(preset.get("env_kwargs") or {}),
