@@ -77,6 +77,11 @@ def prepare_prompt(
     """
     ids = input_ids.long()
     mask = attention_mask.long()
+    # Drop the trailing columns no row uses (the empty completion slots of a first observation),
+    # which makes a first observation a plain left-padded batch.
+    used = mask.any(0).nonzero()
+    if len(used) and int(used[-1]) + 1 < mask.shape[1]:
+        ids, mask = ids[:, : int(used[-1]) + 1], mask[:, : int(used[-1]) + 1]
     # Fast path (the normal first observation): the mask never goes 1 -> 0 along a row, i.e. the
     # batch is already left-padded. Otherwise sort pads to the front; a stable sort keeps token order.
     if bool((mask[:, 1:] < mask[:, :-1]).any()):
@@ -493,6 +498,38 @@ class LMPolicy(GRPOPolicy):
             optimizer_kwargs=self.optimizer_kwargs,
         )
         return data
+
+    def checkpoint_kwargs(self, policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """``policy_kwargs`` as plain data for a pickle-free checkpoint (GRPO's ``save`` stores this).
+
+        A model object or a checkpoint path becomes ``model=None`` plus the model's config as a dict
+        (the weights come back from the saved state dict, so the directory is not needed at load
+        time); a ``PretrainedConfig`` becomes its dict; a tokenizer object becomes the local
+        directory it was loaded from, or ``None`` (the built-in tokenizer) when it has none; a
+        ``torch.dtype`` becomes its name. Everything else is kept as given.
+        """
+        from transformers import PretrainedConfig
+
+        kwargs = dict(policy_kwargs or {})
+        if kwargs.get("model") is not None:
+            kwargs["model"] = None
+            kwargs["model_config"] = self.base_model.config.to_dict()
+        elif isinstance(kwargs.get("model_config"), PretrainedConfig):
+            kwargs["model_config"] = kwargs["model_config"].to_dict()
+        tokenizer = kwargs.get("tokenizer", None)
+        if isinstance(tokenizer, os.PathLike):
+            kwargs["tokenizer"] = os.fspath(tokenizer)
+        elif tokenizer is not None and not isinstance(tokenizer, str):
+            source = getattr(tokenizer, "name_or_path", None)
+            kwargs["tokenizer"] = source if isinstance(source, str) and os.path.isdir(source) else None
+        if kwargs.get("tokenizer") is None:
+            # The tokenizer may have come from a checkpoint directory (model=path): keep pointing at it.
+            source = getattr(self.tokenizer, "name_or_path", None)
+            if isinstance(source, str) and os.path.isdir(source):
+                kwargs["tokenizer"] = source
+        if isinstance(kwargs.get("torch_dtype"), torch.dtype):
+            kwargs["torch_dtype"] = str(kwargs["torch_dtype"]).removeprefix("torch.")
+        return kwargs
 
     # ----------------------------------------------------------------------- GRPO interface
     def _obs_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
