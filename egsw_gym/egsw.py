@@ -20,6 +20,7 @@ weight cap) around the same function, and is what the algorithms call.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -195,6 +196,7 @@ class EGSW:
         trajectory_ids: torch.Tensor,
         step_ids: torch.Tensor,
         group_ids: torch.Tensor,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Per-step weights for one update batch, in either mode, from flat per-step data.
 
@@ -216,6 +218,11 @@ class EGSW:
         group_ids : torch.Tensor
             Integer id of the comparison group of the step's trajectory (GRPO: the prompt / start
             state group; PPO: one group for the whole rollout).
+        all_reduce : callable or None
+            Sums a tensor over the processes of a data-parallel job (GRPO passes one under
+            ``torchrun``). When given, ``standardize_advantages`` uses the mean and std of the
+            *global* batch (every rank's samples), so N ranks weight exactly as one process would.
+            Comparison sets never span ranks, so the softmax itself needs no communication.
 
         Returns
         -------
@@ -231,7 +238,7 @@ class EGSW:
         if self.mode == "step":
             # (group, step) -> one integer id; step ids are non-negative so this pairing is injective.
             set_ids = group_ids.long() * (int(step_ids.max()) + 1 if step_ids.numel() else 1) + step_ids.long()
-            return self._weights(advantages, entropies, set_ids)
+            return self._weights(advantages, entropies, set_ids, all_reduce)
         # Trajectory-wise: reduce each trajectory to one (A, H) sample, weight it within its group.
         _, traj_index, traj_len = torch.unique(trajectory_ids, return_inverse=True, return_counts=True)
         n_traj = traj_len.numel()
@@ -240,11 +247,26 @@ class EGSW:
         if self.entropy_reduction == "mean":
             traj_ent = traj_ent / traj_len
         traj_group = group_ids.new_zeros(n_traj).scatter_(0, traj_index, group_ids)
-        return self._weights(traj_adv, traj_ent, traj_group)[traj_index]
+        return self._weights(traj_adv, traj_ent, traj_group, all_reduce)[traj_index]
 
-    def _weights(self, advantages: torch.Tensor, entropies: torch.Tensor, set_ids: torch.Tensor) -> torch.Tensor:
+    def _weights(
+        self,
+        advantages: torch.Tensor,
+        entropies: torch.Tensor,
+        set_ids: torch.Tensor,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """:func:`egsw_weights` with this config's standardisation and cap."""
-        if self.standardize_advantages and advantages.numel() > 1:
+        if self.standardize_advantages and all_reduce is not None:
+            # Global batch statistics, two-pass (mean first, then the centred sum of squares).
+            x = advantages.double()
+            n, total = all_reduce(torch.stack([x.new_tensor(float(x.numel())), x.sum()])).tolist()
+            if n > 1:
+                mean = total / n
+                ss = float(all_reduce(((x - mean) ** 2).sum().reshape(1)))
+                std = (ss / (n - 1)) ** 0.5
+                advantages = ((x - mean) / (std + 1e-8)).to(advantages.dtype)
+        elif self.standardize_advantages and advantages.numel() > 1:
             # std floored so a constant batch maps to zeros instead of NaN.
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         w = egsw_weights(advantages, entropies, set_ids, alpha=self.alpha, temperature=self.temperature)

@@ -41,6 +41,7 @@ from stable_baselines3.common.utils import obs_as_tensor, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from egsw_gym.algorithms.grpo_core import ADVANTAGE_TYPES, LOSS_TYPES, group_advantages, grpo_loss
+from egsw_gym.common import distributed as dist_utils
 from egsw_gym.egsw import EGSW, effective_sample_size
 from egsw_gym.policies.base import GRPOPolicy
 from egsw_gym.policies.mlp import MlpPolicy
@@ -248,7 +249,9 @@ class GRPO(BaseAlgorithm):
                 f"egsw must be an EGSW instance, a dict from EGSW.to_dict(), or None; got {type(egsw).__name__}"
             )
         if env is not None and not isinstance(env, VecEnv):
-            env = self._make_vec_env(env, n_envs if n_envs is not None else group_size * n_groups, env_kwargs)
+            # Under torchrun n_groups is global: each rank runs its n_groups / world_size share.
+            default_n_envs = group_size * dist_utils.local_n_groups(n_groups)
+            env = self._make_vec_env(env, n_envs if n_envs is not None else default_n_envs, env_kwargs)
 
         super().__init__(
             policy=policy,
@@ -378,7 +381,7 @@ class GRPO(BaseAlgorithm):
                 f"but the env has {env.num_envs} environments"
             )
         groups_per_round = env.num_envs // self.group_size
-        if self.n_groups % groups_per_round:
+        if dist_utils.local_n_groups(self.n_groups, self._dist_info.world_size) % groups_per_round:
             raise ValueError(
                 f"n_groups must be a multiple of n_envs // group_size = {groups_per_round} (the groups that run "
                 f"in one round), got n_groups={self.n_groups}"
@@ -405,7 +408,20 @@ class GRPO(BaseAlgorithm):
         # Force a fresh reset before the next learn() (our probe left the envs mid-nothing).
         self._last_obs = None
 
+    #: Sample each round's actions from a generator seeded by the round's group seeds (see
+    #: :func:`~egsw_gym.common.distributed.round_sampling_rng`), so that a round does not depend on
+    #: which process plays it. ``None`` (default): on under torch.distributed, off for one process;
+    #: set ``True`` on a single-process run to reproduce an N-rank run with the same per-rank n_envs.
+    round_seeded_sampling: bool | None = None
+
+    @property
+    def _dist_info(self) -> dist_utils.DistInfo:
+        """This process's rank and world size (a trivial one before ``_setup_model``)."""
+        return getattr(self, "_dist", None) or dist_utils.DistInfo()
+
     def _setup_model(self) -> None:
+        # torchrun / accelerate: join the process group (nccl on CUDA, each rank on cuda:LOCAL_RANK).
+        self._dist, self.device = dist_utils.init_distributed(self.device)
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         if self.env is not None:
@@ -418,6 +434,7 @@ class GRPO(BaseAlgorithm):
                 f"policy must be a GRPOPolicy subclass (act / evaluate_sequences), got {type(self.policy).__name__}"
             )
         self.policy = self.policy.to(self.device)
+        dist_utils.broadcast_module(self.policy, self._dist)  # every rank starts from rank 0's weights
         self.ref_policy = None
         if self.beta > 0:
             # Frozen copy of the initial policy for the KL penalty; it never trains.
@@ -434,7 +451,13 @@ class GRPO(BaseAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         # The reference policy is saved as a state dict; the EGSW object as plain `egsw_config`.
-        return [*super()._excluded_save_params(), "ref_policy", "egsw"]
+        return [*super()._excluded_save_params(), "ref_policy", "egsw", "_dist"]
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's ``save``; under torch.distributed only rank 0 writes (the ranks hold equal weights)."""
+        if not self._dist_info.is_main:
+            return
+        super().save(path, exclude=exclude, include=include)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]
@@ -446,12 +469,15 @@ class GRPO(BaseAlgorithm):
     # Rollout: rounds of groups
     # ------------------------------------------------------------------------------------------
 
-    def _collect_round(self, env: VecEnv, callback: BaseCallback, round_index: int) -> GroupBatch | None:
+    def _collect_round(
+        self, env: VecEnv, callback: BaseCallback, round_index: int, group_seeds: np.ndarray | None = None
+    ) -> GroupBatch | None:
         """Run one round: every env plays one episode from its group's seed. ``None`` if a callback stops."""
         n_envs, G = env.num_envs, self.group_size
         groups_per_round = n_envs // G
-        # Group seeds come from NumPy's global RNG, which `seed` fixes, so runs are reproducible.
-        group_seeds = np.random.randint(0, 2**31 - 1, size=groups_per_round)
+        if group_seeds is None:
+            # Group seeds come from NumPy's global RNG, which `seed` fixes, so runs are reproducible.
+            group_seeds = np.random.randint(0, 2**31 - 1, size=groups_per_round)
         self._set_reset_seeds(env, np.repeat(group_seeds, G))
         obs = env.reset()
         first_obs = _clone_obs(obs_as_tensor(obs, self.device))
@@ -507,13 +533,29 @@ class GRPO(BaseAlgorithm):
         """Collect ``n_groups`` groups in ``n_groups / (n_envs / group_size)`` rounds, padded to one batch."""
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
-        n_rounds = self.n_groups // (env.num_envs // self.group_size)
-        rounds = []
-        for r in range(n_rounds):
-            batch = self._collect_round(env, callback, r)
+        info, groups_per_round = self._dist_info, env.num_envs // self.group_size
+        # All of the update's (global) group seeds in one draw (the same stream as one draw per round);
+        # this rank plays its contiguous block of rounds. Single process: every round, unchanged.
+        round_seeds = dist_utils.shard_group_seeds(
+            np.random.randint(0, 2**31 - 1, size=self.n_groups), groups_per_round, info
+        )
+        seeded = self.round_seeded_sampling if self.round_seeded_sampling is not None else info.enabled
+        steps_before, rounds = self.num_timesteps, []
+        for r, seeds in enumerate(round_seeds):
+            with dist_utils.round_sampling_rng(seeds, self.device, enabled=seeded):
+                batch = self._collect_round(env, callback, r, group_seeds=seeds)
             if batch is None:
-                return None
+                break
             rounds.append(batch)
+        if info.enabled:
+            # Global step count (every rank runs the same number of updates) and a global stop.
+            sync = torch.tensor([float(self.num_timesteps - steps_before), float(len(rounds) < len(round_seeds))])
+            dist_utils.all_reduce(sync, info)
+            self.num_timesteps = steps_before + int(sync[0])
+            if sync[1] > 0:
+                return None
+        elif len(rounds) < len(round_seeds):
+            return None
         T = max(b.mask.shape[1] for b in rounds)
         merged = GroupBatch(
             first_obs=torch.cat([b.first_obs for b in rounds])
@@ -535,8 +577,14 @@ class GRPO(BaseAlgorithm):
     # Update
     # ------------------------------------------------------------------------------------------
 
-    def _egsw_weights(self, advantages: torch.Tensor, batch: GroupBatch) -> torch.Tensor:
-        """EGSW weights on the padded batch (1 on padding), from the one core implementation."""
+    def _egsw_weights(
+        self, advantages: torch.Tensor, batch: GroupBatch, plan: dist_utils.GlobalBatch | None = None
+    ) -> torch.Tensor:
+        """EGSW weights on the padded batch (1 on padding), from the one core implementation.
+
+        Under torch.distributed (``plan``), advantage standardisation and the logged statistics span
+        the global batch.
+        """
         assert self.egsw is not None
         mask = batch.mask
         B, T = mask.shape
@@ -551,9 +599,20 @@ class GRPO(BaseAlgorithm):
             trajectory_ids=traj_ids,
             step_ids=step_ids,
             group_ids=group_ids,
+            all_reduce=plan.egsw_reduce() if plan is not None else None,
         )
         weights = torch.ones_like(advantages)
         weights[mask] = w.to(weights.dtype)
+        if plan is not None and plan.info.enabled:
+            wd, ent = w.double(), batch.entropies[mask].double()
+            sums = plan.reduce_scalars(
+                {"n": wd.numel(), "w": wd.sum(), "w2": (wd * wd).sum(), "h": ent.sum()}, op="sum"
+            )
+            self.logger.record("egsw/weight_max", plan.reduce_scalars({"x": float(w.max())}, op="max")["x"])
+            self.logger.record("egsw/weight_min", plan.reduce_scalars({"x": float(w.min())}, op="min")["x"])
+            self.logger.record("egsw/weight_ess", sums["w"] ** 2 / max(sums["n"] * sums["w2"], 1e-300))
+            self.logger.record("egsw/entropy_mean", sums["h"] / max(sums["n"], 1.0))
+            return weights
         self.logger.record("egsw/weight_max", float(w.max()))
         self.logger.record("egsw/weight_min", float(w.min()))
         self.logger.record("egsw/weight_ess", effective_sample_size(w))
@@ -575,7 +634,9 @@ class GRPO(BaseAlgorithm):
             gamma=self.gamma,
             scale_by_std=self.scale_rewards,
         )
-        weights = self._egsw_weights(adv.advantages, batch) if self.egsw is not None else None
+        # The update batch as the union of every rank's sequences (trivial for one process).
+        plan = dist_utils.GlobalBatch(mask, self._dist_info, self.loss_type)
+        weights = self._egsw_weights(adv.advantages, batch, plan) if self.egsw is not None else None
         ref_log_probs = None
         if self.beta > 0:
             assert self.ref_policy is not None
@@ -584,12 +645,14 @@ class GRPO(BaseAlgorithm):
                 ref_log_probs, _ = self.ref_policy.evaluate_sequences(
                     batch.first_obs, batch.step_obs, batch.actions, mask
                 )
-        max_len = self.dr_grpo_max_len if self.dr_grpo_max_len is not None else T
-        batch_size = self.batch_size or B
+        max_len = self.dr_grpo_max_len if self.dr_grpo_max_len is not None else plan.max_len
+        batch_size = self.batch_size or plan.n_global
+        scales = []
 
         losses, clip_fracs, kls, ents, approx_kls = [], [], [], [], []
         for _ in range(self.n_epochs):
-            for idx in torch.randperm(B, device=mask.device).split(batch_size):
+            # Local rows of each global minibatch; loss_scale turns local loss denominators into global ones.
+            for idx, loss_scale in plan.minibatches(batch_size):
                 m = mask[idx]
                 # Trim trailing all-padding steps: cheaper for sequence models, same loss.
                 t_max = int(m.any(dim=0).nonzero().max()) + 1
@@ -618,10 +681,12 @@ class GRPO(BaseAlgorithm):
                     ent_coef=self.ent_coef,
                 )
                 self.policy.optimizer.zero_grad()
-                out.loss.backward()
+                (out.loss * loss_scale).backward()
+                plan.sync_gradients(self.policy.parameters())  # sum over ranks (no-op for one process)
+                scales.append(loss_scale)
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                losses.append(float(out.loss.detach()))
+                losses.append(float(out.loss.detach()) * loss_scale)
                 clip_fracs.append(out.clip_fraction)
                 kls.append(out.kl)
                 ents.append(out.entropy)
@@ -629,15 +694,40 @@ class GRPO(BaseAlgorithm):
         self._n_updates += self.n_epochs
 
         returns = (batch.rewards * mask).sum(dim=1)
-        self.logger.record("train/loss", float(np.mean(losses)))
-        self.logger.record("train/clip_fraction", float(np.mean(clip_fracs)))
-        self.logger.record("train/approx_kl", float(np.mean(approx_kls)))
-        self.logger.record("train/entropy", float(np.mean(ents)))
-        if self.beta > 0:
-            self.logger.record("train/kl", float(np.mean(kls)))
-        self.logger.record("train/frac_reward_zero_std", adv.n_zero_std_groups / max(adv.n_groups, 1))
-        self.logger.record("train/group_return_mean", float(returns.mean()))
-        self.logger.record("train/episode_len_mean", float(mask.sum(dim=1).float().mean()))
+        if plan.info.enabled:
+            # Global values: each minibatch statistic weighted by the rank's share of the minibatch.
+            g = plan.reduce_scalars(
+                {
+                    "loss": float(np.mean(losses)),  # already scaled: their sum over ranks is the global loss
+                    "clip_fraction": float(np.mean(np.multiply(clip_fracs, scales))),
+                    "approx_kl": float(np.mean(np.multiply(approx_kls, scales))),
+                    "entropy": float(np.mean(np.multiply(ents, scales))),
+                    "kl": float(np.mean(np.multiply(kls, scales))),
+                    "zero_std": adv.n_zero_std_groups,
+                    "groups": adv.n_groups,
+                    "return_sum": float(returns.sum()),
+                    "length_sum": float(mask.sum()),
+                    "n": B,
+                },
+                op="sum",
+            )
+            for key in ("loss", "clip_fraction", "approx_kl", "entropy"):
+                self.logger.record(f"train/{key}", g[key])
+            if self.beta > 0:
+                self.logger.record("train/kl", g["kl"])
+            self.logger.record("train/frac_reward_zero_std", g["zero_std"] / max(g["groups"], 1))
+            self.logger.record("train/group_return_mean", g["return_sum"] / g["n"])
+            self.logger.record("train/episode_len_mean", g["length_sum"] / g["n"])
+        else:
+            self.logger.record("train/loss", float(np.mean(losses)))
+            self.logger.record("train/clip_fraction", float(np.mean(clip_fracs)))
+            self.logger.record("train/approx_kl", float(np.mean(approx_kls)))
+            self.logger.record("train/entropy", float(np.mean(ents)))
+            if self.beta > 0:
+                self.logger.record("train/kl", float(np.mean(kls)))
+            self.logger.record("train/frac_reward_zero_std", adv.n_zero_std_groups / max(adv.n_groups, 1))
+            self.logger.record("train/group_return_mean", float(returns.mean()))
+            self.logger.record("train/episode_len_mean", float(mask.sum(dim=1).float().mean()))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
 
@@ -652,7 +742,12 @@ class GRPO(BaseAlgorithm):
         fps = int((self.num_timesteps - self._num_timesteps_at_start) / time_elapsed)
         if iteration > 0:
             self.logger.record("time/iterations", iteration, exclude="tensorboard")
-        if len(self.ep_info_buffer) > 0 and len(self.ep_info_buffer[0]) > 0:
+        if self._dist_info.enabled:  # recent episodes of every rank
+            ep_stats = dist_utils.episode_stats(self.ep_info_buffer, self._dist_info)
+            if ep_stats is not None:
+                self.logger.record("rollout/ep_rew_mean", ep_stats[0])
+                self.logger.record("rollout/ep_len_mean", ep_stats[1])
+        elif len(self.ep_info_buffer) > 0 and len(self.ep_info_buffer[0]) > 0:
             self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
             self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
         if self.ep_success_buffer:
@@ -693,6 +788,12 @@ class GRPO(BaseAlgorithm):
         GRPO
             ``self``.
         """
+        if not self._dist_info.is_main:
+            # Only rank 0 writes logs and shows a progress bar (train still joins every reduction).
+            from stable_baselines3.common.logger import Logger
+
+            self.set_logger(Logger(folder=None, output_formats=[]))
+            progress_bar = False
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
