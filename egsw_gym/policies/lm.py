@@ -23,6 +23,7 @@ The policy never needs ``P``: it packs whatever tokens the mask marks as real to
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -319,6 +320,14 @@ class LMPolicy(GRPOPolicy):
     disable_dropout : bool
         Set every dropout probability to 0 (as TRL does): the training pass must give the same
         log-probs as the sampling pass, which dropout would break.
+    autocast : None, bool or str
+        Mixed precision of the model's forward passes (sampling and training): ``None`` (default)
+        runs them under ``torch.autocast`` in bfloat16 when the model is on a CUDA device that
+        supports it, and in the parameters' dtype elsewhere; ``False`` never autocasts; ``True`` or
+        ``"bfloat16"`` / ``"float16"`` autocasts to that dtype on any device (CPU too). Weights,
+        optimizer state and log-probs stay float32; under bf16 the KV-cached sampling pass and the
+        teacher-forced training pass round differently, so their log-probs agree only to bf16
+        precision (about 1e-2; ``benchmarks/gpu_check.py`` measures it).
     optimizer_class : type of torch.optim.Optimizer
         Optimizer over the trainable parameters (only the adapter's with LoRA).
     optimizer_kwargs : dict or None
@@ -339,6 +348,7 @@ class LMPolicy(GRPOPolicy):
         lora_config: Any = None,
         temperature: float = 1.0,
         disable_dropout: bool = True,
+        autocast: bool | str | None = None,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -357,6 +367,9 @@ class LMPolicy(GRPOPolicy):
         self.torch_dtype = torch_dtype
         self.lora_config = lora_config
         self.disable_dropout = disable_dropout
+        if not (autocast is None or isinstance(autocast, bool) or autocast in ("bfloat16", "float16")):
+            raise ValueError(f"autocast must be None, True, False, 'bfloat16' or 'float16', got {autocast!r}")
+        self.autocast = autocast
         dtype = _resolve_dtype(torch_dtype)
 
         self.tokenizer = self._resolve_tokenizer(tokenizer, model)
@@ -494,6 +507,7 @@ class LMPolicy(GRPOPolicy):
             lora_config=self.lora_config,
             temperature=self.temperature,
             disable_dropout=self.disable_dropout,
+            autocast=self.autocast,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
         )
@@ -530,6 +544,20 @@ class LMPolicy(GRPOPolicy):
         if isinstance(kwargs.get("torch_dtype"), torch.dtype):
             kwargs["torch_dtype"] = str(kwargs["torch_dtype"]).removeprefix("torch.")
         return kwargs
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The ``torch.autocast`` context of the model's forward passes (see the ``autocast`` argument)."""
+        setting = getattr(self, "autocast", None)  # policies pickled before the option existed
+        device = self.device
+        if setting is False or (setting is None and device.type != "cuda"):
+            return contextlib.nullcontext()
+        if setting is None:
+            if not torch.cuda.is_bf16_supported():
+                return contextlib.nullcontext()
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.bfloat16 if setting is True else getattr(torch, setting)
+        return torch.autocast(device_type=device.type, dtype=dtype)
 
     # ----------------------------------------------------------------------- GRPO interface
     def _obs_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -624,7 +652,8 @@ class LMPolicy(GRPOPolicy):
                 state.next_positions = state.next_positions + 1
             if self._has_logits_to_keep:
                 inputs["logits_to_keep"] = 1
-            output = self.model(**inputs, use_cache=True)
+            with self._autocast():
+                output = self.model(**inputs, use_cache=True)
             state.cache = _output_cache(output)
             actions, log_probs, entropies = self._next_token(output.logits[:, -1], deterministic)
             state.last_actions = actions.unsqueeze(-1)
@@ -666,15 +695,16 @@ class LMPolicy(GRPOPolicy):
         mask = torch.as_tensor(mask, device=self.device).bool()
         # Padding may hold anything (GRPO zero-pads); keep it a valid token id for the embedding.
         actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
-        log_probs, entropies = sequence_log_probs(
-            self.model,
-            ids,
-            prompt_mask,
-            actions,
-            n_actions=self.n_actions,
-            temperature=self.temperature,
-            fill_token_id=self._fill_token_id,
-        )
+        with self._autocast():
+            log_probs, entropies = sequence_log_probs(
+                self.model,
+                ids,
+                prompt_mask,
+                actions,
+                n_actions=self.n_actions,
+                temperature=self.temperature,
+                fill_token_id=self._fill_token_id,
+            )
         zero = torch.zeros((), device=log_probs.device)
         return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
 

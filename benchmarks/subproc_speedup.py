@@ -1,0 +1,70 @@
+"""DummyVecEnv vs SubprocVecEnv: environment steps per second of PPO and GRPO training on MuJoCo.
+
+    python benchmarks/subproc_speedup.py                     # HalfCheetah-v5, 4 envs, 8000 steps
+    python benchmarks/subproc_speedup.py --env Hopper-v5 --n-envs 8 --steps 16000
+
+Each configuration runs ``learn(steps)`` once after a short warm-up, with ``torch.set_num_threads(1)``
+so that the learner does not compete with the env workers for cores. Prints steps/s for both
+vectorisations side by side and the ratio Subproc / Dummy. SubprocVecEnv pays one inter-process
+round trip per vectorised step; it only wins when one env step costs more than that round trip and
+there are free cores for the workers (``os.cpu_count()`` is printed; the numbers in
+docs/distributed.md come from a 2-core machine shared with other jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from egsw_gym import GRPO, PPO
+
+
+def steps_per_second(algo: str, vec_cls: type, env_id: str, n_envs: int, steps: int) -> float:
+    """Train ``algo`` for ``steps`` env steps on ``n_envs`` envs of ``vec_cls``; return steps/s."""
+    kwargs = {"start_method": "fork"} if vec_cls is SubprocVecEnv else None
+    env = make_vec_env(env_id, n_envs=n_envs, seed=0, vec_env_cls=vec_cls, vec_env_kwargs=kwargs)
+    try:
+        if algo == "PPO":
+            model = PPO(
+                "MlpPolicy",
+                env,
+                n_steps=max(2048 // n_envs, 64),
+                batch_size=256,
+                n_epochs=2,
+                seed=0,
+                device="cpu",
+            )
+        else:
+            model = GRPO(
+                "MlpPolicy", env, group_size=2, n_groups=n_envs // 2, n_epochs=2, seed=0, device="cpu"
+            )
+        model.learn(n_envs * 50)  # warm-up: workers started, first update done
+        start_steps, t0 = model.num_timesteps, time.perf_counter()
+        model.learn(steps, reset_num_timesteps=False)
+        return (model.num_timesteps - start_steps) / (time.perf_counter() - t0)
+    finally:
+        env.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"{args.env}, n_envs={args.n_envs}, {args.steps} steps per run, os.cpu_count()={os.cpu_count()}")
+    print(f"{'algo':<6}{'DummyVecEnv':>14}{'SubprocVecEnv':>16}{'ratio':>8}")
+    for algo in ("PPO", "GRPO"):
+        dummy = steps_per_second(algo, DummyVecEnv, args.env, args.n_envs, args.steps)
+        sub = steps_per_second(algo, SubprocVecEnv, args.env, args.n_envs, args.steps)
+        print(f"{algo:<6}{dummy:>12.0f}/s{sub:>14.0f}/s{sub / dummy:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
