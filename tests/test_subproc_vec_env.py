@@ -14,7 +14,9 @@ torch.set_num_threads(1)
 
 
 def _subproc(n: int) -> SubprocVecEnv:
-    return make_vec_env("CartPole-v1", n_envs=n, vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "fork"})
+    return make_vec_env(
+        "CartPole-v1", n_envs=n, vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "fork"}
+    )
 
 
 def test_grpo_reset_seeds_reach_subprocesses() -> None:
@@ -36,7 +38,9 @@ def test_grpo_subproc_matches_dummy() -> None:
     for vec_cls in (DummyVecEnv, SubprocVecEnv):
         kwargs = {"start_method": "fork"} if vec_cls is SubprocVecEnv else None
         env = make_vec_env("CartPole-v1", n_envs=4, vec_env_cls=vec_cls, vec_env_kwargs=kwargs)
-        model = GRPO("MlpPolicy", env, group_size=4, n_groups=2, n_epochs=1, seed=0, device="cpu", egsw=EGSW())
+        model = GRPO(
+            "MlpPolicy", env, group_size=4, n_groups=2, n_epochs=1, seed=0, device="cpu", egsw=EGSW()
+        )
         model.learn(300)
         params.append(torch.nn.utils.parameters_to_vector(model.policy.parameters()).detach())
         env.close()
@@ -48,7 +52,9 @@ def test_ppo_subproc_matches_dummy() -> None:
     for vec_cls in (DummyVecEnv, SubprocVecEnv):
         kwargs = {"start_method": "fork"} if vec_cls is SubprocVecEnv else None
         env = make_vec_env("CartPole-v1", n_envs=2, seed=0, vec_env_cls=vec_cls, vec_env_kwargs=kwargs)
-        model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu", egsw=EGSW())
+        model = PPO(
+            "MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu", egsw=EGSW()
+        )
         model.learn(64)
         params.append(torch.nn.utils.parameters_to_vector(model.policy.parameters()).detach())
         env.close()
