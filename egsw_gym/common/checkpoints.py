@@ -13,6 +13,8 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import CheckpointCallback
 
+from egsw_gym.common.distributed import is_main_process
+
 __all__ = ["save_atomic", "AtomicCheckpointCallback"]
 
 
@@ -36,6 +38,9 @@ def save_atomic(model, path: str | os.PathLike, **save_kwargs) -> Path:
     path = Path(path)
     if path.suffix != ".zip":
         path = path.with_name(path.name + ".zip")
+    if not is_main_process():
+        # torch.distributed: rank 0 writes; the other ranks hold the same weights and must not race it.
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".zip.tmp", dir=path.parent)
     os.close(fd)
