@@ -42,6 +42,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from egsw_gym.algorithms.grpo_core import ADVANTAGE_TYPES, LOSS_TYPES, group_advantages, grpo_loss
 from egsw_gym.common import distributed as dist_utils
+from egsw_gym.common.finite import check_loss_finite, check_step_finite
+from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW, effective_sample_size
 from egsw_gym.policies.base import GRPOPolicy
 from egsw_gym.policies.mlp import MlpPolicy
@@ -125,7 +127,32 @@ def _obs_equal(a: Any, b: Any) -> bool:
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
-class GRPO(BaseAlgorithm):
+def _check_more_settings(**hp: Any) -> None:
+    """Settings GRPO's own check does not cover: ValueError naming the argument and what is allowed."""
+    lr = hp["learning_rate"]
+    if not callable(lr) and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ValueError(f"learning_rate must be a number > 0 or a schedule (callable of progress), got {lr!r}")
+    if not isinstance(hp["scale_rewards"], (bool, np.bool_)):
+        raise ValueError(f"scale_rewards must be True (GRPO) or False (Dr. GRPO), got {hp['scale_rewards']!r}")
+    window = hp["stats_window_size"]
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"stats_window_size must be an integer >= 1, got {window!r}")
+    if hp["env_kwargs"] is not None and not isinstance(hp["env_kwargs"], dict):
+        raise ValueError(f"env_kwargs must be a dict or None, got {type(hp['env_kwargs']).__name__}")
+
+
+def _check_policy_fits_env(policy: Any, env: VecEnv | None) -> None:
+    """A clearer message than SB3's (which suggests a MultiInputPolicy GRPO does not have)."""
+    obs_space = getattr(env, "observation_space", None)
+    if policy == "MlpPolicy" and isinstance(obs_space, spaces.Dict):
+        raise ValueError(
+            f"policy='MlpPolicy' needs a Box, Discrete, MultiDiscrete or MultiBinary observation space, got "
+            f"{obs_space}. For the text-generation environments (Dict of input_ids and attention_mask) use "
+            "'LMPolicy'; for other Dict observations pass a GRPOPolicy subclass that reads them"
+        )
+
+
+class GRPO(SafeSerializationMixin, BaseAlgorithm):
     """Group Relative Policy Optimization with optional EGSW weighting, SB3-style.
 
     Parameters
@@ -248,10 +275,17 @@ class GRPO(BaseAlgorithm):
             raise ValueError(
                 f"egsw must be an EGSW instance, a dict from EGSW.to_dict(), or None; got {type(egsw).__name__}"
             )
+        _check_more_settings(
+            learning_rate=learning_rate,
+            scale_rewards=scale_rewards,
+            stats_window_size=stats_window_size,
+            env_kwargs=env_kwargs,
+        )
         if env is not None and not isinstance(env, VecEnv):
             # Under torchrun n_groups is global: each rank runs its n_groups / world_size share.
             default_n_envs = group_size * dist_utils.local_n_groups(n_groups)
             env = self._make_vec_env(env, n_envs if n_envs is not None else default_n_envs, env_kwargs)
+        _check_policy_fits_env(policy, env)
 
         super().__init__(
             policy=policy,
@@ -457,7 +491,14 @@ class GRPO(BaseAlgorithm):
         """SB3's ``save``; under torch.distributed only rank 0 writes (the ranks hold equal weights)."""
         if not self._dist_info.is_main:
             return
-        super().save(path, exclude=exclude, include=include)
+        # policy_kwargs as plain data (an LM object or a tokenizer object -> its config / directory).
+        original = self.policy_kwargs
+        if hasattr(self.policy, "checkpoint_kwargs"):
+            self.policy_kwargs = self.policy.checkpoint_kwargs(original)
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.policy_kwargs = original
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]
@@ -480,6 +521,7 @@ class GRPO(BaseAlgorithm):
             group_seeds = np.random.randint(0, 2**31 - 1, size=groups_per_round)
         self._set_reset_seeds(env, np.repeat(group_seeds, G))
         obs = env.reset()
+        check_step_finite("GRPO", None, obs, "at the reset that starts a round (the start observation)")
         first_obs = _clone_obs(obs_as_tensor(obs, self.device))
 
         state: Any | None = None
@@ -494,6 +536,12 @@ class GRPO(BaseAlgorithm):
                 # Gaussian samples are unbounded: the env gets the clipped action, the loss the sampled one.
                 env_actions = np.clip(env_actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(env_actions)
+            check_step_finite(
+                "GRPO",
+                rewards,
+                new_obs,
+                lambda: f"at step {len(actions_l)} of a round (num_timesteps={self.num_timesteps})",
+            )
             self.num_timesteps += n_envs
 
             if self.policy.uses_step_observations:
@@ -680,13 +728,18 @@ class GRPO(BaseAlgorithm):
                     entropies=entropies,
                     ent_coef=self.ent_coef,
                 )
+                # A NaN/inf loss or gradient raises before the step: parameters never become NaN.
+                loss_value = float(out.loss.detach())
+                where = f"in update {self._n_updates // self.n_epochs + 1} (num_timesteps={self.num_timesteps})"
+                check_loss_finite("GRPO", {"loss": loss_value}, where)
                 self.policy.optimizer.zero_grad()
                 (out.loss * loss_scale).backward()
                 plan.sync_gradients(self.policy.parameters())  # sum over ranks (no-op for one process)
                 scales.append(loss_scale)
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                check_loss_finite("GRPO", {"gradient norm": float(grad_norm)}, where)
                 self.policy.optimizer.step()
-                losses.append(float(out.loss.detach()) * loss_scale)
+                losses.append(loss_value * loss_scale)
                 clip_fracs.append(out.clip_fraction)
                 kls.append(out.kl)
                 ents.append(out.entropy)

@@ -38,6 +38,8 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
+from egsw_gym.common.finite import check_loss_finite, check_step_finite
+from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW, effective_sample_size
 
 __all__ = ["PPO", "EGSWRolloutBuffer", "EGSWDictRolloutBuffer", "EGSWRolloutBufferSamples"]
@@ -224,7 +226,7 @@ class EGSWDictRolloutBuffer(_EGSWBufferMixin, DictRolloutBuffer):
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
 
-class PPO(SB3PPO):
+class PPO(SafeSerializationMixin, SB3PPO):
     """Proximal Policy Optimization with entropy-guided sample weighting (EGSW).
 
     Identical to :class:`stable_baselines3.PPO` (same arguments, same behaviour) plus ``egsw``.
@@ -307,7 +309,17 @@ class PPO(SB3PPO):
 
     In ``mode="trajectory"`` every episode segment counts once in its set whatever its length, so a
     short segment (e.g. the tail cut by the rollout boundary) gets the same share as a full episode.
+
+    ``save``/``load`` never unpickle (:class:`~egsw_gym.common.serialization.SafeSerializationMixin`;
+    ``load(..., allow_pickle=True)`` is the opt-in for trusted files). A NaN or inf reward,
+    observation or loss raises :class:`~egsw_gym.common.finite.NonFiniteError` naming the env and step.
+    Resuming (``load`` then ``learn(n, reset_num_timesteps=False)``) restores the RNG states, so it
+    is bit-exact when the environment's state is restored too; otherwise it is statistically
+    equivalent (see ``docs/RESUME.md``).
     """
+
+    # clip_range is a schedule SB3 pickles; without it the update cannot run
+    _safe_required_entries = (*SafeSerializationMixin._safe_required_entries, "clip_range")
 
     def __init__(
         self,
@@ -340,6 +352,20 @@ class PPO(SB3PPO):
         egsw: EGSW | None = None,
     ) -> None:
         _check_egsw_type(egsw)
+        _check_ppo_settings(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
+            normalize_advantage=normalize_advantage,
+        )
         # The live config object, and its plain-data copy that save() stores (see _excluded_save_params).
         self.egsw = egsw
         self.egsw_config: dict[str, Any] | None = None if egsw is None else egsw.to_dict()
@@ -527,6 +553,7 @@ class PPO(SB3PPO):
             self.policy.reset_noise(env.num_envs)
 
         callback.on_rollout_start()
+        check_step_finite("PPO", None, self._last_obs, "at the start of a rollout (the reset observation)")
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
@@ -549,6 +576,12 @@ class PPO(SB3PPO):
                     clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
 
             new_obs, rewards, dones, infos = env.step(clipped_actions)
+            check_step_finite(
+                "PPO",
+                rewards,
+                new_obs,
+                lambda t=n_steps: f"at rollout step {t} (num_timesteps={self.num_timesteps})",
+            )
 
             self.num_timesteps += env.num_envs
 
@@ -699,11 +732,27 @@ class PPO(SB3PPO):
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
+                # The three terms were read as floats above: checking them costs no extra sync.
+                check_loss_finite(
+                    "PPO",
+                    {
+                        "policy loss": pg_losses[-1],
+                        "value loss": value_losses[-1],
+                        "entropy loss": entropy_losses[-1],
+                    },
+                    f"in epoch {epoch} of the update at num_timesteps={self.num_timesteps}",
+                )
+
                 # Optimization step
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 # Clip grad norm
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                check_loss_finite(
+                    "PPO",
+                    {"gradient norm": float(grad_norm)},
+                    f"in epoch {epoch} of the update at num_timesteps={self.num_timesteps}",
+                )
                 self.policy.optimizer.step()
 
             self._n_updates += 1
@@ -735,3 +784,53 @@ def _check_egsw_type(egsw: object) -> None:
     if egsw is not None and not isinstance(egsw, EGSW):
         hint = " (rebuild a saved config with EGSW.from_dict(...))" if isinstance(egsw, dict) else ""
         raise ValueError(f"egsw must be an egsw_gym.EGSW instance or None, got {type(egsw).__name__}{hint}")
+
+
+def _check_ppo_settings(**hp: Any) -> None:
+    """ValueError naming the argument and what is allowed (SB3 asserts some of these, ignores the rest)."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    def is_num(x: Any) -> bool:
+        return (
+            isinstance(x, (int, float, np.floating, np.integer))
+            and not isinstance(x, bool)
+            and np.isfinite(x)
+        )
+
+    if not is_int(hp["n_steps"]) or hp["n_steps"] < 1:
+        raise ValueError(
+            f"n_steps must be an integer >= 1 (steps per env per rollout), got {hp['n_steps']!r}"
+        )
+    min_batch = 2 if hp["normalize_advantage"] else 1
+    if not is_int(hp["batch_size"]) or hp["batch_size"] < min_batch:
+        raise ValueError(
+            f"batch_size must be an integer >= {min_batch}"
+            + (" (advantages are normalised per minibatch)" if min_batch == 2 else "")
+            + f", got {hp['batch_size']!r}"
+        )
+    if not is_int(hp["n_epochs"]) or hp["n_epochs"] < 1:
+        raise ValueError(f"n_epochs must be an integer >= 1, got {hp['n_epochs']!r}")
+    for name in ("gamma", "gae_lambda"):
+        if not (is_num(hp[name]) and 0 <= hp[name] <= 1):
+            raise ValueError(f"{name} must be a number in [0, 1], got {hp[name]!r}")
+    if not callable(hp["clip_range"]) and not (is_num(hp["clip_range"]) and hp["clip_range"] > 0):
+        raise ValueError(
+            f"clip_range must be a number > 0 or a schedule (callable), got {hp['clip_range']!r}"
+        )
+    vf = hp["clip_range_vf"]
+    if vf is not None and not callable(vf) and not (is_num(vf) and vf > 0):
+        raise ValueError(
+            f"clip_range_vf must be None (no value clipping), a number > 0 or a schedule, got {vf!r}"
+        )
+    if not is_num(hp["ent_coef"]):
+        raise ValueError(f"ent_coef must be a finite number, got {hp['ent_coef']!r}")
+    if not (is_num(hp["vf_coef"]) and hp["vf_coef"] >= 0):
+        raise ValueError(f"vf_coef must be a number >= 0, got {hp['vf_coef']!r}")
+    if not (is_num(hp["max_grad_norm"]) and hp["max_grad_norm"] > 0):
+        raise ValueError(f"max_grad_norm must be a number > 0, got {hp['max_grad_norm']!r}")
+    if hp["target_kl"] is not None and not (is_num(hp["target_kl"]) and hp["target_kl"] > 0):
+        raise ValueError(
+            f"target_kl must be None (no early stopping) or a number > 0, got {hp['target_kl']!r}"
+        )
