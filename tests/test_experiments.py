@@ -37,7 +37,9 @@ def test_overrides_are_parsed_as_yaml_and_merged():
     spec = make_run_spec("grpo-egsw", "CartPole-v1", 0, parse_overrides(["egsw.temperature=7"]))
     assert spec.egsw.temperature == 7.0
     # "lin_<x>" is a linear decay from x to 0
-    lr = make_run_spec("grpo", "CartPole-v1", 0).algo_kwargs["learning_rate"]
+    spec = make_run_spec("grpo", "CartPole-v1", 0)
+    assert spec.algo_kwargs["learning_rate"] == "lin_2e-3"  # plain data in config.json
+    lr = spec.algorithm_kwargs()["learning_rate"]
     assert lr(1.0) == pytest.approx(2e-3) and lr(0.5) == pytest.approx(1e-3) and lr(0.0) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["learning_rate"])

@@ -88,6 +88,13 @@ class RunSpec:
     def base_algo(self) -> str:
         return ALGORITHMS[self.algo][0]
 
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        """``algo_kwargs`` ready for the constructor: ``"lin_<x>"`` strings become linear schedules.
+
+        The spec itself keeps the strings, so ``config.json`` stays plain, readable data.
+        """
+        return {k: _schedule(v) for k, v in self.algo_kwargs.items()}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (written next to each run as ``config.json``)."""
         d = dict(self.__dict__)
@@ -177,7 +184,7 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     base, use_egsw = ALGORITHMS[algo]
     if base not in preset:
         raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
-    algo_kwargs = {k: _schedule(v) for k, v in preset[base].items()}
+    algo_kwargs = dict(preset[base])
     run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
     # Precedence: the environment's `egsw` block < the algorithm block's `egsw` < the user's `--set egsw.*`.
     egsw_config = {

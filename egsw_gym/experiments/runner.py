@@ -81,7 +81,7 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
         device="cpu",
         verbose=verbose,
         tensorboard_log=tensorboard_log,
-        **spec.algo_kwargs,
+        **spec.algorithm_kwargs(),
     )
     if spec.warm_start_steps and spec.policy == "LMPolicy":
         from egsw_gym.llm import warm_start
