@@ -40,7 +40,14 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from egsw_gym.algorithms.grpo_core import ADVANTAGE_TYPES, LOSS_TYPES, group_advantages, grpo_loss
+from egsw_gym.algorithms.grpo_core import (
+    ADVANTAGE_TYPES,
+    LOSS_TYPES,
+    discounted_returns,
+    group_advantages,
+    group_normalize,
+    grpo_loss,
+)
 from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.finite import check_loss_finite, check_step_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
@@ -112,6 +119,13 @@ def _pad_cat(chunks: list[Any], length: int) -> Any:
             c = torch.cat([c, pad], dim=1)
         padded.append(c)
     return torch.cat(padded, dim=0)
+
+
+def _cat_rows(chunks: list[Any]) -> Any:
+    """Concatenate tensors (or dicts of tensors) along dim 0."""
+    if isinstance(chunks[0], dict):
+        return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+    return torch.cat(chunks)
 
 
 def _clone_obs(obs: PyTorchObs) -> PyTorchObs:
@@ -201,6 +215,21 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         Gradient-norm clip.
     dr_grpo_max_len : int or None
         The constant ``max_len`` of ``"dr_grpo"``; ``None`` uses the padded length of each batch.
+    dynamic_sampling : bool
+        DAPO's dynamic sampling (verl's ``filter_groups``): keep collecting rounds, and keep only the
+        groups whose (discounted) episode returns have a non-zero spread, until ``n_groups`` such
+        groups are gathered or ``dynamic_sampling_max_rounds`` rounds have run. On sparse rewards
+        (Acrobot: -500 for every member that misses the goal) the update then holds only groups
+        that carry a learning signal. If the cap is hit first, the batch is topped up to
+        ``n_groups`` with the zero-spread groups in collection order (they get zero advantage).
+        Every step of every round counts in ``num_timesteps``, the discarded rounds included.
+        Logged: ``rollout/sampling_rounds`` and ``rollout/frac_reward_zero_std`` (over all sampled
+        groups; ``train/frac_reward_zero_std`` is over the kept batch). Default ``False``; single
+        process only.
+    dynamic_sampling_max_rounds : int or None
+        Cap on the rounds (``n_envs // group_size`` groups each) one update may collect with
+        ``dynamic_sampling``; ``None`` means 4 times the rounds of a plain update
+        (``4 * n_groups // (n_envs // group_size)``). Must be at least the plain number of rounds.
     egsw : EGSW, dict or None
         EGSW configuration; ``None`` is plain GRPO. Stored as plain data (``egsw_config``) and
         rebuilt as ``self.egsw``.
@@ -246,6 +275,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         ent_coef: float = 0.0,
         max_grad_norm: float = 0.5,
         dr_grpo_max_len: int | None = None,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_max_rounds: int | None = None,
         egsw: EGSW | dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -270,6 +301,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             ent_coef=ent_coef,
             max_grad_norm=max_grad_norm,
             dr_grpo_max_len=dr_grpo_max_len,
+            dynamic_sampling=dynamic_sampling,
+            dynamic_sampling_max_rounds=dynamic_sampling_max_rounds,
         )
         if egsw is not None and not isinstance(egsw, (EGSW, dict)):
             raise ValueError(
@@ -314,6 +347,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
         self.dr_grpo_max_len = dr_grpo_max_len
+        self.dynamic_sampling = bool(dynamic_sampling)
+        self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
         # Plain data in the checkpoint; the EGSW object is rebuilt from it in _setup_model.
         self.egsw_config: dict[str, Any] | None = egsw.to_dict() if isinstance(egsw, EGSW) else egsw
         self.egsw: EGSW | None = None
@@ -375,6 +410,12 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             raise ValueError(
                 f"dr_grpo_max_len must be None or an integer >= 1, got {hp['dr_grpo_max_len']!r}"
             )
+        if not isinstance(hp["dynamic_sampling"], (bool, np.bool_)):
+            raise ValueError(f"dynamic_sampling must be True or False, got {hp['dynamic_sampling']!r}")
+        cap = hp["dynamic_sampling_max_rounds"]
+        if cap is not None and (not is_int(cap) or cap < 1):
+            raise ValueError(f"dynamic_sampling_max_rounds must be None or an integer >= 1, got {cap!r}")
+
 
     @staticmethod
     def _make_vec_env(env: gym.Env | str, n_envs: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
@@ -420,6 +461,18 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
                 f"n_groups must be a multiple of n_envs // group_size = {groups_per_round} (the groups that run "
                 f"in one round), got n_groups={self.n_groups}"
             )
+        if self.dynamic_sampling:
+            if self._dist_info.enabled:
+                raise ValueError(
+                    "dynamic_sampling is not supported under torch.distributed (single process only)"
+                )
+            plain_rounds = self.n_groups // groups_per_round
+            cap = self.dynamic_sampling_max_rounds
+            if cap is not None and cap < plain_rounds:
+                raise ValueError(
+                    f"dynamic_sampling_max_rounds must be >= n_groups // (n_envs // group_size) = {plain_rounds} "
+                    f"(the rounds of a plain update), got {cap}"
+                )
         # Probe on the innermost VecEnv so wrappers with running statistics (VecNormalize) are untouched.
         base = env.unwrapped
         probe_seed = 20250328
@@ -581,6 +634,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         """Collect ``n_groups`` groups in ``n_groups / (n_envs / group_size)`` rounds, padded to one batch."""
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
+        if self.dynamic_sampling:
+            return self._collect_groups_dynamic(env, callback)
         info, groups_per_round = self._dist_info, env.num_envs // self.group_size
         # All of the update's (global) group seeds in one draw (the same stream as one draw per round);
         # this rank plays its contiguous block of rounds. Single process: every round, unchanged.
@@ -616,6 +671,64 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             rewards=_pad_cat([b.rewards for b in rounds], T),
             mask=_pad_cat([b.mask for b in rounds], T),
             group_ids=torch.cat([b.group_ids for b in rounds]),
+        )
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return merged
+
+    def _collect_groups_dynamic(self, env: VecEnv, callback: BaseCallback) -> GroupBatch | None:
+        """Dynamic sampling (``dynamic_sampling=True``): rounds until ``n_groups`` groups have reward spread.
+
+        Zero spread is judged exactly as :func:`~egsw_gym.algorithms.grpo_core.group_advantages` does
+        (discounted episode returns, ``group_normalize``'s tolerance), so a kept group never ends up
+        with all-zero advantages.
+        """
+        groups_per_round = env.num_envs // self.group_size
+        plain_rounds = self.n_groups // groups_per_round
+        cap = self.dynamic_sampling_max_rounds or 4 * plain_rounds
+        kept: list[tuple[GroupBatch, torch.Tensor]] = []  # (round, row index of its kept groups)
+        spare: list[tuple[GroupBatch, torch.Tensor]] = []  # zero-spread groups, to top up at the cap
+        n_kept = n_sampled = n_zero = rounds = 0
+        while n_kept < self.n_groups and rounds < cap:
+            batch = self._collect_round(env, callback, rounds)
+            if batch is None:
+                return None
+            rounds += 1
+            returns = discounted_returns(batch.rewards, batch.mask, self.gamma)
+            _, zero_std = group_normalize(returns, batch.group_ids)
+            for k in range(groups_per_round):
+                rows = torch.arange(k * self.group_size, (k + 1) * self.group_size, device=batch.mask.device)
+                n_sampled += 1
+                if bool(zero_std[rows[0]]):
+                    n_zero += 1
+                    spare.append((batch, rows))
+                elif n_kept < self.n_groups:
+                    kept.append((batch, rows))
+                    n_kept += 1
+        kept += spare[: self.n_groups - n_kept]
+        self.logger.record("rollout/sampling_rounds", rounds)
+        self.logger.record("rollout/frac_reward_zero_std", n_zero / max(n_sampled, 1))
+        # Kept groups of every round, trimmed to the longest kept episode and padded to one batch.
+        T = max(int(b.mask[rows].any(dim=0).nonzero().max()) + 1 for b, rows in kept)
+
+        def take(field: str, trim: bool = True) -> Any:
+            parts = [_index_obs(getattr(b, field), rows) for b, rows in kept]
+            if parts[0] is None:
+                return None
+            if not trim:
+                return _cat_rows(parts)
+            return _pad_cat([_index_obs(p, (slice(None), slice(0, T))) for p in parts], T)
+
+        device = kept[0][0].mask.device
+        merged = GroupBatch(
+            first_obs=take("first_obs", trim=False),
+            step_obs=take("step_obs"),
+            actions=take("actions"),
+            old_log_probs=take("old_log_probs"),
+            entropies=take("entropies"),
+            rewards=take("rewards"),
+            mask=take("mask"),
+            group_ids=torch.arange(len(kept), device=device).repeat_interleave(self.group_size),
         )
         callback.update_locals(locals())
         callback.on_rollout_end()
