@@ -135,6 +135,25 @@ def _clone_obs(obs: PyTorchObs) -> PyTorchObs:
     return obs.clone()
 
 
+def _has_same_step_vector_entry_point(env_id: str) -> bool:
+    """Whether ``env_id`` registers a batched ``vector_entry_point`` with SB3 (SAME_STEP) autoreset.
+
+    Reads the class's ``metadata`` without building it; an unknown id returns ``False`` (``gym.make``
+    then raises its usual error).
+    """
+    from gymnasium.envs.registration import load_env_creator
+    from gymnasium.vector import AutoresetMode
+
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        return False
+    if not isinstance(spec.vector_entry_point, str):
+        return False
+    creator = load_env_creator(spec.vector_entry_point)
+    return getattr(creator, "metadata", {}).get("autoreset_mode") == AutoresetMode.SAME_STEP
+
+
 def _obs_equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
@@ -416,11 +435,25 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         if cap is not None and (not is_int(cap) or cap < 1):
             raise ValueError(f"dynamic_sampling_max_rounds must be None or an integer >= 1, got {cap!r}")
 
-
     @staticmethod
     def _make_vec_env(env: gym.Env | str, n_envs: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
-        """An id string or a single env -> a ``DummyVecEnv`` of ``n_envs`` monitored copies."""
+        """An id string or a single env -> an SB3 ``VecEnv`` of ``n_envs`` environments.
+
+        An id whose registered ``vector_entry_point`` resets finished slots within the same step
+        (``AutoresetMode.SAME_STEP``, SB3's semantics; the batched text environments) is built as
+        that one batched env behind :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` and
+        ``VecMonitor``: its hot path steps all slots with a few numpy ops instead of ``n_envs``
+        Python env objects. Every other id (classic control, MuJoCo, including gymnasium's
+        ``NEXT_STEP`` vector envs such as CartPole's) gets a ``DummyVecEnv`` of monitored copies.
+        """
         if isinstance(env, str):
+            if _has_same_step_vector_entry_point(env):
+                from stable_baselines3.common.vec_env import VecMonitor
+
+                from egsw_gym.common.vec_env import VectorEnvAdapter
+
+                venv = gym.make_vec(env, n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
+                return VecMonitor(VectorEnvAdapter(venv))
             # Not make_vec_env(env_id): it forces render_mode="rgb_array", which envs without that mode
             # (the text env) reject, and which training never needs.
             return make_vec_env(lambda: gym.make(env, **(env_kwargs or {})), n_envs=n_envs)
@@ -531,6 +564,16 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             self.ref_policy.requires_grad_(False)
         self.egsw = EGSW.from_dict(self.egsw_config)
 
+    def sync_reference_policy(self) -> None:
+        """Make the KL reference (``beta > 0``) a copy of the current policy; no-op when ``beta == 0``.
+
+        The reference is copied from the policy when the model is built. Call this after changing the
+        policy outside :meth:`learn` (a supervised warm start, loading other weights), so that the KL
+        penalty anchors to the model RL actually starts from, as the reference model of RLHF/RLVR is.
+        """
+        if self.ref_policy is not None:
+            self.ref_policy.load_state_dict(self.policy.state_dict())
+
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         """SB3's ``set_env`` plus GRPO's checks (group divisibility, seedability)."""
         super().set_env(env, force_reset)
@@ -608,6 +651,7 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             self._update_info_buffer(
                 [info for info, a in zip(infos, active, strict=True) if a], dones[active]
             )
+            self._collect_episode_infos(infos, np.asarray(dones, dtype=bool) & active)
             active &= ~np.asarray(dones, dtype=bool)
 
             callback.update_locals(locals())
@@ -672,6 +716,7 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             mask=_pad_cat([b.mask for b in rounds], T),
             group_ids=torch.cat([b.group_ids for b in rounds]),
         )
+        self._record_episode_infos()
         callback.update_locals(locals())
         callback.on_rollout_end()
         return merged
@@ -730,9 +775,31 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             mask=take("mask"),
             group_ids=torch.arange(len(kept), device=device).repeat_interleave(self.group_size),
         )
+        self._record_episode_infos()
         callback.update_locals(locals())
         callback.on_rollout_end()
         return merged
+
+    #: Keys of a finished episode's ``info`` averaged over each update's episodes and logged as
+    #: ``rollout/<key>`` (e.g. a verifier's ``correct``: the batch's fraction of right answers on the
+    #: text environments; SB3's ``is_success``). Keys an env does not report, and non-numeric values,
+    #: are skipped. Set it on a model (``model.info_keywords = ("my_key",)``) to log other keys.
+    info_keywords: tuple[str, ...] = ("correct", "format_ok", "is_success")
+
+    def _collect_episode_infos(self, infos: list[dict[str, Any]], finished: np.ndarray) -> None:
+        """Keep the :attr:`info_keywords` values of the episodes that end now (first episodes only)."""
+        values = self.__dict__.setdefault("_episode_info_values", {})
+        for i in np.flatnonzero(finished).tolist():
+            for key in self.info_keywords:
+                value = infos[i].get(key)
+                if isinstance(value, (bool, int, float, np.bool_, np.number)):
+                    values.setdefault(key, []).append(float(value))
+
+    def _record_episode_infos(self) -> None:
+        """Log the means of what :meth:`_collect_episode_infos` kept for this update, then forget it."""
+        values = self.__dict__.pop("_episode_info_values", {})
+        for key, vals in values.items():
+            self.logger.record(f"rollout/{key}", float(np.mean(vals)))
 
     # ------------------------------------------------------------------------------------------
     # Update
@@ -901,6 +968,20 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
     # Main loop
     # ------------------------------------------------------------------------------------------
 
+    def _record_throughput(self, batch: GroupBatch, rollout_s: float, train_s: float) -> None:
+        """Log this update's wall times and its episode steps per second (tokens/s on text envs).
+
+        ``time/fps`` counts every vectorised step, including the steps of environments that already
+        finished their episode and wait for the round's longest one; ``time/valid_steps_per_s`` counts
+        only the steps that belong to an episode (the generated tokens, for a language model), over
+        the rollout plus the update, and ``time/rollout_steps_per_s`` over the rollout alone.
+        """
+        valid = float(batch.mask.sum())
+        self.logger.record("time/rollout_s", rollout_s)
+        self.logger.record("time/train_s", train_s)
+        self.logger.record("time/valid_steps_per_s", valid / max(rollout_s + train_s, 1e-9))
+        self.logger.record("time/rollout_steps_per_s", valid / max(rollout_s, 1e-9))
+
     def dump_logs(self, iteration: int = 0) -> None:
         """Write the SB3 time/rollout entries (fps included) and everything recorded by ``train``."""
         assert self.ep_info_buffer is not None
@@ -967,12 +1048,15 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         assert self.env is not None
         iteration = 0
         while self.num_timesteps < total_timesteps:
+            t_start = time.perf_counter()
             batch = self.collect_groups(self.env, callback)
             if batch is None:
                 break
+            t_collected = time.perf_counter()
             iteration += 1
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.train(batch)
+            self._record_throughput(batch, t_collected - t_start, time.perf_counter() - t_collected)
             if log_interval is not None and iteration % log_interval == 0:
                 self.dump_logs(iteration)
         callback.on_training_end()

@@ -32,7 +32,7 @@ ALGORITHMS: dict[str, tuple[str, bool]] = {
 #: suite name -> preset file (also the environment family)
 SUITES = ("classic", "mujoco", "llm")
 
-_RUN_KEYS = ("n_timesteps", "eval_freq", "eval_episodes", "env_kwargs", "warm_start_steps")
+_RUN_KEYS = ("n_timesteps", "eval_freq", "eval_episodes", "env_kwargs", "warm_start_steps", "warm_start_kwargs")
 _ALGO_RUN_KEYS = ("n_envs", "policy", "normalize")
 
 
@@ -68,6 +68,8 @@ class RunSpec:
         Keyword arguments for ``gym.make``.
     warm_start_steps : int
         Supervised warm-start steps for language-model policies (0 for none).
+    warm_start_kwargs : dict
+        Other keyword arguments of :func:`egsw_gym.llm.warm_start` (``lr``, ``batch_size``).
     """
 
     algo: str
@@ -83,6 +85,7 @@ class RunSpec:
     normalize: bool = False
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     warm_start_steps: int = 0
+    warm_start_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_algo(self) -> str:
@@ -206,4 +209,5 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
         eval_episodes=int(preset.get("eval_episodes", 10)),
         env_kwargs=dict(preset.get("env_kwargs") or {}),
         warm_start_steps=int(preset.get("warm_start_steps", 0)),
+        warm_start_kwargs=dict(preset.get("warm_start_kwargs") or {}),
     )

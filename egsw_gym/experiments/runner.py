@@ -46,19 +46,22 @@ def is_text_env(env_id: str) -> bool:
 def make_env(spec: RunSpec, *, n_envs: int | None = None, seed: int | None = None, split: str | None = None) -> VecEnv:
     """The vectorised training (or evaluation) environment of a run.
 
-    Text environments use their batched ``vector_entry_point`` behind the SB3 adapter; everything
-    else goes through SB3's ``make_vec_env``.
+    Text environments use their batched ``vector_entry_point`` behind the SB3 adapter (plus
+    ``VecMonitor``, so episode rewards and lengths are logged); everything else goes through SB3's
+    ``make_vec_env``.
     """
     n_envs = spec.n_envs if n_envs is None else n_envs
     seed = spec.seed if seed is None else seed
     env_kwargs = dict(spec.env_kwargs)
     if is_text_env(spec.env_id):
+        from stable_baselines3.common.vec_env import VecMonitor
+
         from egsw_gym.common.vec_env import VectorEnvAdapter
 
         if split is not None:
             env_kwargs["split"] = split
         venv = gym.make_vec(spec.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
-        env: VecEnv = VectorEnvAdapter(venv)
+        env: VecEnv = VecMonitor(VectorEnvAdapter(venv))
         env.seed(seed)
         return env
     return make_vec_env(spec.env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
@@ -86,8 +89,12 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
     if spec.warm_start_steps and spec.policy == "LMPolicy":
         from egsw_gym.llm import warm_start
 
-        warm_start(model.policy, env.get_attr("task")[0], env.get_attr("tokenizer")[0],
-                   steps=spec.warm_start_steps, seed=spec.seed)
+        venv = env.unwrapped.venv  # the batched text env: its task, tokenizer and prompt encoding
+        warm_start(model.policy, venv.task, venv.tokenizer, steps=spec.warm_start_steps, seed=spec.seed,
+                   env=venv, **spec.warm_start_kwargs)
+        # The KL reference (beta > 0) was copied from the untrained model at construction; anchor it
+        # to the warm-started one, the "base model" RL starts from.
+        model.sync_reference_policy()
     return model
 
 
@@ -96,7 +103,8 @@ def evaluate_model(model, spec: RunSpec, eval_env: VecEnv | None = None) -> tupl
     if is_text_env(spec.env_id):
         from egsw_gym.llm import evaluate_accuracy
 
-        acc = evaluate_accuracy(model.policy, spec.env_id, n=spec.eval_episodes, greedy=True,
+        # Greedy accuracy only (k=0): sampled pass@k would double the cost of every curve point.
+        acc = evaluate_accuracy(model.policy, spec.env_id, n=spec.eval_episodes, greedy=True, k=0,
                                 env_kwargs=spec.env_kwargs)
         value = float(acc["accuracy"])
         return value, float(np.sqrt(value * (1 - value)))
@@ -127,16 +135,23 @@ class EvalCurveCallback(BaseCallback):
         self._next_eval = 0
         self._t0 = time.perf_counter()
         self._eval_env: VecEnv | None = None
+        self.curve_rows = 0
         self.last: tuple[float, float] = (float("nan"), float("nan"))
+        #: the first evaluation (before any update: e.g. the warm-started LM's accuracy)
+        self.first: tuple[float, float] = (float("nan"), float("nan"))
 
     def _init_callback(self) -> None:
         with open(self.curve_path, "w", newline="") as f:
             csv.writer(f).writerow(["timesteps", "eval_mean", "eval_std", "wall_s"])
         self._next_eval = 0
+        self.curve_rows = 0
 
     def evaluate_now(self) -> None:
         """Evaluate and append one row (also called once after training)."""
         mean, std = evaluate_model(self.model, self.spec, self._eval_env)
+        if self.curve_rows == 0:
+            self.first = (mean, std)
+        self.curve_rows += 1
         self.last = (mean, std)
         self.logger.record("eval/mean", mean)
         with open(self.curve_path, "a", newline="") as f:
@@ -187,6 +202,7 @@ def train_run(spec: RunSpec, run_dir: str | os.PathLike, *, progress_bar: bool =
 
     save_atomic(model, run_dir / "model.zip")
     result = dict(algo=spec.algo, env_id=spec.env_id, seed=spec.seed, timesteps=int(model.num_timesteps),
+                  initial_eval_mean=callback.first[0],
                   final_eval_mean=callback.last[0], final_eval_std=callback.last[1],
                   wall_s=round(time.perf_counter() - t0, 2))
     _write_json_atomic(result_path, result)
