@@ -49,7 +49,9 @@ def _algos(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="egsw-gym", description="EGSW-augmented PPO and GRPO, from CartPole to LLMs.")
+    p = argparse.ArgumentParser(
+        prog="egsw-gym", description="EGSW-augmented PPO and GRPO, from CartPole to LLMs."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one algorithm on one environment with its preset")
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--env", required=True, help="environment id with a preset, e.g. CartPole-v1")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, e.g. grpo.learning_rate=1e-3")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="preset override, e.g. grpo.learning_rate=1e-3"
+    )
     t.add_argument("--progress", action="store_true", help="show a progress bar")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--suite", choices=list(SUITES))
     g.add_argument("--envs", help="comma-separated environment ids")
-    c.add_argument("--algos", type=_algos, default=list(ALGORITHMS), help="comma-separated (default: all four)")
+    c.add_argument(
+        "--algos", type=_algos, default=list(ALGORITHMS), help="comma-separated (default: all four)"
+    )
     c.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (5) or a list (0,3,7); default 3")
     c.add_argument("--out", required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override for every run")
@@ -78,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a directory written by train/compare (holds config.json and model.zip)")
     e.add_argument("--episodes", type=int, default=None, help="evaluation episodes / problems")
 
-    d = sub.add_parser("demo", help="the main job: PPO vs PPO+EGSW on CartPole, GRPO vs GRPO+EGSW on arithmetic")
+    d = sub.add_parser(
+        "demo", help="the main job: PPO vs PPO+EGSW on CartPole, GRPO vs GRPO+EGSW on arithmetic"
+    )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--jobs", type=int, default=None)
     return p
@@ -94,7 +102,17 @@ def _load_spec(run_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad settings (unknown env, invalid hyperparameter, missing run directory) are user errors:
+        # one clear line that names the argument, not a traceback.
+        parser.exit(2, f"egsw-gym: error: {err}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from egsw_gym.experiments.compare import run_dir_of
         from egsw_gym.experiments.presets import make_run_spec
@@ -109,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         from egsw_gym.experiments.compare import compare
 
         envs = [e.strip() for e in args.envs.split(",")] if args.envs else None
-        table = compare(args.suite, env_ids=envs, algos=args.algos, seeds=args.seeds, out_dir=args.out,
-                        overrides=parse_overrides(args.set), jobs=args.jobs)
+        table = compare(
+            args.suite,
+            env_ids=envs,
+            algos=args.algos,
+            seeds=args.seeds,
+            out_dir=args.out,
+            overrides=parse_overrides(args.set),
+            jobs=args.jobs,
+        )
         print(table)
         print(f"\ncurves, plots and summary.md in {args.out}")
     elif args.command == "plot":
@@ -132,11 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from egsw_gym import GRPO as algo_cls
         model = algo_cls.load(run_dir / "model.zip", device="cpu")
-        if spec.normalize:
-            raise SystemExit("evaluate does not restore VecNormalize statistics yet; use the curve.csv of the run")
-        mean, std = evaluate_model(model, spec)
-        print(json.dumps(dict(env_id=spec.env_id, algo=spec.algo, seed=spec.seed, episodes=spec.eval_episodes,
-                              eval_mean=mean, eval_std=std), indent=2))
+        # Observation statistics of normalised runs come back from the run's plain-JSON file.
+        mean, std = evaluate_model(model, spec, normalization_path=run_dir / "vecnormalize.json")
+        print(
+            json.dumps(
+                dict(
+                    env_id=spec.env_id,
+                    algo=spec.algo,
+                    seed=spec.seed,
+                    episodes=spec.eval_episodes,
+                    eval_mean=mean,
+                    eval_std=std,
+                ),
+                indent=2,
+            )
+        )
     elif args.command == "demo":
         from egsw_gym.experiments.compare import compare
 

@@ -26,7 +26,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, 
 
 from egsw_gym.experiments.presets import RunSpec
 
-__all__ = ["is_text_env", "make_env", "make_model", "evaluate_model", "train_run", "EvalCurveCallback"]
+__all__ = [
+    "is_text_env",
+    "make_env",
+    "make_model",
+    "evaluate_model",
+    "train_run",
+    "EvalCurveCallback",
+    "save_normalization",
+    "load_normalization",
+]
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -43,7 +52,9 @@ def is_text_env(env_id: str) -> bool:
     return "text_generation" in str(spec.entry_point)
 
 
-def make_env(spec: RunSpec, *, n_envs: int | None = None, seed: int | None = None, split: str | None = None) -> VecEnv:
+def make_env(
+    spec: RunSpec, *, n_envs: int | None = None, seed: int | None = None, split: str | None = None
+) -> VecEnv:
     """The vectorised training (or evaluation) environment of a run.
 
     Text environments use their batched ``vector_entry_point`` behind the SB3 adapter (plus
@@ -60,7 +71,9 @@ def make_env(spec: RunSpec, *, n_envs: int | None = None, seed: int | None = Non
 
         if split is not None:
             env_kwargs["split"] = split
-        venv = gym.make_vec(spec.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs)
+        venv = gym.make_vec(
+            spec.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs
+        )
         env: VecEnv = VecMonitor(VectorEnvAdapter(venv))
         env.seed(seed)
         return env
@@ -71,7 +84,11 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
     """Instantiate the algorithm of ``spec`` on its training environment (warm-started if asked)."""
     env = make_env(spec)
     if spec.normalize:
-        env = VecNormalize(env, gamma=spec.algo_kwargs.get("gamma", 0.99))
+        # Rewards are normalised for PPO's critic only: GRPO normalises returns within each group
+        # already, and its presets were tuned with observation normalisation alone.
+        env = VecNormalize(
+            env, gamma=spec.algo_kwargs.get("gamma", 0.99), norm_reward=spec.base_algo == "ppo"
+        )
     if spec.base_algo == "ppo":
         from egsw_gym import PPO as algo_cls
     else:
@@ -90,22 +107,36 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
         from egsw_gym.llm import warm_start
 
         venv = env.unwrapped.venv  # the batched text env: its task, tokenizer and prompt encoding
-        warm_start(model.policy, venv.task, venv.tokenizer, steps=spec.warm_start_steps, seed=spec.seed,
-                   env=venv, **spec.warm_start_kwargs)
+        warm_start(
+            model.policy,
+            venv.task,
+            venv.tokenizer,
+            steps=spec.warm_start_steps,
+            seed=spec.seed,
+            env=venv,
+            **spec.warm_start_kwargs,
+        )
         # The KL reference (beta > 0) was copied from the untrained model at construction; anchor it
         # to the warm-started one, the "base model" RL starts from.
         model.sync_reference_policy()
     return model
 
 
-def evaluate_model(model, spec: RunSpec, eval_env: VecEnv | None = None) -> tuple[float, float]:
-    """Mean and std of the evaluation score: episode return (control) or held-out accuracy (text)."""
+def evaluate_model(
+    model, spec: RunSpec, eval_env: VecEnv | None = None, normalization_path: str | os.PathLike | None = None
+) -> tuple[float, float]:
+    """Mean and std of the evaluation score: episode return (control) or held-out accuracy (text).
+
+    For runs with ``normalize``, the observation statistics come from the model's training env, or,
+    for a loaded model without one, from ``normalization_path`` (see :func:`save_normalization`).
+    """
     if is_text_env(spec.env_id):
         from egsw_gym.llm import evaluate_accuracy
 
         # Greedy accuracy only (k=0): sampled pass@k would double the cost of every curve point.
-        acc = evaluate_accuracy(model.policy, spec.env_id, n=spec.eval_episodes, greedy=True, k=0,
-                                env_kwargs=spec.env_kwargs)
+        acc = evaluate_accuracy(
+            model.policy, spec.env_id, n=spec.eval_episodes, greedy=True, k=0, env_kwargs=spec.env_kwargs
+        )
         value = float(acc["accuracy"])
         return value, float(np.sqrt(value * (1 - value)))
     if eval_env is None:
@@ -113,9 +144,61 @@ def evaluate_model(model, spec: RunSpec, eval_env: VecEnv | None = None) -> tupl
         if spec.normalize:
             eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
     if spec.normalize:
-        sync_envs_normalization(model.get_env(), eval_env)
+        if model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(model.get_env(), eval_env)
+        elif normalization_path is not None:
+            load_normalization(eval_env, normalization_path)
+        else:
+            raise ValueError(
+                "this run normalises observations: pass normalization_path= (vecnormalize.json of the run)"
+            )
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=True)
     return float(mean), float(std)
+
+
+def save_normalization(env: VecNormalize, path: str | os.PathLike) -> None:
+    """Write ``VecNormalize`` statistics as JSON (SB3's own ``save`` pickles the wrapper).
+
+    Parameters
+    ----------
+    env : VecNormalize
+        The training env's normaliser.
+    path : path
+        Target file, written atomically.
+    """
+
+    def stats(rms) -> dict[str, Any]:
+        return {
+            "mean": np.asarray(rms.mean).tolist(),
+            "var": np.asarray(rms.var).tolist(),
+            "count": float(rms.count),
+        }
+
+    if isinstance(env.obs_rms, dict):
+        raise ValueError("save_normalization supports Box observations only, got Dict observation statistics")
+    data = {
+        "obs_rms": stats(env.obs_rms),
+        "ret_rms": stats(env.ret_rms),
+        "clip_obs": env.clip_obs,
+        "clip_reward": env.clip_reward,
+        "epsilon": env.epsilon,
+        "norm_obs": env.norm_obs,
+        "norm_reward": env.norm_reward,
+        "gamma": env.gamma,
+    }
+    _write_json_atomic(Path(path), data)
+
+
+def load_normalization(env: VecNormalize, path: str | os.PathLike) -> VecNormalize:
+    """Load statistics written by :func:`save_normalization` into ``env`` (plain JSON, nothing unpickled)."""
+    data = json.loads(Path(path).read_text())
+    for name in ("obs_rms", "ret_rms"):
+        rms = getattr(env, name)
+        rms.mean = np.asarray(data[name]["mean"], dtype=np.float64).reshape(np.shape(rms.mean))
+        rms.var = np.asarray(data[name]["var"], dtype=np.float64).reshape(np.shape(rms.var))
+        rms.count = float(data[name]["count"])
+    env.clip_obs, env.clip_reward, env.epsilon = data["clip_obs"], data["clip_reward"], data["epsilon"]
+    return env
 
 
 class EvalCurveCallback(BaseCallback):
@@ -164,8 +247,14 @@ class EvalCurveCallback(BaseCallback):
         return True
 
 
-def train_run(spec: RunSpec, run_dir: str | os.PathLike, *, progress_bar: bool = False, verbose: int = 0,
-              torch_threads: int = 1) -> dict[str, Any]:
+def train_run(
+    spec: RunSpec,
+    run_dir: str | os.PathLike,
+    *,
+    progress_bar: bool = False,
+    verbose: int = 0,
+    torch_threads: int = 1,
+) -> dict[str, Any]:
     """Train one run into ``run_dir`` (skipped when already finished) and return its result.
 
     Parameters
@@ -201,9 +290,17 @@ def train_run(spec: RunSpec, run_dir: str | os.PathLike, *, progress_bar: bool =
     from egsw_gym.common.checkpoints import save_atomic
 
     save_atomic(model, run_dir / "model.zip")
-    result = dict(algo=spec.algo, env_id=spec.env_id, seed=spec.seed, timesteps=int(model.num_timesteps),
-                  initial_eval_mean=callback.first[0],
-                  final_eval_mean=callback.last[0], final_eval_std=callback.last[1],
-                  wall_s=round(time.perf_counter() - t0, 2))
+    if model.get_vec_normalize_env() is not None:
+        save_normalization(model.get_vec_normalize_env(), run_dir / "vecnormalize.json")
+    result = dict(
+        algo=spec.algo,
+        env_id=spec.env_id,
+        seed=spec.seed,
+        timesteps=int(model.num_timesteps),
+        initial_eval_mean=callback.first[0],
+        final_eval_mean=callback.last[0],
+        final_eval_std=callback.last[1],
+        wall_s=round(time.perf_counter() - t0, 2),
+    )
     _write_json_atomic(result_path, result)
     return result
