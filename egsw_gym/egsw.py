@@ -31,9 +31,13 @@ __all__ = ["EGSW", "egsw_weights", "effective_sample_size"]
 
 def _check_1d_finite(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor(...)")
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor(...)"
+        )
     if x.dim() != 1:
-        raise ValueError(f"{name} must be 1-D (one entry per sample), got shape {tuple(x.shape)}; flatten it first")
+        raise ValueError(
+            f"{name} must be 1-D (one entry per sample), got shape {tuple(x.shape)}; flatten it first"
+        )
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf; EGSW weights need finite inputs")
 
@@ -148,7 +152,12 @@ class EGSW:
     entropy_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not math.isfinite(self.alpha)
+            or self.alpha < 0
+        ):
             raise ValueError(f"EGSW.alpha must be a finite number >= 0, got {self.alpha!r}")
         if (
             isinstance(self.temperature, bool)
@@ -156,11 +165,15 @@ class EGSW:
             or math.isnan(self.temperature)
             or self.temperature <= 0
         ):
-            raise ValueError(f"EGSW.temperature must be a number > 0 (it divides the scores), got {self.temperature!r}")
+            raise ValueError(
+                f"EGSW.temperature must be a number > 0 (it divides the scores), got {self.temperature!r}"
+            )
         if self.mode not in ("step", "trajectory"):
             raise ValueError(f"EGSW.mode must be 'step' or 'trajectory', got {self.mode!r}")
         if not isinstance(self.standardize_advantages, bool):
-            raise ValueError(f"EGSW.standardize_advantages must be True or False, got {self.standardize_advantages!r}")
+            raise ValueError(
+                f"EGSW.standardize_advantages must be True or False, got {self.standardize_advantages!r}"
+            )
         if self.max_weight is not None and (
             isinstance(self.max_weight, bool)
             or not isinstance(self.max_weight, (int, float))
@@ -169,7 +182,9 @@ class EGSW:
         ):
             raise ValueError(f"EGSW.max_weight must be None or a number >= 1, got {self.max_weight!r}")
         if self.entropy_reduction not in ("mean", "sum"):
-            raise ValueError(f"EGSW.entropy_reduction must be 'mean' or 'sum', got {self.entropy_reduction!r}")
+            raise ValueError(
+                f"EGSW.entropy_reduction must be 'mean' or 'sum', got {self.entropy_reduction!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EGSW | None:
@@ -180,7 +195,9 @@ class EGSW:
             raise TypeError(f"EGSW.from_dict expects a dict, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown EGSW field(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown EGSW field(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,13 +248,21 @@ class EGSW:
             mode: one weight per trajectory, scored with its mean advantage and its mean (or summed)
             entropy, within its group, repeated on each of its steps.
         """
-        for name, ids in (("trajectory_ids", trajectory_ids), ("step_ids", step_ids), ("group_ids", group_ids)):
+        for name, ids in (
+            ("trajectory_ids", trajectory_ids),
+            ("step_ids", step_ids),
+            ("group_ids", group_ids),
+        ):
             if ids.shape != advantages.shape:
-                raise ValueError(f"{name} must have one entry per step: shape {tuple(ids.shape)} != {tuple(advantages.shape)}")
+                raise ValueError(
+                    f"{name} must have one entry per step: shape {tuple(ids.shape)} != {tuple(advantages.shape)}"
+                )
         advantages, entropies = advantages.detach(), entropies.detach()
         if self.mode == "step":
             # (group, step) -> one integer id; step ids are non-negative so this pairing is injective.
-            set_ids = group_ids.long() * (int(step_ids.max()) + 1 if step_ids.numel() else 1) + step_ids.long()
+            set_ids = (
+                group_ids.long() * (int(step_ids.max()) + 1 if step_ids.numel() else 1) + step_ids.long()
+            )
             return self._weights(advantages, entropies, set_ids, all_reduce)
         # Trajectory-wise: reduce each trajectory to one (A, H) sample, weight it within its group.
         _, traj_index, traj_len = torch.unique(trajectory_ids, return_inverse=True, return_counts=True)

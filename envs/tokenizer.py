@@ -79,5 +79,7 @@ def load_tokenizer(tokenizer=None):
             tok.pad_token = tok.eos_token
         return tok
     if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "decode"):
-        raise TypeError(f"tokenizer must be None, a local directory or a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        raise TypeError(
+            f"tokenizer must be None, a local directory or a Hugging Face tokenizer, got {type(tokenizer).__name__}"
+        )
     return tokenizer

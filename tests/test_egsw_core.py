@@ -74,8 +74,13 @@ def test_shift_invariance_and_stability_for_huge_scores():
     shifted = egsw_weights(t(adv + shift), t(ent), t(ids, torch.long), alpha=0.3, temperature=0.7)
     np.testing.assert_allclose(shifted.numpy(), base.numpy(), rtol=1e-6, atol=1e-9)
     # Stable where a naive exp overflows: float32 scores of 1e6 / 1e-3.
-    w32 = egsw_weights(t([1e6, 1e6 - 1e-3, -1e6], torch.float32), t([0, 0, 0], torch.float32),
-                       t([0, 0, 0], torch.long), alpha=0.0, temperature=1e-3)
+    w32 = egsw_weights(
+        t([1e6, 1e6 - 1e-3, -1e6], torch.float32),
+        t([0, 0, 0], torch.float32),
+        t([0, 0, 0], torch.long),
+        alpha=0.0,
+        temperature=1e-3,
+    )
     assert torch.isfinite(w32).all() and w32.sum().item() == pytest.approx(3.0, rel=1e-5)
 
 
@@ -95,7 +100,9 @@ def test_raising_own_advantage_or_entropy_never_lowers_weight(case, idx, delta, 
 
 
 def test_singleton_sets_get_weight_one():
-    w = egsw_weights(t([5.0, -2.0, 0.3]), t([0.1, 3.0, 1.0]), t([0, 1, 2], torch.long), alpha=1.0, temperature=0.1)
+    w = egsw_weights(
+        t([5.0, -2.0, 0.3]), t([0.1, 3.0, 1.0]), t([0, 1, 2], torch.long), alpha=1.0, temperature=0.1
+    )
     np.testing.assert_array_equal(w.numpy(), [1.0, 1.0, 1.0])  # Property 5
 
 
@@ -136,8 +143,15 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("alpha", -1), ("temperature", 0), ("temperature", -2.0), ("mode", "episode"),
-     ("max_weight", 0.5), ("entropy_reduction", "max"), ("standardize_advantages", "yes")],
+    [
+        ("alpha", -1),
+        ("temperature", 0),
+        ("temperature", -2.0),
+        ("mode", "episode"),
+        ("max_weight", 0.5),
+        ("entropy_reduction", "max"),
+        ("standardize_advantages", "yes"),
+    ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"EGSW.{field}"):
@@ -157,8 +171,13 @@ def test_sample_weights_step_mode_uses_group_and_step_sets():
     adv, ent = rng.normal(size=n), rng.uniform(0, 1, n)
     groups, steps = rng.integers(0, 3, n), rng.integers(0, 4, n)
     cfg = EGSW(alpha=0.2, temperature=0.5, mode="step", standardize_advantages=False)
-    w = cfg.sample_weights(t(adv), t(ent), trajectory_ids=t(np.arange(n), torch.long),
-                           step_ids=t(steps, torch.long), group_ids=t(groups, torch.long))
+    w = cfg.sample_weights(
+        t(adv),
+        t(ent),
+        trajectory_ids=t(np.arange(n), torch.long),
+        step_ids=t(steps, torch.long),
+        group_ids=t(groups, torch.long),
+    )
     ref = reference_weights(adv, ent, groups * 100 + steps, 0.2, 0.5)
     np.testing.assert_allclose(w.numpy(), ref, rtol=1e-9)
 
@@ -170,11 +189,20 @@ def test_sample_weights_trajectory_mode_scores_each_trajectory_once(reduction):
     traj = np.repeat(np.arange(6), lengths)
     group_of_traj = np.array([0, 0, 0, 1, 1, 1])
     adv, ent = rng.normal(size=traj.size), rng.uniform(0, 1, traj.size)
-    cfg = EGSW(alpha=0.4, temperature=0.8, mode="trajectory", standardize_advantages=True,
-               entropy_reduction=reduction)
-    w = cfg.sample_weights(t(adv), t(ent), trajectory_ids=t(traj, torch.long),
-                           step_ids=t(np.concatenate([np.arange(n) for n in lengths]), torch.long),
-                           group_ids=t(group_of_traj[traj], torch.long))
+    cfg = EGSW(
+        alpha=0.4,
+        temperature=0.8,
+        mode="trajectory",
+        standardize_advantages=True,
+        entropy_reduction=reduction,
+    )
+    w = cfg.sample_weights(
+        t(adv),
+        t(ent),
+        trajectory_ids=t(traj, torch.long),
+        step_ids=t(np.concatenate([np.arange(n) for n in lengths]), torch.long),
+        group_ids=t(group_of_traj[traj], torch.long),
+    )
     a = np.array([adv[traj == i].mean() for i in range(6)])
     h = np.array([getattr(ent[traj == i], reduction)() for i in range(6)])
     a = (a - a.mean()) / (a.std(ddof=1) + 1e-8)
@@ -184,8 +212,13 @@ def test_sample_weights_trajectory_mode_scores_each_trajectory_once(reduction):
 
 def test_max_weight_caps_and_effective_sample_size():
     cfg = EGSW(alpha=0.0, temperature=0.01, standardize_advantages=False, max_weight=1.5)
-    w = cfg.sample_weights(t([0.0, 0.0, 10.0]), t([0.0, 0.0, 0.0]), trajectory_ids=t([0, 1, 2], torch.long),
-                           step_ids=t([0, 0, 0], torch.long), group_ids=t([0, 0, 0], torch.long))
+    w = cfg.sample_weights(
+        t([0.0, 0.0, 10.0]),
+        t([0.0, 0.0, 0.0]),
+        trajectory_ids=t([0, 1, 2], torch.long),
+        step_ids=t([0, 0, 0], torch.long),
+        group_ids=t([0, 0, 0], torch.long),
+    )
     assert w.max().item() == 1.5
     assert effective_sample_size(torch.ones(10)) == pytest.approx(1.0)
     assert effective_sample_size(torch.tensor([10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0])) == pytest.approx(0.1)

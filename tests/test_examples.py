@@ -31,7 +31,13 @@ def test_example_runs(script, tmp_path):
     if script in ("compare.py", "ppo_mujoco.py"):
         args += ["--out", str(tmp_path / "out")]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip(), f"{script} printed nothing"

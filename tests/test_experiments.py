@@ -27,13 +27,21 @@ def test_every_preset_builds_a_valid_run_spec():
 
 
 def test_overrides_are_parsed_as_yaml_and_merged():
-    ov = parse_overrides(["grpo.learning_rate=1e-3", "egsw.alpha=0.5", "n_timesteps=5000", "egsw.mode=trajectory"])
-    assert ov == {"grpo": {"learning_rate": 1e-3}, "egsw": {"alpha": 0.5, "mode": "trajectory"}, "n_timesteps": 5000}
+    ov = parse_overrides(
+        ["grpo.learning_rate=1e-3", "egsw.alpha=0.5", "n_timesteps=5000", "egsw.mode=trajectory"]
+    )
+    assert ov == {
+        "grpo": {"learning_rate": 1e-3},
+        "egsw": {"alpha": 0.5, "mode": "trajectory"},
+        "n_timesteps": 5000,
+    }
     spec = make_run_spec("grpo-egsw", "CartPole-v1", 0, ov)
     assert spec.algo_kwargs["learning_rate"] == 1e-3 and spec.n_timesteps == 5000
     preset = load_suite("classic")["CartPole-v1"]
     # env-level egsw < the grpo block's egsw < the user's overrides
-    assert spec.egsw == EGSW(**{**preset["egsw"], **preset["grpo"]["egsw"], "alpha": 0.5, "mode": "trajectory"})
+    assert spec.egsw == EGSW(
+        **{**preset["egsw"], **preset["grpo"]["egsw"], "alpha": 0.5, "mode": "trajectory"}
+    )
     spec = make_run_spec("grpo-egsw", "CartPole-v1", 0, parse_overrides(["egsw.temperature=7"]))
     assert spec.egsw.temperature == 7.0
     # "lin_<x>" is a linear decay from x to 0
@@ -61,7 +69,9 @@ def test_plan_leaves_out_ppo_on_text_tasks_and_covers_the_grid():
     assert {s.algo for s in plan} == {"grpo", "grpo-egsw"}
     assert len(plan) == len(load_suite("llm")) * 2 * 2
     plan = plan_runs(None, ["CartPole-v1"], ["ppo", "ppo-egsw"], [0, 1, 2])
-    assert sorted((s.algo, s.seed) for s in plan) == sorted((a, s) for a in ("ppo", "ppo-egsw") for s in range(3))
+    assert sorted((s.algo, s.seed) for s in plan) == sorted(
+        (a, s) for a in ("ppo", "ppo-egsw") for s in range(3)
+    )
 
 
 def _fake_run(out, algo, env_id, seed, finals):
@@ -72,7 +82,9 @@ def _fake_run(out, algo, env_id, seed, finals):
         w.writerow(["timesteps", "eval_mean", "eval_std", "wall_s"])
         for i, v in enumerate(finals):
             w.writerow([1000 * (i + 1), v, 0.0, i])
-    (d / "result.json").write_text(json.dumps(dict(algo=algo, env_id=env_id, seed=seed, final_eval_mean=finals[-1])))
+    (d / "result.json").write_text(
+        json.dumps(dict(algo=algo, env_id=env_id, seed=seed, final_eval_mean=finals[-1]))
+    )
 
 
 def test_report_iqm_matches_reference_and_writes_files(tmp_path):

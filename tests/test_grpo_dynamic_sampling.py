@@ -131,7 +131,10 @@ def test_off_by_default_and_identical_when_every_group_has_spread():
         (dict(dynamic_sampling="yes"), "dynamic_sampling must be True or False"),
         (dict(dynamic_sampling=True, dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds"),
         (dict(dynamic_sampling=True, dynamic_sampling_max_rounds=1.5), "dynamic_sampling_max_rounds"),
-        (dict(dynamic_sampling=True, dynamic_sampling_max_rounds=1), "dynamic_sampling_max_rounds must be >= "),
+        (
+            dict(dynamic_sampling=True, dynamic_sampling_max_rounds=1),
+            "dynamic_sampling_max_rounds must be >= ",
+        ),
     ],
 )
 def test_invalid_dynamic_sampling_settings(kwargs, match):

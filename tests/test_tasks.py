@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from egsw_gym.envs.tasks import (
     TRAIN_SIZE,
     ArithmeticTask,

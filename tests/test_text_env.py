@@ -9,16 +9,16 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-from egsw_gym.envs.tasks import ArithmeticTask
-from egsw_gym.envs.text_generation import TextGenerationEnv
-from egsw_gym.envs.tokenizer import build_char_tokenizer
-from egsw_gym.envs.vector import TextGenerationVectorEnv
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import egsw_gym  # noqa: F401  (registers the ids)
 from egsw_gym.common.vec_env import VectorEnvAdapter
+from egsw_gym.envs.tasks import ArithmeticTask
+from egsw_gym.envs.text_generation import TextGenerationEnv
+from egsw_gym.envs.tokenizer import build_char_tokenizer
+from egsw_gym.envs.vector import TextGenerationVectorEnv
 
 IDS = ["egsw/Arithmetic-v0", "egsw/Countdown-v0", "egsw/GSM8K-v0"]
 EOS = 1

@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from egsw_gym.envs.tasks import (
     ArithmeticTask,
     CountdownTask,
@@ -29,8 +32,6 @@ from egsw_gym.envs.tasks import (
 )
 from egsw_gym.envs.tasks.countdown import CountdownParseError
 from egsw_gym.envs.text_generation import TextGenerationEnv
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 COUNTS: Counter = Counter()
 SLOWEST: dict[str, float] = {}

@@ -164,9 +164,13 @@ def _check_more_settings(**hp: Any) -> None:
     """Settings GRPO's own check does not cover: ValueError naming the argument and what is allowed."""
     lr = hp["learning_rate"]
     if not callable(lr) and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ValueError(f"learning_rate must be a number > 0 or a schedule (callable of progress), got {lr!r}")
+        raise ValueError(
+            f"learning_rate must be a number > 0 or a schedule (callable of progress), got {lr!r}"
+        )
     if not isinstance(hp["scale_rewards"], (bool, np.bool_)):
-        raise ValueError(f"scale_rewards must be True (GRPO) or False (Dr. GRPO), got {hp['scale_rewards']!r}")
+        raise ValueError(
+            f"scale_rewards must be True (GRPO) or False (Dr. GRPO), got {hp['scale_rewards']!r}"
+        )
     window = hp["stats_window_size"]
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"stats_window_size must be an integer >= 1, got {window!r}")
@@ -452,7 +456,9 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
 
                 from egsw_gym.common.vec_env import VectorEnvAdapter
 
-                venv = gym.make_vec(env, n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
+                venv = gym.make_vec(
+                    env, n_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {})
+                )
                 return VecMonitor(VectorEnvAdapter(venv))
             # Not make_vec_env(env_id): it forces render_mode="rgb_array", which envs without that mode
             # (the text env) reject, and which training never needs.
@@ -696,7 +702,9 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             rounds.append(batch)
         if info.enabled:
             # Global step count (every rank runs the same number of updates) and a global stop.
-            sync = torch.tensor([float(self.num_timesteps - steps_before), float(len(rounds) < len(round_seeds))])
+            sync = torch.tensor(
+                [float(self.num_timesteps - steps_before), float(len(rounds) < len(round_seeds))]
+            )
             dist_utils.all_reduce(sync, info)
             self.num_timesteps = steps_before + int(sync[0])
             if sync[1] > 0:
@@ -910,7 +918,9 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
                 )
                 # A NaN/inf loss or gradient raises before the step: parameters never become NaN.
                 loss_value = float(out.loss.detach())
-                where = f"in update {self._n_updates // self.n_epochs + 1} (num_timesteps={self.num_timesteps})"
+                where = (
+                    f"in update {self._n_updates // self.n_epochs + 1} (num_timesteps={self.num_timesteps})"
+                )
                 check_loss_finite("GRPO", {"loss": loss_value}, where)
                 self.policy.optimizer.zero_grad()
                 (out.loss * loss_scale).backward()

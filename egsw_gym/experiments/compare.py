@@ -24,8 +24,13 @@ def run_dir_of(out_dir: str | Path, algo: str, env_id: str, seed: int) -> Path:
     return Path(out_dir) / env_id.replace("/", "_") / algo / f"seed{seed}"
 
 
-def plan_runs(suite: str | None, env_ids: list[str] | None, algos: list[str], seeds: list[int],
-              overrides: dict[str, Any] | None = None) -> list[tuple[Any, str]]:
+def plan_runs(
+    suite: str | None,
+    env_ids: list[str] | None,
+    algos: list[str],
+    seeds: list[int],
+    overrides: dict[str, Any] | None = None,
+) -> list[tuple[Any, str]]:
     """The (RunSpec, algo) grid. Combinations a preset has no block for (PPO on a text task) are left out."""
     if env_ids is None:
         if suite is None:
@@ -52,9 +57,17 @@ def _run_one(args: tuple[Any, str]) -> dict[str, Any]:
     return train_run(spec, run_dir)
 
 
-def compare(suite: str | None = None, *, env_ids: list[str] | None = None, algos: list[str],
-            seeds: list[int], out_dir: str | Path, overrides: dict[str, Any] | None = None,
-            jobs: int | None = None, progress: bool = True) -> str:
+def compare(
+    suite: str | None = None,
+    *,
+    env_ids: list[str] | None = None,
+    algos: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> str:
     """Train every run of the grid (in ``jobs`` processes) and write the report.
 
     Parameters

@@ -20,7 +20,15 @@ import yaml
 
 from egsw_gym.egsw import EGSW
 
-__all__ = ["ALGORITHMS", "SUITES", "RunSpec", "load_suite", "find_env_preset", "make_run_spec", "parse_overrides"]
+__all__ = [
+    "ALGORITHMS",
+    "SUITES",
+    "RunSpec",
+    "load_suite",
+    "find_env_preset",
+    "make_run_spec",
+    "parse_overrides",
+]
 
 #: algorithm name -> (base algorithm block in the preset, whether EGSW is on)
 ALGORITHMS: dict[str, tuple[str, bool]] = {
@@ -32,7 +40,14 @@ ALGORITHMS: dict[str, tuple[str, bool]] = {
 #: suite name -> preset file (also the environment family)
 SUITES = ("classic", "mujoco", "llm")
 
-_RUN_KEYS = ("n_timesteps", "eval_freq", "eval_episodes", "env_kwargs", "warm_start_steps", "warm_start_kwargs")
+_RUN_KEYS = (
+    "n_timesteps",
+    "eval_freq",
+    "eval_episodes",
+    "env_kwargs",
+    "warm_start_steps",
+    "warm_start_kwargs",
+)
 _ALGO_RUN_KEYS = ("n_envs", "policy", "normalize")
 
 

@@ -102,7 +102,7 @@ def write_report(out_dir: str | Path) -> tuple[str, list[Path]]:
         w = csv.writer(f)
         w.writerow(["env_id", "algo", "seed", "timesteps", "eval_mean"])
         for r in runs:
-            for t, v in zip(r["curve"]["timesteps"], r["curve"]["eval_mean"]):
+            for t, v in zip(r["curve"]["timesteps"], r["curve"]["eval_mean"], strict=True):
                 w.writerow([r["env_id"], r["algo"], r["seed"], int(t), v])
     table = summary_table(runs)
     (out_dir / "summary.md").write_text(table + "\n")
