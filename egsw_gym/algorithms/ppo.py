@@ -161,69 +161,16 @@ class _EGSWBufferMixin:
 class EGSWRolloutBuffer(_EGSWBufferMixin, RolloutBuffer):
     """SB3's :class:`~stable_baselines3.common.buffers.RolloutBuffer` that also stores per-step entropy and EGSW weights.
 
-    Parameters
-    ----------
-    buffer_size : int
-        Rollout length ``n_steps``.
-    observation_space : gymnasium.spaces.Space
-        Observation space.
-    action_space : gymnasium.spaces.Space
-        Action space.
-    device : torch.device or str
-        Device of the sampled tensors.
-    gae_lambda : float
-        GAE lambda.
-    gamma : float
-        Discount factor.
-    n_envs : int
-        Number of parallel environments.
+    Same constructor arguments as SB3's buffer (``buffer_size``, ``observation_space``,
+    ``action_space``, ``device``, ``gae_lambda``, ``gamma``, ``n_envs``).
     """
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        device: th.device | str = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-    ) -> None:
-        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
 
 class EGSWDictRolloutBuffer(_EGSWBufferMixin, DictRolloutBuffer):
     """SB3's :class:`~stable_baselines3.common.buffers.DictRolloutBuffer` (``Dict`` observations) with entropy and EGSW weights.
 
-    Parameters
-    ----------
-    buffer_size : int
-        Rollout length ``n_steps``.
-    observation_space : gymnasium.spaces.Dict
-        Observation space.
-    action_space : gymnasium.spaces.Space
-        Action space.
-    device : torch.device or str
-        Device of the sampled tensors.
-    gae_lambda : float
-        GAE lambda.
-    gamma : float
-        Discount factor.
-    n_envs : int
-        Number of parallel environments.
+    Same constructor arguments as SB3's buffer.
     """
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Dict,
-        action_space: spaces.Space,
-        device: th.device | str = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-    ) -> None:
-        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
 
 class PPO(SafeSerializationMixin, SB3PPO):
