@@ -25,7 +25,12 @@ __all__ = ["main", "build_parser", "DEMO"]
 
 #: What ``egsw-gym demo`` runs: small, so that it finishes in under 10 minutes on 2 CPU cores.
 DEMO = [
-    dict(env_ids=["CartPole-v1"], algos=["ppo", "ppo-egsw"], seeds=[0, 1], overrides={"n_timesteps": 60000}),
+    dict(
+        env_ids=["CartPole-v1"],
+        algos=["ppo", "ppo-egsw"],
+        seeds=[0, 1],
+        overrides={"eval_freq": 20000, "eval_episodes": 10},
+    ),
     dict(env_ids=["egsw/Arithmetic-v0"], algos=["grpo", "grpo-egsw"], seeds=[0], overrides={}),
 ]
 
