@@ -18,5 +18,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import egsw_g
   exit 0
 fi
 echo "[setup] installing egsw-gym with the mujoco, llm, compare and dev extras"
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[mujoco,llm,lora,compare,dev]"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[mujoco,llm,lora,compare,dev]"
 echo "$want" > "$stamp"

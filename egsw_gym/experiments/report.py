@@ -42,8 +42,8 @@ def summary_table(runs: list[dict], reps: int = 2000) -> str:
     from rliable import metrics
 
     lines = [
-        "| env | algorithm | seeds | IQM | 95% CI | mean | per seed |",
-        "|---|---|---|---|---|---|---|",
+        "| env | algorithm | seeds | IQM | 95% CI | mean | per seed | first eval (mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for env_id, by_algo in sorted(_grouped(runs).items()):
         scores = {
@@ -56,9 +56,11 @@ def summary_table(runs: list[dict], reps: int = 2000) -> str:
         for algo, s in scores.items():
             lo, hi = interval[algo][:, 0]
             per_seed = ", ".join(f"{v:.3g}" for v in s[:, 0])
+            # The first curve point: the untrained (or, for LMs, warm-started) policy, for scale.
+            first = np.mean([r["curve"]["eval_mean"][0] for r in by_algo[algo]])
             lines.append(
                 f"| {env_id} | {algo} | {len(s)} | {point[algo][0]:.3g} | [{lo:.3g}, {hi:.3g}] | "
-                f"{s.mean():.3g} | {per_seed} |"
+                f"{s.mean():.3g} | {per_seed} | {first:.3g} |"
             )
     return "\n".join(lines)
 
