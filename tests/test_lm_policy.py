@@ -270,3 +270,23 @@ def test_warm_start_raises_arithmetic_accuracy():
     assert after["accuracy"] > before["accuracy"]
     assert after["pass@4"] >= after["accuracy"] and after["pass@4"] > 0
     assert 1.5 <= after["mean_length"] <= 3.5  # learnt the format: a 1-3 digit answer, then EOS
+
+
+def test_warm_start_temperature_overrides_the_policys():
+    """``warm_start(temperature=1.0)`` on a policy sampling at 0.7 fits exactly what it fits on a
+    policy sampling at 1.0 (the likelihood's temperature is the only difference between the two)."""
+    import gymnasium as gym
+
+    import egsw_gym  # noqa: F401
+    from egsw_gym.llm import warm_start
+
+    env = gym.make("egsw/Arithmetic-v0")
+    sharp = LMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, temperature=0.7)
+    plain = LMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, temperature=1.0)
+    plain.load_state_dict(sharp.state_dict())
+    warm_start(sharp, env.unwrapped.task, steps=5, batch_size=8, seed=0, env=env, temperature=1.0)
+    warm_start(plain, env.unwrapped.task, steps=5, batch_size=8, seed=0, env=env)
+    for a, b in zip(sharp.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        warm_start(sharp, env.unwrapped.task, steps=1, env=env, temperature=0.0)

@@ -100,6 +100,7 @@ def warm_start(
     split: str = "train",
     env: Any = None,
     verbose: bool = False,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Short supervised fine-tune on the task's answer format (prompt + reference completion + EOS).
 
@@ -136,6 +137,9 @@ def warm_start(
         :func:`encode_prompts`).
     verbose : bool
         Print the loss every 50 steps.
+    temperature : float or None
+        Temperature of the fitted likelihood; ``None`` (default) uses the policy's sampling
+        temperature.
 
     Returns
     -------
@@ -144,7 +148,12 @@ def warm_start(
     """
     from egsw_gym.policies.lm import sequence_log_probs
 
-    model, n_actions, temperature, policy_tokenizer = _unwrap_model(policy_or_model)
+    model, n_actions, policy_temperature, policy_tokenizer = _unwrap_model(policy_or_model)
+    # By default the likelihood is that of the policy's sampling distribution. A different value
+    # fits the raw model at another temperature, e.g. fit at 1.0 and let RL sample sharper (0.7).
+    temperature = policy_temperature if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 or None (the policy's), got {temperature!r}")
     if tokenizer is None:
         tokenizer = policy_tokenizer
     if tokenizer is None:
