@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["EGSW", "egsw_weights", "effective_sample_size"]
+__all__ = ["EGSW", "egsw_weights", "effective_sample_size", "egsw_statistics"]
 
 
 def _check_1d_finite(name: str, x: torch.Tensor) -> None:
@@ -111,6 +111,21 @@ def effective_sample_size(weights: torch.Tensor) -> float:
         return 1.0
     w = weights.double()
     return float(w.sum() ** 2 / (w.numel() * (w * w).sum()).clamp_min(1e-300))
+
+
+def egsw_statistics(weights: torch.Tensor, entropies: Any) -> dict[str, float]:
+    """The EGSW metrics every algorithm logs for one update batch, keyed by logger name.
+
+    ``egsw/weight_max``, ``egsw/weight_min``, ``egsw/weight_ess`` (:func:`effective_sample_size`)
+    and ``egsw/entropy_mean`` (mean rollout entropy of the weighted samples).
+    """
+    weights = torch.as_tensor(weights)
+    return {
+        "egsw/weight_max": float(weights.max()),
+        "egsw/weight_min": float(weights.min()),
+        "egsw/weight_ess": effective_sample_size(weights),
+        "egsw/entropy_mean": float(torch.as_tensor(entropies, dtype=torch.float64).mean()),
+    }
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egsw_gym import EGSW, effective_sample_size, egsw_weights
+from egsw_gym import EGSW, effective_sample_size, egsw_statistics, egsw_weights
 
 
 def reference_weights(adv, ent, ids, alpha, temperature):
@@ -222,3 +222,11 @@ def test_max_weight_caps_and_effective_sample_size():
     assert w.max().item() == 1.5
     assert effective_sample_size(torch.ones(10)) == pytest.approx(1.0)
     assert effective_sample_size(torch.tensor([10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0])) == pytest.approx(0.1)
+
+
+def test_egsw_statistics_are_the_logged_metrics():
+    w = torch.tensor([0.5, 1.5, 1.0, 1.0])
+    stats = egsw_statistics(w, np.array([0.1, 0.3, 0.2, 0.2], dtype=np.float32))
+    assert stats["egsw/weight_max"] == 1.5 and stats["egsw/weight_min"] == 0.5
+    assert stats["egsw/weight_ess"] == pytest.approx(16 / (4 * (0.25 + 2.25 + 1 + 1)))
+    assert stats["egsw/entropy_mean"] == pytest.approx(0.2)

@@ -51,7 +51,7 @@ from egsw_gym.algorithms.grpo_core import (
 from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.finite import check_loss_finite, check_step_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
-from egsw_gym.egsw import EGSW, effective_sample_size
+from egsw_gym.egsw import EGSW, egsw_statistics
 from egsw_gym.policies.base import GRPOPolicy
 from egsw_gym.policies.mlp import MlpPolicy
 
@@ -849,10 +849,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             self.logger.record("egsw/weight_ess", sums["w"] ** 2 / max(sums["n"] * sums["w2"], 1e-300))
             self.logger.record("egsw/entropy_mean", sums["h"] / max(sums["n"], 1.0))
             return weights
-        self.logger.record("egsw/weight_max", float(w.max()))
-        self.logger.record("egsw/weight_min", float(w.min()))
-        self.logger.record("egsw/weight_ess", effective_sample_size(w))
-        self.logger.record("egsw/entropy_mean", float(batch.entropies[mask].mean()))
+        for key, value in egsw_statistics(w, batch.entropies[mask]).items():
+            self.logger.record(key, value)
         return weights
 
     def train(self, batch: GroupBatch) -> None:

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from egsw_gym.common.finite import check_loss_finite, check_step_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
-from egsw_gym.egsw import EGSW, effective_sample_size
+from egsw_gym.egsw import EGSW, egsw_statistics
 
 __all__ = ["PPO", "EGSWRolloutBuffer", "EGSWDictRolloutBuffer", "EGSWRolloutBufferSamples"]
 
@@ -573,9 +573,9 @@ class PPO(SafeSerializationMixin, SB3PPO):
         if self.egsw is not None:
             # Once per rollout, after GAE: the weights need the final advantages.
             weights = rollout_buffer.compute_egsw_weights(self.egsw)  # type: ignore[attr-defined]
-            self.logger.record("egsw/weight_max", float(weights.max()))
-            self.logger.record("egsw/weight_ess", effective_sample_size(weights))
-            self.logger.record("egsw/entropy_mean", float(rollout_buffer.entropies.mean()))  # type: ignore[attr-defined]
+            stats = egsw_statistics(weights, rollout_buffer.entropies)  # type: ignore[attr-defined]
+            for key, value in stats.items():
+                self.logger.record(key, value)
 
         callback.update_locals(locals())
 
