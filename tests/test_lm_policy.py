@@ -10,7 +10,7 @@ from gymnasium import spaces
 pytest.importorskip("transformers")
 
 
-from egsw_gym.policies.lm import LMPolicy, prepare_prompt  # noqa: E402
+from egsw_gym.policies.lm import LMPolicy, distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -290,3 +290,60 @@ def test_warm_start_temperature_overrides_the_policys():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         warm_start(sharp, env.unwrapped.task, steps=1, env=env, temperature=0.0)
+
+
+def grouped_obs(lengths, group_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every prompt of ``first_obs(lengths)`` repeated ``group_size`` times (GRPO's groups)."""
+    obs = first_obs(lengths, seed)
+    return {k: v.repeat_interleave(group_size, 0) for k, v in obs.items()}
+
+
+def test_distinct_prompts_ignores_padding_ids_and_keeps_first_appearance_order():
+    ids = torch.tensor([[0, 5, 6], [9, 7, 8], [3, 5, 6], [0, 7, 8], [9, 9, 8]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    first_rows, inverse = distinct_prompts(ids, mask)
+    assert first_rows.tolist() == [0, 1, 3, 4]  # rows 0 and 2 differ only under padding
+    assert inverse.tolist() == [0, 1, 0, 2, 3]
+    assert distinct_prompts(ids[[0, 1, 3]], mask[[0, 1, 3]]) is None  # nothing repeats
+
+
+@pytest.mark.parametrize("steps", [1, N])
+def test_shared_prompt_pass_matches_the_full_pass_in_values_and_gradients(steps):
+    """One pass per distinct prompt + a cache gather == one teacher-forced pass over every row."""
+    torch.manual_seed(0)
+    policy = make_policy()
+    obs = grouped_obs([3, 10, 7, 1], group_size=4)
+    ids, mask = prepare_prompt(obs["input_ids"], obs["attention_mask"])
+    actions = torch.randint(0, VOCAB, (len(ids), steps))
+    results = []
+    for share in (True, False):
+        policy.model.zero_grad()
+        lp, ent = sequence_log_probs(policy.model, ids, mask, actions, n_actions=VOCAB, share_prompts=share)
+        (lp.sum() + 0.5 * ent.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.model.parameters()])
+        results.append((lp.detach(), ent.detach(), grads))
+    (lp_s, ent_s, g_s), (lp_f, ent_f, g_f) = results
+    assert torch.allclose(lp_s, lp_f, atol=1e-5) and torch.allclose(ent_s, ent_f, atol=1e-5)
+    assert torch.allclose(g_s, g_f, rtol=1e-4, atol=1e-5)
+    assert g_f.abs().max() > 1e-2  # the comparison is not between zero gradients
+
+
+def test_shared_prefill_in_act_matches_evaluate_sequences():
+    """act() prefills each distinct prompt once; its log-probs still match the training pass."""
+    torch.manual_seed(0)
+    policy = make_policy()
+    obs = grouped_obs([3, 10, 7], group_size=4, seed=2)
+    actions, lp_act, ent_act = rollout(policy, obs)
+    mask = torch.ones_like(actions, dtype=torch.bool)
+    lp_eval, ent_eval = policy.evaluate_sequences(obs, None, actions, mask)
+    assert torch.allclose(lp_eval, lp_act, atol=1e-4) and torch.allclose(ent_eval, ent_act, atol=1e-4)
+    # Rows of one group sampled independently after the shared prefill (not one copied sample).
+    assert len({tuple(r) for r in actions[:4].tolist()}) > 1
+
+
+def test_adam_optimizers_default_to_the_fused_kernel_unless_told_otherwise():
+    assert make_policy().optimizer.defaults["fused"] is True
+    chosen = make_policy(optimizer_kwargs={"foreach": True}).optimizer.defaults
+    assert chosen["foreach"] is True and not chosen["fused"]
+    sgd = make_policy(optimizer_class=torch.optim.SGD).optimizer.defaults
+    assert "fused" not in sgd or not sgd["fused"]

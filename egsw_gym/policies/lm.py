@@ -41,6 +41,7 @@ __all__ = [
     "LMPolicy",
     "LMState",
     "build_tiny_lm",
+    "distinct_prompts",
     "prepare_prompt",
     "position_ids_from_mask",
     "sequence_log_probs",
@@ -148,6 +149,108 @@ def _max_position(config: Any) -> int | None:
     return None
 
 
+def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that start each distinct prompt, and every row's prompt, when some prompts repeat.
+
+    GRPO samples ``group_size`` completions of every prompt, so a batch usually holds each prompt
+    ``group_size`` times. A causal LM's states over a prompt do not depend on what follows it, so
+    the prompt needs one forward pass per distinct prompt; its KV cache is then gathered for every
+    row (:func:`_gather_cache`), which is exact (also for gradients, which the gather sums back).
+
+    Parameters
+    ----------
+    ids, mask : torch.Tensor
+        ``(B, L)`` packed prompts (:func:`prepare_prompt`).
+
+    Returns
+    -------
+    tuple of torch.Tensor or None
+        ``(first_rows, inverse)``: ``first_rows`` ``(U,)`` the first row holding each distinct prompt,
+        ``inverse`` ``(B,)`` the index into ``first_rows`` of every row's prompt; ``None`` when
+        every prompt is distinct (nothing to share).
+    """
+    batch = ids.shape[0]
+    if batch < 2:
+        return None
+    # Padding ids may differ between equal prompts: compare ids only where the mask is real.
+    key = torch.cat([torch.where(mask.bool(), ids, -1), mask], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n_distinct = int(inverse.max()) + 1
+    if n_distinct == batch:
+        return None
+    rows = torch.arange(batch, device=ids.device)
+    first_rows = torch.full((n_distinct,), batch, device=ids.device, dtype=rows.dtype)
+    first_rows = first_rows.scatter_reduce(0, inverse, rows, reduce="amin")
+    # Renumber distinct prompts by first appearance, so first_rows is increasing (stable order).
+    order = torch.argsort(first_rows)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n_distinct, device=ids.device)
+    return first_rows[order], rank[inverse]
+
+
+def _checkpoints_activations(model: torch.nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on: ``transformers`` then refuses ``use_cache``."""
+    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else None
+    return bool(getattr(model, name or "is_gradient_checkpointing", False))
+
+
+def _gather_cache(cache: Any, index: torch.Tensor) -> bool:
+    """Gather the batch rows ``index`` of a ``transformers`` KV cache in place; ``False`` if unsupported."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not hasattr(cache, "reorder_cache"):
+        return False
+    # Only plain key/value layers (DynamicLayer and friends): sliding-window or recurrent layers keep
+    # other state that a row gather would have to follow.
+    if not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        return False
+    cache.reorder_cache(index)  # index_select per layer: differentiable, not in place on the tensors
+    return True
+
+
+def _shared_prompt_logits(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    actions: torch.Tensor,
+    full_mask: torch.Tensor,
+    positions: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+) -> torch.Tensor | None:
+    """``(B, T, V)`` next-token logits before each action, with one prompt pass per distinct prompt.
+
+    Two passes: the distinct prompts (their KV cache and the logits at their last token, which
+    predict the first action), then every row's actions but the last, attending to its prompt's
+    cache gathered per row. ``None`` when the model's cache cannot be gathered (the caller then
+    runs the single teacher-forced pass).
+    """
+    cache_kw, has_keep = _forward_kwargs(model)
+    prompt_len, steps = ids.shape[1], actions.shape[1]
+    prompt_kwargs: dict[str, Any] = {
+        "input_ids": ids[first_rows],
+        "attention_mask": mask[first_rows],
+        "position_ids": positions[first_rows, :prompt_len],
+        "use_cache": True,
+    }
+    if has_keep:
+        prompt_kwargs["logits_to_keep"] = 1
+    out = model(**prompt_kwargs)
+    cache = _output_cache(out)
+    first_logits = out.logits[:, -1:][inverse]  # (B, 1, V): the distribution of the first action
+    if steps == 1:
+        return first_logits
+    if cache is None or not _gather_cache(cache, inverse):
+        return None
+    rest = model(
+        input_ids=actions[:, :-1],
+        attention_mask=full_mask[:, :-1],
+        position_ids=positions[:, prompt_len:-1],
+        use_cache=True,
+        **{cache_kw: cache},
+    ).logits
+    return torch.cat([first_logits, rest], dim=1)
+
+
 def sequence_log_probs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -156,6 +259,7 @@ def sequence_log_probs(
     n_actions: int | None = None,
     temperature: float = 1.0,
     fill_token_id: int = 0,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log-probs and entropies of ``actions`` after each prompt, with gradients.
 
@@ -177,6 +281,12 @@ def sequence_log_probs(
         Sampling temperature; log-probs and entropies are those of ``softmax(logits / temperature)``.
     fill_token_id : int
         See :func:`prepare_prompt`.
+    share_prompts : bool
+        Run each distinct prompt through the model once and reuse its KV cache for every row that
+        repeats it (:func:`distinct_prompts`), instead of one teacher-forced pass over every row's
+        prompt plus completion. Same log-probs and gradients up to float rounding; GRPO's groups
+        repeat every prompt ``group_size`` times, so this saves most of the prompt compute. Models
+        whose cache cannot be gathered by rows fall back to the single pass.
 
     Returns
     -------
@@ -191,21 +301,25 @@ def sequence_log_probs(
     if steps == 0:
         empty = torch.zeros(batch, 0, device=ids.device)
         return empty, empty.clone()
-    full_ids = torch.cat([ids, actions], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
-    cache_kw, has_keep = _forward_kwargs(model)
-    config = getattr(model, "config", None)
-    kwargs: dict[str, Any] = {
-        "input_ids": full_ids,
-        "attention_mask": full_mask,
-        "position_ids": position_ids_from_mask(full_mask, _max_position(config)),
-        "use_cache": False,
-    }
-    # Logits at the last prompt token and at every action but the last: steps + 1 columns from the
-    # end, minus the final one. Skipping the prompt columns saves the output projection over them.
-    if has_keep:
-        kwargs["logits_to_keep"] = steps + 1
-    logits = model(**kwargs).logits[:, -(steps + 1) : -1]
+    positions = position_ids_from_mask(full_mask, _max_position(getattr(model, "config", None)))
+    shared = distinct_prompts(ids, mask) if share_prompts else None
+    logits = None
+    if shared is not None and not _checkpoints_activations(model):
+        logits = _shared_prompt_logits(model, ids, mask, actions, full_mask, positions, *shared)
+    if logits is None:
+        cache_kw, has_keep = _forward_kwargs(model)
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.cat([ids, actions], dim=1),
+            "attention_mask": full_mask,
+            "position_ids": positions,
+            "use_cache": False,
+        }
+        # Logits at the last prompt token and at every action but the last: steps + 1 columns from
+        # the end, minus the final one. Skipping the prompt columns saves the output projection.
+        if has_keep:
+            kwargs["logits_to_keep"] = steps + 1
+        logits = model(**kwargs).logits[:, -(steps + 1) : -1]
     if n_actions is not None:
         logits = logits[..., :n_actions]
     logits = logits.float()
@@ -215,6 +329,20 @@ def sequence_log_probs(
     log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropies = -(log_p.exp() * log_p).sum(-1)
     return log_probs, entropies
+
+
+def _fused_if_unset(optimizer_class: type, optimizer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``optimizer_kwargs`` plus ``fused=True`` for torch's Adam/AdamW when no implementation is chosen.
+
+    The fused kernel updates every parameter in one call instead of a dozen small ops per tensor:
+    the same update (same math, float rounding aside), about 3x faster for small models, where the
+    optimizer step is a visible share of a GRPO update. An explicit ``fused``/``foreach`` wins.
+    """
+    if optimizer_class not in (torch.optim.Adam, torch.optim.AdamW) or {"fused", "foreach"} & set(
+        optimizer_kwargs
+    ):
+        return optimizer_kwargs
+    return {**optimizer_kwargs, "fused": True}
 
 
 # --------------------------------------------------------------------------- the policy
@@ -331,7 +459,8 @@ class LMPolicy(GRPOPolicy):
     optimizer_class : type of torch.optim.Optimizer
         Optimizer over the trainable parameters (only the adapter's with LoRA).
     optimizer_kwargs : dict or None
-        Extra optimizer keyword arguments (not the learning rate).
+        Extra optimizer keyword arguments (not the learning rate). Adam and AdamW get
+        ``fused=True`` unless ``fused`` or ``foreach`` is given.
     """
 
     uses_step_observations = False
@@ -384,7 +513,9 @@ class LMPolicy(GRPOPolicy):
         self._fill_token_id = self._special_id("bos_token_id", "eos_token_id", "pad_token_id")
 
         trainable = [p for p in self.parameters() if p.requires_grad]
-        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(
+            trainable, lr=lr_schedule(1), **_fused_if_unset(self.optimizer_class, self.optimizer_kwargs)
+        )
 
     # ----------------------------------------------------------------------- construction helpers
     @staticmethod
@@ -653,11 +784,29 @@ class LMPolicy(GRPOPolicy):
             if self._has_logits_to_keep:
                 inputs["logits_to_keep"] = 1
             with self._autocast():
-                output = self.model(**inputs, use_cache=True)
-            state.cache = _output_cache(output)
-            actions, log_probs, entropies = self._next_token(output.logits[:, -1], deterministic)
+                cache, logits = self._forward_step(inputs, prefill=state.cache is None)
+            state.cache = cache
+            actions, log_probs, entropies = self._next_token(logits, deterministic)
             state.last_actions = actions.unsqueeze(-1)
         return actions.clone(), log_probs.clone(), entropies.clone(), state
+
+    def _forward_step(self, inputs: dict[str, Any], prefill: bool) -> tuple[Any, torch.Tensor]:
+        """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
+
+        A prefill whose batch repeats prompts (a GRPO round: ``group_size`` rows per prompt) runs each
+        distinct prompt once and gathers its cache for the rows that repeat it
+        (:func:`distinct_prompts`); the rows' caches and logits are the same as a full prefill's.
+        """
+        shared = distinct_prompts(inputs["input_ids"], inputs["attention_mask"]) if prefill else None
+        if shared is not None:
+            first_rows, inverse = shared
+            distinct = {k: v[first_rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
+            output = self.model(**distinct, use_cache=True)
+            cache = _output_cache(output)
+            if cache is not None and _gather_cache(cache, inverse):
+                return cache, output.logits[:, -1][inverse]
+        output = self.model(**inputs, use_cache=True)
+        return _output_cache(output), output.logits[:, -1]
 
     def evaluate_sequences(
         self,
