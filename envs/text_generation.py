@@ -128,7 +128,7 @@ class TextGenerationCore:
             max_new_tokens = self.task.suggested_max_new_tokens
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.seq_len = self.max_prompt_tokens + self.max_new_tokens
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, Problem]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # prompt -> encoding
 
     def _default_prompt_tokens(self) -> int:
         if self.task.num_problems("train") < TRAIN_SIZE:  # a finite data set: measure it
@@ -193,11 +193,12 @@ class TextGenerationCore:
         tuple of numpy.ndarray
             ``(input_ids, attention_mask)`` for slots ``[0, max_prompt_tokens)``.
         """
-        key = hash((problem.metadata.get("split"), problem.metadata.get("index"), problem.prompt))
+        # The encoding depends on the prompt text only (a str caches its hash, so the lookup is cheap).
+        key = problem.prompt
         hit = self._cache.get(key)
-        if hit is not None and hit[2].prompt == problem.prompt:
+        if hit is not None:
             self._cache.move_to_end(key)
-            return hit[0], hit[1]
+            return hit
         ids = list(self.tokenizer.encode(problem.prompt))
         P = self.max_prompt_tokens
         if len(ids) > P:
@@ -214,7 +215,7 @@ class TextGenerationCore:
             mask[P - len(ids) :] = 1
         row.flags.writeable = False
         mask.flags.writeable = False
-        self._cache[key] = (row, mask, problem)
+        self._cache[key] = (row, mask)
         if len(self._cache) > _PROMPT_CACHE_SIZE:
             self._cache.popitem(last=False)
         return row, mask

@@ -18,7 +18,7 @@ from egsw_gym.common.vec_env import VectorEnvAdapter
 from egsw_gym.envs.tasks import ArithmeticTask
 from egsw_gym.envs.text_generation import TextGenerationEnv
 from egsw_gym.envs.tokenizer import build_char_tokenizer
-from egsw_gym.envs.vector import TextGenerationVectorEnv
+from egsw_gym.envs.vector import TextGenerationVectorEnv, merge_infos
 
 IDS = ["egsw/Arithmetic-v0", "egsw/Countdown-v0", "egsw/GSM8K-v0"]
 EOS = 1
@@ -336,3 +336,47 @@ def test_adapter_rejects_next_step_autoreset_and_trains_ppo():
     model.learn(16)
     actions, _ = model.predict(venv.reset(), deterministic=True)
     assert actions.shape == (2,)
+
+
+def _same_info(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        if isinstance(a[key], dict):
+            _same_info(a[key], b[key])
+            continue
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        for x, y in zip(a[key], b[key], strict=True):
+            if isinstance(x, dict):
+                assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+            elif isinstance(x, np.ndarray):
+                assert np.array_equal(x, y)
+            else:
+                assert x == y, (key, x, y)
+
+
+def test_merge_infos_builds_what_gymnasium_add_info_builds():
+    """The one-pass info merge == gymnasium's per-slot ``_add_info`` (keys, order, dtypes, values)."""
+    env = TextGenerationVectorEnv(6)
+    rng = np.random.default_rng(0)
+    makers = [
+        lambda: int(rng.integers(9)),
+        lambda: float(rng.random()),
+        lambda: bool(rng.integers(2)),
+        lambda: f"s{rng.integers(9)}",
+        lambda: np.arange(3) * int(rng.integers(3)),
+        lambda: {"x": float(rng.random()), "y": f"t{rng.integers(3)}"},
+    ]
+    for _ in range(300):
+        kinds = {k: makers[int(rng.integers(len(makers)))] for k in "abcd"}  # one type per key
+        entries = []
+        for _ in range(int(rng.integers(0, 9))):
+            keys = rng.choice(["a", "b", "c", "d", "final_obs"], size=int(rng.integers(1, 4)), replace=False)
+            info = {
+                str(k): {"input_ids": np.arange(2) + int(rng.integers(5))} if k == "final_obs" else kinds[k]()
+                for k in keys
+            }
+            entries.append((int(rng.integers(6)), info))
+        expected: dict = {}
+        for slot, info in entries:
+            expected = env._add_info(expected, info, slot)
+        _same_info(merge_infos(entries, 6), expected)

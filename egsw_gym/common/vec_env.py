@@ -55,19 +55,20 @@ def unbatch_info(info: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
         ``num_envs`` dicts holding only the keys whose mask is set for that env.
     """
     out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    everyone = range(num_envs)
     for key, value in info.items():
         if key.startswith("_") and key[1:] in info:
             continue
         mask = info.get(f"_{key}")
+        # Only the envs the mask marks: a step that ends a few of many episodes touches only those.
+        envs = everyone if mask is None else np.flatnonzero(mask).tolist()
         if isinstance(value, dict):
             parts = unbatch_info(value, num_envs)
-            for i in range(num_envs):
-                if mask is None or mask[i]:
-                    out[i][key] = parts[i]
+            for i in envs:
+                out[i][key] = parts[i]
             continue
-        for i in range(num_envs):
-            if mask is None or mask[i]:
-                out[i][key] = _plain(value[i])
+        for i in envs:
+            out[i][key] = _plain(value[i])
     return out
 
 
