@@ -2,13 +2,15 @@
 
 Same everything that defines a step:
 
-- model: the tiny default GPT-2 of ``LMPolicy`` (same config), warm-started once on the arithmetic
+- model: the tiny default GPT-2 of ``LMPolicy`` (same config), warm-started once on the task's
   format and saved to a local directory that BOTH load (same initial weights; TRL also reloads its
   KL reference from it, as it does for ``beta > 0``);
 - tokenizer: the built-in character tokenizer saved with it;
-- task and prompts: the arithmetic problems written to one JSONL file; we train on it through
-  ``egsw/JSONL-v0`` (train split), TRL on a dataset of the same train-split problems, both scored by
-  the same verifier (``task.score``);
+- task and prompts (``--task``): the task's train split, scored by the same verifier
+  (``task.score``); we sample it through ``egsw/<Task>-v0``, TRL reads a dataset of its first
+  ``--problems`` problems (same distribution, same task seed). ``arithmetic`` has ~6-token prompts
+  and 5-token answers; ``countdown`` ~60-token prompts and up to 17-token answers, the shape of
+  real RLVR prompts, where sharing each group's prompt pass matters more;
 - group size, batch (completions per step), completion length (``max_new_tokens`` =
   ``max_completion_length``), temperature 1, one optimisation pass per batch, clip 0.2, the
   per-sequence-mean ``"grpo"`` loss, group-std reward scaling, ``beta``, AdamW with the same
@@ -18,7 +20,7 @@ Steady-state seconds per step = mean over the steps after ``--warmup`` (each sid
 for allocations and caches). A step is rollout + update on our side, and TRL's
 ``on_step_begin``..``on_step_end`` (generation, reward, reference log-probs, update) on theirs.
 
-python benchmarks/grpo_vs_trl.py [--steps 40] [--threads 1] [--beta 0.04]
+python benchmarks/grpo_vs_trl.py [--task arithmetic|countdown|gsm8k] [--steps 40] [--threads 1] [--beta 0.04]
 """
 
 from __future__ import annotations
@@ -44,38 +46,39 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40, help="GRPO steps per side")
     p.add_argument("--warmup", type=int, default=3, help="first steps left out of the steady-state mean")
     p.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+    p.add_argument("--task", default="arithmetic", choices=("arithmetic", "countdown", "gsm8k"))
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--batch", type=int, default=64, help="completions per step (prompts x group size)")
     p.add_argument(
-        "--max-new-tokens", type=int, default=5, help="completion length (arithmetic: 3 digits + EOS + 1)"
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="completion length (default: the task's suggestion; arithmetic 5 = 3 digits + EOS + 1)",
     )
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--warm-start-steps", type=int, default=330)
-    p.add_argument("--problems", type=int, default=4096, help="problems in the shared JSONL file")
+    p.add_argument("--problems", type=int, default=4096, help="train problems in TRL's dataset")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    args = p.parse_args()
+    if args.max_new_tokens is None:
+        from egsw_gym.envs.tasks import make_task
+
+        args.max_new_tokens = make_task(args.task).suggested_max_new_tokens
+    return args
 
 
-def write_problems(path: Path, n: int, seed: int) -> None:
-    """``n`` arithmetic problems (the task's train split) as a JSONL file."""
-    from egsw_gym.envs.tasks import ArithmeticTask
-
-    task = ArithmeticTask(seed=seed)
-    with open(path, "w") as f:
-        for i in range(n):
-            p = task.problem(i, "train")
-            f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
+ENV_IDS = {"arithmetic": "egsw/Arithmetic-v0", "countdown": "egsw/Countdown-v0", "gsm8k": "egsw/GSM8K-v0"}
 
 
-def make_ours(args: argparse.Namespace, ckpt: str, data: str):
+def make_ours(args: argparse.Namespace, ckpt: str):
     from egsw_gym import GRPO
 
     return GRPO(
         "LMPolicy",
-        "egsw/JSONL-v0",
-        env_kwargs=dict(data_path=data, tokenizer=ckpt, max_new_tokens=args.max_new_tokens),
-        policy_kwargs=dict(model=ckpt, optimizer_kwargs=dict(weight_decay=0.0)),
+        ENV_IDS[args.task],
+        env_kwargs=dict(tokenizer=ckpt, max_new_tokens=args.max_new_tokens, seed=args.seed),
+        policy_kwargs=dict(model=ckpt, optimizer_kwargs=dict(weight_decay=0.0, fused=True)),
         n_envs=args.batch,
         group_size=args.group_size,
         n_groups=args.batch // args.group_size,
@@ -96,15 +99,22 @@ def prepare_checkpoint(args: argparse.Namespace, directory: Path) -> str:
     from egsw_gym.llm import warm_start
 
     base = GRPO(
-        "LMPolicy", "egsw/Arithmetic-v0", n_envs=8, group_size=8, n_groups=1, seed=args.seed, device="cpu"
+        "LMPolicy",
+        ENV_IDS[args.task],
+        env_kwargs=dict(max_new_tokens=args.max_new_tokens, seed=args.seed),
+        n_envs=8,
+        group_size=8,
+        n_groups=1,
+        seed=args.seed,
+        device="cpu",
     )
     venv = base.env.unwrapped.venv
     warm_start(base.policy, venv.task, venv.tokenizer, steps=args.warm_start_steps, seed=args.seed, env=venv)
     return base.policy.save_pretrained(directory)
 
 
-def run_ours(args: argparse.Namespace, ckpt: str, data: str) -> tuple[list[float], list[float]]:
-    model = make_ours(args, ckpt, data)
+def run_ours(args: argparse.Namespace, ckpt: str) -> tuple[list[float], list[float]]:
+    model = make_ours(args, ckpt)
     _, callback = model._setup_learn(10**9, None, True, "bench", False)
     times, rewards = [], []
     for _ in range(args.steps):
@@ -116,25 +126,25 @@ def run_ours(args: argparse.Namespace, ckpt: str, data: str) -> tuple[list[float
     return times, rewards
 
 
-def run_trl(args: argparse.Namespace, ckpt: str, data: str, out_dir: str) -> tuple[list[float], list[float]]:
+def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[float], list[float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from egsw_gym.envs.tasks import JSONLTask, Problem
+    from egsw_gym.envs.tasks import make_task
 
-    task = JSONLTask(data_path=data)
-    train = [task.problem(i, "train") for i in range(task.num_problems("train"))]
-    dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in train])
+    task = make_task(args.task, seed=args.seed)
+    n = min(args.problems, task.num_problems("train"))
+    dataset = Dataset.from_list([{"prompt": task.problem(i, "train").prompt, "index": i} for i in range(n)])
     tokenizer = AutoTokenizer.from_pretrained(ckpt, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(ckpt, local_files_only=True)
     eos = tokenizer.eos_token
 
-    def verifier_reward(prompts, completions, answer, **kwargs):
+    def verifier_reward(prompts, completions, index, **kwargs):
         # The same verifier as our environment (it scores the text before EOS).
         return [
-            task.score(c.split(eos)[0], Problem(p, a)).score
-            for p, c, a in zip(prompts, completions, answer, strict=True)
+            task.score(c.split(eos)[0], task.problem(i, "train")).score
+            for c, i in zip(completions, index, strict=True)
         ]
 
     class StepTimer(TrainerCallback):
@@ -160,7 +170,7 @@ def run_trl(args: argparse.Namespace, ckpt: str, data: str, out_dir: str) -> tup
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # the AdamW implementation LMPolicy uses
         max_grad_norm=1.0,
         beta=args.beta,
         epsilon=0.2,
@@ -195,17 +205,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        data = str(tmp_path / "arithmetic.jsonl")
-        write_problems(Path(data), args.problems, args.seed)
         ckpt = prepare_checkpoint(args, tmp_path / "init")
-        ours_t, ours_r = run_ours(args, ckpt, data)
-        trl_t, trl_r = run_trl(args, ckpt, data, str(tmp_path / "trl_out"))
+        ours_t, ours_r = run_ours(args, ckpt)
+        trl_t, trl_r = run_trl(args, ckpt, str(tmp_path / "trl_out"))
 
     w = args.warmup
     ours_s, trl_s = float(np.mean(ours_t[w:])), float(np.mean(trl_t[w:]))
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-        f"{args.threads} thread(s); tiny GPT-2 warm-started {args.warm_start_steps} steps; "
+        f"task {args.task}; {args.threads} thread(s); tiny GPT-2 warm-started {args.warm_start_steps} steps; "
         f"G={args.group_size}, {args.batch} completions/step, {args.max_new_tokens} new tokens, "
         f"lr={args.lr}, beta={args.beta}, {args.steps} steps"
     )
