@@ -24,19 +24,21 @@ import distributed_worker as worker  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Run every case once under ``torchrun --standalone --nproc_per_node 2`` (gloo, localhost)."""
-    out = tmp_path_factory.mktemp("ddp")
+def launch_two_ranks(launcher: list[str], out: Path, cases: list[str] | None = None) -> list[dict]:
+    """Run the worker's cases in 2 CPU processes started by ``launcher``; each rank's results."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "distributed_worker.py"), str(out),
-    ]  # fmt: skip
+    cmd = [*launcher, str(ROOT / "tests" / "distributed_worker.py"), str(out), *(cases or [])]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Run every case once under ``torchrun --standalone --nproc_per_node 2`` (gloo, localhost)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return launch_two_ranks(torchrun, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,19 @@ def test_single_process_is_not_distributed() -> None:
     assert local_n_groups(8, 2) == 4
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         local_n_groups(5, 2)
+
+
+def test_accelerate_launch_starts_the_same_two_rank_run(tmp_path: Path, two_ranks: list[dict]) -> None:
+    """``accelerate launch --multi_gpu`` (torchrun underneath; gloo on a CPU-only machine) trains the
+    same parameters as torchrun. ``--cpu`` would start one plain process: see docs/distributed.md."""
+    pytest.importorskip("accelerate")
+    case = "lm_grpo"
+    accelerate = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    ]  # fmt: skip
+    ranks = launch_two_ranks(accelerate, tmp_path, [case])
+    for r in range(2):
+        for k, v in two_ranks[r][case]["params"].items():
+            torch.testing.assert_close(ranks[r][case]["params"][k], v, rtol=0, atol=0, msg=k)
+        assert ranks[r][case]["seeds"] == two_ranks[r][case]["seeds"]
