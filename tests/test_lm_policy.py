@@ -347,3 +347,34 @@ def test_adam_optimizers_default_to_the_fused_kernel_unless_told_otherwise():
     assert chosen["foreach"] is True and not chosen["fused"]
     sgd = make_policy(optimizer_class=torch.optim.SGD).optimizer.defaults
     assert "fused" not in sgd or not sgd["fused"]
+
+
+def test_warm_start_stops_at_the_target_sampled_accuracy():
+    """target_accuracy ends the warm start at the first check that meets it (a reproducible check)."""
+    import gymnasium as gym
+
+    import egsw_gym  # noqa: F401
+    from egsw_gym.llm import evaluate_accuracy, warm_start
+
+    env = gym.make("egsw/Arithmetic-v0")
+    policy = LMPolicy(env.observation_space, env.action_space, lambda _: 1e-3)
+    target = 0.02
+    stats = warm_start(
+        policy,
+        env.unwrapped.task,
+        steps=400,
+        batch_size=32,
+        seed=0,
+        env=env,
+        target_accuracy=target,
+        eval_every=20,
+        eval_problems=100,
+    )
+    assert stats["reached"] and stats["accuracy"] >= target
+    assert stats["steps"] % 20 == 0 and stats["steps"] < 400  # stopped at a check, early
+    again = evaluate_accuracy(policy, env, n=100, greedy=False, k=1, split="train", seed=0)
+    assert again["pass@1"] == stats["accuracy"]  # the check is what a user would measure
+    with pytest.raises(ValueError, match="target_accuracy"):
+        warm_start(policy, env.unwrapped.task, steps=1, target_accuracy=1.5, env=env)
+    with pytest.raises(ValueError, match="env="):
+        warm_start(policy, env.unwrapped.task, steps=1, target_accuracy=0.5)

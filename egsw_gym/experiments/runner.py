@@ -107,7 +107,7 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
         from egsw_gym.llm import warm_start
 
         venv = env.unwrapped.venv  # the batched text env: its task, tokenizer and prompt encoding
-        warm_start(
+        model.warm_start_result = warm_start(
             model.policy,
             venv.task,
             venv.tokenizer,
@@ -302,5 +302,7 @@ def train_run(
         final_eval_std=callback.last[1],
         wall_s=round(time.perf_counter() - t0, 2),
     )
+    if getattr(model, "warm_start_result", None) is not None:
+        result["warm_start"] = model.warm_start_result
     _write_json_atomic(result_path, result)
     return result

@@ -101,6 +101,9 @@ def warm_start(
     env: Any = None,
     verbose: bool = False,
     temperature: float | None = None,
+    target_accuracy: float | None = None,
+    eval_every: int = 25,
+    eval_problems: int = 200,
 ) -> dict[str, Any]:
     """Short supervised fine-tune on the task's answer format (prompt + reference completion + EOS).
 
@@ -140,11 +143,25 @@ def warm_start(
     temperature : float or None
         Temperature of the fitted likelihood; ``None`` (default) uses the policy's sampling
         temperature.
+    target_accuracy : float or None
+        Stop as soon as the *sampled* accuracy (one completion per problem at the policy's
+        temperature: what GRPO's rewards see) on ``eval_problems`` train-split problems reaches
+        this value, checked every ``eval_every`` steps; ``steps`` is then the most it may take.
+        How many steps a format needs varies a lot with the data order (on arithmetic, 250 to
+        350), so a step count leaves some seeds with almost no correct samples and thus no reward
+        spread for GRPO; a target starts every seed from the same competence. Needs an
+        ``LMPolicy`` and ``env``. ``None`` (default) runs exactly ``steps``.
+    eval_every : int
+        Steps between two checks of ``target_accuracy``.
+    eval_problems : int
+        Problems per check (the first ones of the train split; the test split stays held out).
 
     Returns
     -------
     dict
-        ``loss`` (last step), ``first_loss``, ``steps``, ``seconds``.
+        ``loss`` (last step), ``first_loss``, ``steps`` (taken), ``seconds``, and with
+        ``target_accuracy`` also ``accuracy`` (the last check's sampled accuracy) and
+        ``reached`` (whether it met the target).
     """
     from egsw_gym.policies.lm import sequence_log_probs
 
@@ -154,6 +171,16 @@ def warm_start(
     temperature = policy_temperature if temperature is None else float(temperature)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 or None (the policy's), got {temperature!r}")
+    if target_accuracy is not None:
+        if not 0.0 < float(target_accuracy) <= 1.0:
+            raise ValueError(f"target_accuracy must be in (0, 1] or None, got {target_accuracy!r}")
+        if env is None or not hasattr(policy_or_model, "act"):
+            raise ValueError(
+                "target_accuracy needs the LMPolicy (not a bare model) and env=<the text environment>, "
+                "which provide the sampling and the verifier of the accuracy checks"
+            )
+        if not (isinstance(eval_every, int) and eval_every > 0):
+            raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
     if tokenizer is None:
         tokenizer = policy_tokenizer
     if tokenizer is None:
@@ -181,6 +208,7 @@ def warm_start(
     model.train()
     device = next(model.parameters()).device
     first_loss = last_loss = float("nan")
+    accuracy, taken = None, 0
     start = time.perf_counter()
     try:
         for step in range(steps):
@@ -208,18 +236,33 @@ def warm_start(
             optimizer.step()
             schedule.step()
             last_loss = float(loss.detach())
+            taken = step + 1
             if step == 0:
                 first_loss = last_loss
             if verbose and (step % 50 == 0 or step == steps - 1):
                 print(f"warm_start step {step:4d} loss {last_loss:.4f}")
+            if target_accuracy is not None and taken % eval_every == 0:
+                check = evaluate_accuracy(
+                    policy_or_model, env, n=eval_problems, greedy=False, k=1, split="train", seed=seed
+                )
+                accuracy = check["pass@1"]
+                model.train()  # evaluate_accuracy restores the policy's mode; training continues
+                if verbose:
+                    print(f"warm_start step {taken:4d} sampled train accuracy {accuracy:.3f}")
+                if accuracy >= target_accuracy:
+                    break
     finally:
         model.train(was_training)
-    return {
+    result: dict[str, Any] = {
         "loss": last_loss,
         "first_loss": first_loss,
-        "steps": steps,
+        "steps": taken,
         "seconds": time.perf_counter() - start,
     }
+    if target_accuracy is not None:
+        result["accuracy"] = accuracy
+        result["reached"] = accuracy is not None and accuracy >= target_accuracy
+    return result
 
 
 # --------------------------------------------------------------------------- rollouts & evaluation
