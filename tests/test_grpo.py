@@ -199,6 +199,10 @@ def test_save_load_round_trip(tmp_path):
     loaded = GRPO.load(tmp_path / "grpo", env=make_vec_env("Pendulum-v1", n_envs=4))
     assert loaded.egsw == egsw and loaded.egsw_config == egsw.to_dict()
     assert loaded.group_size == 2 and loaded.beta == 0.1
+    # An explicit load(..., egsw=...) replaces the stored config (as for PPO).
+    override = EGSW(alpha=0.0, mode="step")
+    assert GRPO.load(tmp_path / "grpo", egsw=override).egsw == override
+    assert GRPO.load(tmp_path / "grpo", egsw=override).egsw_config == override.to_dict()
     assert torch.equal(params(loaded), params(model))
     assert torch.equal(
         torch.cat([p.flatten() for p in loaded.ref_policy.parameters()]),

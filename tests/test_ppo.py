@@ -209,9 +209,11 @@ def test_egsw_metrics_logged(tmp_path):
 
 def test_bad_inputs_raise_clear_errors():
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    # A dict (EGSW.to_dict(), a YAML block) is validated into an EGSW, as GRPO does.
+    assert PPO("MlpPolicy", env, egsw={"alpha": 0.1}, n_steps=8, batch_size=8).egsw == EGSW(alpha=0.1)
+    with pytest.raises(ValueError, match="unknown EGSW field.*'alpah'"):
+        PPO("MlpPolicy", env, egsw={"alpah": 0.1})
     with pytest.raises(ValueError, match="egsw must be an egsw_gym.EGSW"):
-        PPO("MlpPolicy", env, egsw={"alpha": 0.1})
-    with pytest.raises(ValueError, match="egsw must be"):
         PPO("MlpPolicy", env, egsw="step")
     with pytest.raises(ValueError, match="temperature"):
         PPO("MlpPolicy", env, egsw=EGSW(temperature=0.0))

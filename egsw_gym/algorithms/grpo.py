@@ -40,6 +40,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from egsw_gym.algorithms.egsw_config import EGSWConfigMixin
 from egsw_gym.algorithms.grpo_core import (
     ADVANTAGE_TYPES,
     LOSS_TYPES,
@@ -189,7 +190,7 @@ def _check_policy_fits_env(policy: Any, env: VecEnv | None) -> None:
         )
 
 
-class GRPO(SafeSerializationMixin, BaseAlgorithm):
+class GRPO(SafeSerializationMixin, EGSWConfigMixin, BaseAlgorithm):
     """Group Relative Policy Optimization with optional EGSW weighting, SB3-style.
 
     Parameters
@@ -327,10 +328,6 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             dynamic_sampling=dynamic_sampling,
             dynamic_sampling_max_rounds=dynamic_sampling_max_rounds,
         )
-        if egsw is not None and not isinstance(egsw, (EGSW, dict)):
-            raise ValueError(
-                f"egsw must be an EGSW instance, a dict from EGSW.to_dict(), or None; got {type(egsw).__name__}"
-            )
         _check_more_settings(
             learning_rate=learning_rate,
             scale_rewards=scale_rewards,
@@ -372,9 +369,7 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         self.dr_grpo_max_len = dr_grpo_max_len
         self.dynamic_sampling = bool(dynamic_sampling)
         self.dynamic_sampling_max_rounds = dynamic_sampling_max_rounds
-        # Plain data in the checkpoint; the EGSW object is rebuilt from it in _setup_model.
-        self.egsw_config: dict[str, Any] | None = egsw.to_dict() if isinstance(egsw, EGSW) else egsw
-        self.egsw: EGSW | None = None
+        self._init_egsw(egsw)  # the live EGSW object and the plain dict checkpoints store
         self.ref_policy: GRPOPolicy | None = None
 
         if _init_setup_model:
@@ -546,6 +541,7 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         return getattr(self, "_dist", None) or dist_utils.DistInfo()
 
     def _setup_model(self) -> None:
+        self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
         # torchrun / accelerate: join the process group (nccl on CUDA, each rank on cuda:LOCAL_RANK).
         self._dist, self.device = dist_utils.init_distributed(self.device)
         self._setup_lr_schedule()
@@ -568,7 +564,6 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
             self.ref_policy.optimizer = None
             self.ref_policy.set_training_mode(False)
             self.ref_policy.requires_grad_(False)
-        self.egsw = EGSW.from_dict(self.egsw_config)
 
     def sync_reference_policy(self) -> None:
         """Make the KL reference (``beta > 0``) a copy of the current policy; no-op when ``beta == 0``.
@@ -586,8 +581,8 @@ class GRPO(SafeSerializationMixin, BaseAlgorithm):
         self._check_env(self.env)
 
     def _excluded_save_params(self) -> list[str]:
-        # The reference policy is saved as a state dict; the EGSW object as plain `egsw_config`.
-        return [*super()._excluded_save_params(), "ref_policy", "egsw", "_dist"]
+        # The reference policy is saved as a state dict (EGSWConfigMixin excludes the EGSW object).
+        return [*super()._excluded_save_params(), "ref_policy", "_dist"]
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save``; under torch.distributed only rank 0 writes (the ranks hold equal weights)."""

@@ -21,9 +21,7 @@ The subclass changes three things and nothing else (see ``shared/EGSW.md``):
 
 from __future__ import annotations
 
-import io
-import pathlib
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +36,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
+from egsw_gym.algorithms.egsw_config import EGSWConfigMixin, as_egsw
 from egsw_gym.common.finite import check_loss_finite, check_step_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW, egsw_statistics
@@ -173,7 +172,7 @@ class EGSWDictRolloutBuffer(_EGSWBufferMixin, DictRolloutBuffer):
     """
 
 
-class PPO(SafeSerializationMixin, SB3PPO):
+class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
     """Proximal Policy Optimization with entropy-guided sample weighting (EGSW).
 
     Identical to :class:`stable_baselines3.PPO` (same arguments, same behaviour) plus ``egsw``.
@@ -237,10 +236,11 @@ class PPO(SafeSerializationMixin, SB3PPO):
         Device ("cpu", "cuda", "auto").
     _init_setup_model : bool
         Build the networks at construction (``False`` is used by :meth:`load`).
-    egsw : EGSW or None
-        The EGSW configuration, or ``None`` for plain PPO. ``mode="step"`` needs ``n_envs >= 2``
-        (the set at a rollout step is the ``n_envs`` environments). Saved with the model as plain
-        data (``egsw_config``) and rebuilt on :meth:`load`.
+    egsw : EGSW, dict or None
+        The EGSW configuration (or a dict from :meth:`EGSW.to_dict`), or ``None`` for plain PPO.
+        ``mode="step"`` needs ``n_envs >= 2`` (the set at a rollout step is the ``n_envs``
+        environments). Saved with the model as plain data (``egsw_config``) and rebuilt on
+        :meth:`load`; ``PPO.load(path, egsw=EGSW(...))`` replaces it.
 
     Notes
     -----
@@ -296,9 +296,8 @@ class PPO(SafeSerializationMixin, SB3PPO):
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
-        egsw: EGSW | None = None,
+        egsw: EGSW | dict[str, Any] | None = None,
     ) -> None:
-        _check_egsw_type(egsw)
         _check_ppo_settings(
             n_steps=n_steps,
             batch_size=batch_size,
@@ -313,9 +312,7 @@ class PPO(SafeSerializationMixin, SB3PPO):
             target_kl=target_kl,
             normalize_advantage=normalize_advantage,
         )
-        # The live config object, and its plain-data copy that save() stores (see _excluded_save_params).
-        self.egsw = egsw
-        self.egsw_config: dict[str, Any] | None = None if egsw is None else egsw.to_dict()
+        self._init_egsw(egsw)  # the live EGSW object and the plain dict checkpoints store
         super().__init__(
             policy,
             env,
@@ -348,12 +345,7 @@ class PPO(SafeSerializationMixin, SB3PPO):
     # ------------------------------------------------------------------ setup, save, load
 
     def _setup_model(self) -> None:
-        # On load(), __init__ ran with egsw=None and the saved plain-data config arrived in
-        # egsw_config; an explicit PPO.load(..., egsw=EGSW(...)) overrides it.
-        if self.egsw is None:
-            self.egsw = EGSW.from_dict(self.egsw_config)
-        _check_egsw_type(self.egsw)
-        self.egsw_config = None if self.egsw is None else self.egsw.to_dict()
+        self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
         self._check_egsw_env(self.n_envs)
 
         if self.rollout_buffer_class is None:
@@ -387,32 +379,6 @@ class PPO(SafeSerializationMixin, SB3PPO):
         """
         super().set_env(env, force_reset=force_reset)
         self._check_egsw_env(self.n_envs)
-
-    def _excluded_save_params(self) -> list[str]:
-        # The EGSW object is never pickled into the zip; egsw_config (a plain dict) is saved instead.
-        return [*super()._excluded_save_params(), "egsw"]
-
-    def save(
-        self,
-        path: str | pathlib.Path | io.BufferedIOBase,
-        exclude: Iterable[str] | None = None,
-        include: Iterable[str] | None = None,
-    ) -> None:
-        """Save the model (SB3 ``save``); the EGSW config is stored as plain data in ``egsw_config``.
-
-        Parameters
-        ----------
-        path : str, pathlib.Path or io.BufferedIOBase
-            Where to save.
-        exclude : Iterable[str] or None
-            Extra attribute names not to save.
-        include : Iterable[str] or None
-            Attribute names to save even if excluded by default.
-        """
-        _check_egsw_type(self.egsw)
-        # Sync, in case model.egsw was replaced after construction.
-        self.egsw_config = None if self.egsw is None else self.egsw.to_dict()
-        super().save(path, exclude=exclude, include=include)
 
     # ------------------------------------------------------------------ rollout
 
@@ -483,7 +449,7 @@ class PPO(SafeSerializationMixin, SB3PPO):
         egsw_buffer = isinstance(rollout_buffer, _EGSWBufferMixin)
         if self.egsw is not None:
             # model.egsw may have been set after construction (e.g. on a model loaded from a plain SB3 zip).
-            _check_egsw_type(self.egsw)
+            self.egsw = as_egsw(self.egsw)
             self._check_egsw_env(env.num_envs)
             if not egsw_buffer:
                 raise ValueError(
@@ -725,12 +691,6 @@ class PPO(SafeSerializationMixin, SB3PPO):
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-
-
-def _check_egsw_type(egsw: object) -> None:
-    if egsw is not None and not isinstance(egsw, EGSW):
-        hint = " (rebuild a saved config with EGSW.from_dict(...))" if isinstance(egsw, dict) else ""
-        raise ValueError(f"egsw must be an egsw_gym.EGSW instance or None, got {type(egsw).__name__}{hint}")
 
 
 def _check_ppo_settings(**hp: Any) -> None:
