@@ -369,3 +369,17 @@ def test_jsonl_missing_and_empty(tmp_path):
         JSONLTask(_write(tmp_path / "empty.jsonl", ["", "  "]))
     with pytest.raises(ValueError, match="match"):
         JSONLTask(_write(tmp_path / "one.jsonl", ['{"prompt": "a", "answer": 1}']), match="fuzzy")
+
+
+@pytest.mark.parametrize("cls", [ArithmeticTask, CountdownTask, GSM8KTask])
+def test_recent_problem_cache_returns_what_generation_returns(cls):
+    """Train problems served from the LRU of recent ones equal freshly generated ones; it stays bounded."""
+    from egsw_gym.envs.tasks.base import _RECENT_PROBLEMS
+
+    warm, fresh = cls(seed=3), cls(seed=3)
+    indices = [int(i) for i in np.random.default_rng(0).integers(0, 2**31 - 1, _RECENT_PROBLEMS + 50)]
+    for i in indices:
+        warm.problem(i)
+    assert len(warm._recent) == _RECENT_PROBLEMS
+    for i in indices[:60] + indices[-60:]:  # evicted ones are regenerated, recent ones come from the LRU
+        assert warm.problem(i) == fresh.problem(i)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ SPLITS = ("train", "test")
 TRAIN_SIZE = 2**31 - 1
 #: default cap on a completion's length in characters; longer completions score 0 unread.
 DEFAULT_MAX_COMPLETION_CHARS = 16_384
+_RECENT_PROBLEMS = 4096  # train problems a generated task keeps (an LRU; each is a few hundred bytes)
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,9 @@ class GeneratedTask(Task):
         self._num_test_requested = int(num_test)
         self._test: list[Problem] | None = None
         self._test_prompts: frozenset[str] = frozenset()
+        # Recently generated train problems by index. GRPO resets a whole group with one seed, so
+        # its group_size slots (and their later auto-resets) ask for the same index in a row.
+        self._recent: OrderedDict[int, Problem] = OrderedDict()
 
     @abstractmethod
     def _generate(self, rng: np.random.Generator) -> Problem:
@@ -440,10 +445,18 @@ class GeneratedTask(Task):
         self._build_test()
         if split == "test":
             return self._test[index]
+        hit = self._recent.get(index)
+        if hit is not None:
+            self._recent.move_to_end(index)
+            return hit
         for attempt in range(10_000):
             p = self._generate(np.random.default_rng([self.seed, 0, index, attempt]))
             if p.prompt not in self._test_prompts:
-                return Problem(p.prompt, p.answer, {**p.metadata, "index": index, "split": "train"})
+                problem = Problem(p.prompt, p.answer, {**p.metadata, "index": index, "split": "train"})
+                self._recent[index] = problem
+                if len(self._recent) > _RECENT_PROBLEMS:
+                    self._recent.popitem(last=False)
+                return problem
         raise RuntimeError(  # pragma: no cover - needs a test split of almost the whole space
             f"could not generate a train problem outside the test split for index {index}"
         )
