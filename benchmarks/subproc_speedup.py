@@ -1,7 +1,11 @@
-"""DummyVecEnv vs SubprocVecEnv: environment steps per second of PPO and GRPO training on MuJoCo.
+"""DummyVecEnv vs SubprocVecEnv: environment steps per second of PPO and GRPO training.
 
     python benchmarks/subproc_speedup.py                     # HalfCheetah-v5, 4 envs, 8000 steps
     python benchmarks/subproc_speedup.py --env Hopper-v5 --n-envs 8 --steps 16000
+    python benchmarks/subproc_speedup.py --env CarRacing-v3 --n-envs 2 --steps 4000  # pip install box2d pygame
+
+CarRacing-v3 renders its 96x96 image observation on every step (milliseconds of CPU per step), the
+kind of environment worker processes are for; MuJoCo steps take tens of microseconds.
 
 Each configuration runs ``learn(steps)`` once after a short warm-up, with ``torch.set_num_threads(1)``
 so that the learner does not compete with the env workers for cores. Prints steps/s for both
