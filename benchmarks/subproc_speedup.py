@@ -21,6 +21,7 @@ import argparse
 import os
 import time
 
+import numpy as np
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -55,6 +56,29 @@ def steps_per_second(algo: str, vec_cls: type, env_id: str, n_envs: int, steps: 
         env.close()
 
 
+def env_steps_per_second(vec_cls: type, env_id: str, n_envs: int, steps: int) -> float:
+    """Step ``n_envs`` envs of ``vec_cls`` with random actions (no learner); return env steps/s.
+
+    The upper bound of the training speed-up: the learner's own work (policy forward passes,
+    updates) stays serial in the main process, whatever the vectorisation.
+    """
+    kwargs = {"start_method": "fork"} if vec_cls is SubprocVecEnv else None
+    env = make_vec_env(env_id, n_envs=n_envs, seed=0, vec_env_cls=vec_cls, vec_env_kwargs=kwargs)
+    try:
+        env.action_space.seed(0)
+        env.reset()
+        actions = [np.stack([env.action_space.sample() for _ in range(n_envs)]) for _ in range(64)]
+        for a in actions[:8]:  # warm-up
+            env.step(a)
+        n = max(1, steps // n_envs)
+        t0 = time.perf_counter()
+        for i in range(n):
+            env.step(actions[i % len(actions)])
+        return n * n_envs / (time.perf_counter() - t0)
+    finally:
+        env.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v5")
@@ -64,6 +88,9 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"{args.env}, n_envs={args.n_envs}, {args.steps} steps per run, os.cpu_count()={os.cpu_count()}")
     print(f"{'algo':<6}{'DummyVecEnv':>14}{'SubprocVecEnv':>16}{'ratio':>8}")
+    dummy = env_steps_per_second(DummyVecEnv, args.env, args.n_envs, args.steps)
+    sub = env_steps_per_second(SubprocVecEnv, args.env, args.n_envs, args.steps)
+    print(f"{'env':<6}{dummy:>12.0f}/s{sub:>14.0f}/s{sub / dummy:>8.2f}   (stepping only, random actions)")
     for algo in ("PPO", "GRPO"):
         dummy = steps_per_second(algo, DummyVecEnv, args.env, args.n_envs, args.steps)
         sub = steps_per_second(algo, SubprocVecEnv, args.env, args.n_envs, args.steps)
