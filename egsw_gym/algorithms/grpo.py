@@ -882,6 +882,9 @@ class GRPO(SafeSerializationMixin, EGSWConfigMixin, BaseAlgorithm):
         for _ in range(self.n_epochs):
             # Local rows of each global minibatch; loss_scale turns local loss denominators into global ones.
             for idx, loss_scale in plan.minibatches(batch_size):
+                # Rows in batch order (the loss does not depend on it): a group's rows stay adjacent,
+                # which lets a language-model policy run each shared prompt once.
+                idx = idx.sort().values
                 m = mask[idx]
                 # Trim trailing all-padding steps: cheaper for sequence models, same loss.
                 t_max = int(m.any(dim=0).nonzero().max()) + 1
