@@ -29,7 +29,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--timesteps", type=int, default=spec.n_timesteps, help="generated tokens of GRPO")
-    parser.add_argument("--warm-start-steps", type=int, default=spec.warm_start_steps)
+    parser.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=spec.warm_start_steps,
+        help="at most (it stops at the preset's target)",
+    )
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out test problems")
     parser.add_argument("--pass-k", type=int, default=8, help="k of pass@k (sampled completions per problem)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +50,7 @@ def main() -> None:
         egsw=spec.egsw,
         seed=args.seed,
         device="cpu",
-        **spec.algo_kwargs,
+        **spec.algorithm_kwargs(),  # the preset's values, schedules such as lin_2e-4 resolved
     )
     venv = model.env.unwrapped.venv  # the batched text env: task, tokenizer and prompt encoding
     t0 = time.perf_counter()
@@ -77,7 +82,8 @@ def main() -> None:
         )
         return result
 
-    print(f"warm start: {args.warm_start_steps} supervised steps in {stats['seconds']:.1f} s")
+    reached = f", sampled train accuracy {stats['accuracy']:.1%}" if stats.get("accuracy") is not None else ""
+    print(f"warm start: {stats['steps']} supervised steps in {stats['seconds']:.1f} s{reached}")
     before = evaluate("after warm start")
     t1 = time.perf_counter()
     model.learn(args.timesteps)
