@@ -205,6 +205,25 @@ def _gather_cache(cache: Any, index: torch.Tensor) -> bool:
     return True
 
 
+def _shared_prefill(
+    model: torch.nn.Module, inputs: dict[str, Any], first_rows: torch.Tensor, inverse: torch.Tensor
+) -> tuple[Any, torch.Tensor] | None:
+    """Run a batch of prompts for the rows ``first_rows`` only, then give every row its prompt's state.
+
+    ``inputs`` are the model's keyword arguments for the whole batch (tensors with the batch first;
+    other values are passed as they are). Returns the KV cache gathered back to every row
+    (``inverse``, see :func:`distinct_prompts`) and the ``(B, V)`` logits at the last prompt
+    position; ``None`` when the model's cache cannot be gathered by rows (the caller then runs the
+    whole batch).
+    """
+    distinct = {k: v[first_rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
+    output = model(**distinct, use_cache=True)
+    cache = _output_cache(output)
+    if cache is None or not _gather_cache(cache, inverse):
+        return None
+    return cache, output.logits[:, -1][inverse]
+
+
 def _shared_prompt_logits(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -215,30 +234,29 @@ def _shared_prompt_logits(
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
 ) -> torch.Tensor | None:
-    """``(B, T, V)`` next-token logits before each action, with one prompt pass per distinct prompt.
+    """``(B, T, V)`` next-token logits before each action, with one pass per run of repeated prompts.
 
-    Two passes: the distinct prompts (their KV cache and the logits at their last token, which
-    predict the first action), then every row's actions but the last, attending to its prompt's
-    cache gathered per row. ``None`` when the model's cache cannot be gathered (the caller then
-    runs the single teacher-forced pass).
+    Two passes: the prompts (:func:`_shared_prefill`: their KV cache, and the logits at their last
+    token, which predict the first action), then every row's actions but the last, attending to its
+    prompt's cache. ``None`` when the model's cache cannot be gathered (the caller then runs the
+    single teacher-forced pass).
     """
     cache_kw, has_keep = _forward_kwargs(model)
-    prompt_len, steps = ids.shape[1], actions.shape[1]
-    prompt_kwargs: dict[str, Any] = {
-        "input_ids": ids[first_rows],
-        "attention_mask": mask[first_rows],
-        "position_ids": positions[first_rows, :prompt_len],
-        "use_cache": True,
+    prompt_len = ids.shape[1]
+    inputs: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions[:, :prompt_len],
     }
     if has_keep:
-        prompt_kwargs["logits_to_keep"] = 1
-    out = model(**prompt_kwargs)
-    cache = _output_cache(out)
-    first_logits = out.logits[:, -1:][inverse]  # (B, 1, V): the distribution of the first action
-    if steps == 1:
-        return first_logits
-    if cache is None or not _gather_cache(cache, inverse):
+        inputs["logits_to_keep"] = 1
+    prefilled = _shared_prefill(model, inputs, first_rows, inverse)
+    if prefilled is None:
         return None
+    cache, first_logits = prefilled
+    first_logits = first_logits.unsqueeze(1)  # (B, 1, V): the distribution of the first action
+    if actions.shape[1] == 1:
+        return first_logits
     rest = model(
         input_ids=actions[:, :-1],
         attention_mask=full_mask[:, :-1],
@@ -280,11 +298,11 @@ def sequence_log_probs(
     fill_token_id : int
         See :func:`prepare_prompt`.
     share_prompts : bool
-        Run each distinct prompt through the model once and reuse its KV cache for every row that
-        repeats it (:func:`distinct_prompts`), instead of one teacher-forced pass over every row's
-        prompt plus completion. Same log-probs and gradients up to float rounding; GRPO's groups
-        repeat every prompt ``group_size`` times, so this saves most of the prompt compute. Models
-        whose cache cannot be gathered by rows fall back to the single pass.
+        Run each run of adjacent repeated prompts through the model once and reuse its KV cache for
+        every row of the run (:func:`distinct_prompts`), instead of one teacher-forced pass over
+        every row's prompt plus completion. Same log-probs and gradients up to float rounding;
+        GRPO's groups repeat every prompt ``group_size`` times in a row, so this saves most of the
+        prompt compute. Models whose cache cannot be gathered by rows fall back to the single pass.
 
     Returns
     -------
@@ -796,17 +814,14 @@ class LMPolicy(GRPOPolicy):
         """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
 
         A prefill whose batch repeats prompts (a GRPO round: ``group_size`` rows per prompt) runs each
-        distinct prompt once and gathers its cache for the rows that repeat it
-        (:func:`distinct_prompts`); the rows' caches and logits are the same as a full prefill's.
+        run of repeated prompts once (:func:`distinct_prompts`, :func:`_shared_prefill`); the rows'
+        caches and logits are the same as a full prefill's.
         """
         shared = distinct_prompts(inputs["input_ids"], inputs["attention_mask"]) if prefill else None
         if shared is not None:
-            first_rows, inverse = shared
-            distinct = {k: v[first_rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
-            output = self.model(**distinct, use_cache=True)
-            cache = _output_cache(output)
-            if cache is not None and _gather_cache(cache, inverse):
-                return cache, output.logits[:, -1][inverse]
+            prefilled = _shared_prefill(self.model, inputs, *shared)
+            if prefilled is not None:
+                return prefilled
         output = self.model(**inputs, use_cache=True)
         return _output_cache(output), output.logits[:, -1]
 
