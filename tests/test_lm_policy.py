@@ -44,6 +44,12 @@ def first_obs(lengths, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def grouped_obs(lengths, group_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every prompt of ``first_obs(lengths)`` repeated ``group_size`` times (GRPO's groups)."""
+    obs = first_obs(lengths, seed)
+    return {k: v.repeat_interleave(group_size, 0) for k, v in obs.items()}
+
+
 def rollout(policy: LMPolicy, obs, steps: int = N, deterministic: bool = False):
     state, out = None, []
     for _ in range(steps):
@@ -159,24 +165,32 @@ def test_larger_model_vocabulary_is_restricted_to_the_action_space():
     assert torch.allclose(lp_eval, lp_act, atol=1e-4)
 
 
-def test_rotary_architecture_from_config_is_consistent():
-    """Positions matter differently with rotary embeddings (Llama): same consistency."""
-    config = {
-        "model_type": "llama",
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 64,
-    }
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_rotary_architecture_from_config_is_consistent(group_size):
+    """Positions matter differently with rotary embeddings (Llama): same consistency, also when
+    repeated prompts share their prompt pass (group_size 3)."""
     torch.manual_seed(0)
-    policy = make_policy(model_config=config)
-    obs = first_obs([2, 9, 5])
+    policy = make_policy(model_config=dict(LLAMA))
+    obs = grouped_obs([2, 9, 5], group_size)
     actions, lp_act, _ = rollout(policy, obs)
-    lp_eval, _ = policy.evaluate_sequences(obs, None, actions, torch.ones_like(actions, dtype=torch.bool))
+    mask = torch.ones_like(actions, dtype=torch.bool)
+    lp_eval, _ = policy.evaluate_sequences(obs, None, actions, mask)
     assert torch.allclose(lp_eval, lp_act, atol=1e-4)
+    ids, pmask = prepare_prompt(obs["input_ids"], obs["attention_mask"])
+    unshared, _ = sequence_log_probs(policy.model, ids, pmask, actions, n_actions=VOCAB, share_prompts=False)
+    assert torch.allclose(lp_eval, unshared, atol=1e-5)
 
 
 def test_checkpoint_directory_round_trip_offline(tmp_path, monkeypatch):
@@ -290,12 +304,6 @@ def test_warm_start_temperature_overrides_the_policys():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         warm_start(sharp, env.unwrapped.task, steps=1, env=env, temperature=0.0)
-
-
-def grouped_obs(lengths, group_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every prompt of ``first_obs(lengths)`` repeated ``group_size`` times (GRPO's groups)."""
-    obs = first_obs(lengths, seed)
-    return {k: v.repeat_interleave(group_size, 0) for k, v in obs.items()}
 
 
 def test_distinct_prompts_merges_adjacent_repeats_and_ignores_padding_ids():
