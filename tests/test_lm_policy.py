@@ -225,7 +225,7 @@ def test_lora_trains_only_adapter_parameters(tmp_path):
     optimized = sum(p.numel() for g in policy.optimizer.param_groups for p in g["params"])
     assert optimized == sum(p.numel() for n, p in policy.named_parameters() if n in trainable)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    obs = first_obs([3, 6])
+    obs = grouped_obs([3, 6], group_size=2)  # repeated prompts: the shared prompt pass through peft
     actions, lp_act, _ = rollout(policy, obs)
     mask = torch.ones_like(actions, dtype=torch.bool)
     log_probs, _ = policy.evaluate_sequences(obs, None, actions, mask)
