@@ -63,12 +63,17 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exa
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "training"
         delay = rng.uniform(0.2, 1.5)
+        # The random moment is counted from the first checkpoint, so that a machine slowed down
+        # by other jobs cannot turn the kill into one before anything was written.
+        deadline = time.monotonic() + 60
+        while not any(folder.glob("grpo_*_steps.zip")) and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         checkpoints = sorted(folder.glob("grpo_*_steps.zip"))
         leftovers = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
-        assert checkpoints, f"no checkpoint written in {delay:.2f} s"
+        assert checkpoints, f"no checkpoint written (killed {delay:.2f} s after the first one)"
         for path in checkpoints:  # every checkpoint on disk is complete and loads
             GRPO.load(path)
         latest = latest_checkpoint(folder, "grpo")
