@@ -149,6 +149,21 @@ def test_same_seed_same_parameters():
     )
 
 
+def test_the_seed_sets_the_tiny_models_initial_weights():
+    """As for SB3's own networks: same seed, same initial model; another seed, another model;
+    model_config={"seed": s} pins the weights whatever the algorithm's seed."""
+
+    def initial(seed: int, **config) -> list[torch.Tensor]:
+        model = make_model(seed=seed, policy_kwargs=dict(model_config=dict(TINY, **config)))
+        return [p.detach().clone() for p in model.policy.parameters()]
+
+    a, b, c = initial(3), initial(3), initial(4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert any(not torch.equal(x, z) for x, z in zip(a, c, strict=True))
+    pinned_3, pinned_4 = initial(3, seed=7), initial(4, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(pinned_3, pinned_4, strict=True))
+
+
 def greedy_completions(model: GRPO, n: int = 24) -> list[list[int]]:
     from egsw_gym.llm import generate_completions
     from egsw_gym.llm.warm_start import encode_prompts

@@ -452,6 +452,8 @@ class LMPolicy(GRPOPolicy):
         When ``model`` is ``None``: a ``PretrainedConfig`` or a dict with ``model_type`` builds that
         architecture from scratch; a dict without ``model_type`` is keyword arguments of
         :func:`build_tiny_lm` (``n_layer``, ``n_embd``, ``n_head``, ``n_positions``, ``seed``...).
+        Without a ``seed`` the tiny model's initial weights come from the torch RNG, which
+        ``GRPO(seed=...)`` sets, so different seeds start from different models.
     torch_dtype : None, str or torch.dtype
         Parameter dtype (``"bfloat16"`` halves memory on GPUs); ``None`` keeps float32 for built
         models and loads checkpoints in float32. Log-probs are always computed in float32.
@@ -554,6 +556,10 @@ class LMPolicy(GRPOPolicy):
             if model_config is None or (isinstance(model_config, dict) and "model_type" not in model_config):
                 kwargs = dict(model_config or {})
                 kwargs.setdefault("n_positions", max(256, obs_len))
+                # The initial weights follow the caller's torch RNG (which an algorithm's `seed`
+                # sets before building its policy), as SB3's own networks do: runs with different
+                # seeds start from different models. model_config={"seed": s} pins them.
+                kwargs.setdefault("seed", int(torch.randint(0, 2**31 - 1, ()).item()))
                 vocab_size = kwargs.pop("vocab_size", self.n_actions)
                 return build_tiny_lm(vocab_size, tokenizer=self.tokenizer, dtype=dtype, **kwargs)
             if isinstance(model_config, dict):
