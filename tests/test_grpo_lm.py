@@ -153,8 +153,8 @@ def test_the_seed_sets_the_tiny_models_initial_weights():
     """As for SB3's own networks: same seed, same initial model; another seed, another model;
     model_config={"seed": s} pins the weights whatever the algorithm's seed."""
 
-    def initial(seed: int, **config) -> list[torch.Tensor]:
-        model = make_model(seed=seed, policy_kwargs=dict(model_config=dict(TINY, **config)))
+    def initial(algo_seed: int, **config) -> list[torch.Tensor]:
+        model = make_model(seed=algo_seed, policy_kwargs=dict(model_config=dict(TINY, **config)))
         return [p.detach().clone() for p in model.policy.parameters()]
 
     a, b, c = initial(3), initial(3), initial(4)
