@@ -281,6 +281,9 @@ def train_run(
     _write_json_atomic(run_dir / "config.json", spec.to_dict())
     t0 = time.perf_counter()
     model = make_model(spec, verbose=verbose)
+    # The warm start's summary belongs in result.json, not in the model's checkpoint (SB3 saves
+    # every attribute it is not told to exclude).
+    warm_start_result = model.__dict__.pop("warm_start_result", None)
     from stable_baselines3.common.logger import configure
 
     model.set_logger(configure(str(run_dir / "logs"), ["csv"]))
@@ -302,7 +305,7 @@ def train_run(
         final_eval_std=callback.last[1],
         wall_s=round(time.perf_counter() - t0, 2),
     )
-    if getattr(model, "warm_start_result", None) is not None:
-        result["warm_start"] = model.warm_start_result
+    if warm_start_result is not None:
+        result["warm_start"] = warm_start_result
     _write_json_atomic(result_path, result)
     return result
