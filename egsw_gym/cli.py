@@ -9,6 +9,9 @@ Examples
     egsw-gym plot runs/classic
     egsw-gym evaluate runs/one/CartPole-v1/ppo-egsw/seed0 --episodes 20
     egsw-gym demo
+    egsw-gym study --dry-run                        # the default study's runs and estimated time
+    egsw-gym study --workers 16                     # run it (resumable), then write docs/results
+    egsw-gym study --shard 2/4 --out runs/study-2   # one machine's share; then `egsw-gym merge`
 """
 
 from __future__ import annotations
@@ -89,12 +92,85 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a directory written by train/compare (holds config.json and model.zip)")
     e.add_argument("--episodes", type=int, default=None, help="evaluation episodes / problems")
 
+    _add_study_parsers(sub)
+
     d = sub.add_parser(
         "demo", help="the main job: PPO vs PPO+EGSW on CartPole, GRPO vs GRPO+EGSW on arithmetic"
     )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--jobs", type=int, default=None)
     return p
+
+
+def _add_study_parsers(sub) -> None:
+    from egsw_gym.experiments.study import SUITES as STUDY_SUITES
+
+    s = sub.add_parser(
+        "study",
+        help="the cross-domain study (control, MuJoCo, LMs): resumable, shardable, with rliable statistics",
+        description="Train every run of a study suite that is not finished yet, then write its tables, "
+        "CSV and figures. Runs are single-threaded processes, `--workers` at a time.",
+    )
+    s.add_argument("--suite", choices=list(STUDY_SUITES), default="default")
+    s.add_argument("--full", action="store_true", help="the presets' budgets and 1M MuJoCo steps")
+    s.add_argument("--out", default=None, help="run directory (default runs/study or runs/study-sensitivity)")
+    s.add_argument("--results", default=None, help="where to write the report (default docs/results[/sensitivity])")
+    s.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
+    s.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based); report after merge")
+    s.add_argument("--seeds", type=_seeds, default=None, help="a count or a list (default 5; sensitivity 3)")
+    s.add_argument("--envs", default=None, help="comma-separated subset of the suite's environments")
+    s.add_argument("--variants", default=None, help="comma-separated subset of the suite's variants")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override for every run")
+    s.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report (default 2000)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the runs and the estimated time only")
+    mode.add_argument("--report-only", action="store_true", help="write the report of the finished runs only")
+    mode.add_argument("--no-report", action="store_true", help="train only")
+
+    m = sub.add_parser("merge", help="copy the finished runs of several study directories into one")
+    m.add_argument("sources", nargs="+", help="study output directories (one per machine)")
+    m.add_argument("--out", required=True, help="the merged directory (then: egsw-gym study --report-only --out)")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _run_study(args: argparse.Namespace) -> None:
+    import os
+
+    from egsw_gym.experiments import study
+
+    sens = args.suite == "sensitivity"
+    out = args.out or ("runs/study-sensitivity" if sens else "runs/study")
+    results = args.results or ("docs/results/sensitivity" if sens else "docs/results")
+    plan = study.plan_study(
+        args.suite, full=args.full, seeds=args.seeds, envs=_csv(args.envs), variants=_csv(args.variants),
+        overrides=parse_overrides(args.set),
+    )
+    if args.shard:
+        plan = study.shard(plan, *study.parse_shard(args.shard))
+    workers = args.workers or os.cpu_count() or 1
+    if args.dry_run:
+        for r in plan:
+            print(f"{r.key:60s} {r.spec.n_timesteps:>9d} steps  ~{r.est_s:5.0f} s")
+        wall = study.estimate_wall_s(plan, workers)
+        print(f"{len(plan)} runs, ~{sum(r.est_s for r in plan) / 3600:.1f} core-hours; "
+              f"~{wall / 3600:.1f} h wall on {workers} workers (estimate from SPEED in study.py)")
+        return
+    if not args.report_only:
+        counts = study.run_study(plan, out, workers=workers)
+        print(f"{counts['trained']} runs trained, {counts['skipped']} already finished, in {out}")
+    if args.shard and not args.report_only:
+        print(f"shard {args.shard} done: `egsw-gym merge <every shard's --out> --out runs/study`, then "
+              "`egsw-gym study --report-only --out runs/study`")
+        return
+    if args.no_report:
+        return
+    from egsw_gym.experiments.study_report import write_study_report
+
+    for path in write_study_report([out], results, reps=args.reps):
+        print(f"wrote {path}")
 
 
 def _load_spec(run_dir: Path):
@@ -177,6 +253,13 @@ def _run(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+    elif args.command == "study":
+        _run_study(args)
+    elif args.command == "merge":
+        from egsw_gym.experiments.study import merge_runs
+
+        counts = merge_runs(args.sources, args.out)
+        print(f"merged into {args.out}: {counts}")
     elif args.command == "demo":
         from egsw_gym.experiments.compare import compare
 

@@ -16,7 +16,7 @@ from egsw_gym.experiments.presets import ALGORITHMS, load_suite, make_run_spec
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.runner import train_run
 
-__all__ = ["run_dir_of", "plan_runs", "compare"]
+__all__ = ["run_dir_of", "plan_runs", "run_parallel", "compare"]
 
 
 def run_dir_of(out_dir: str | Path, algo: str, env_id: str, seed: int) -> Path:
@@ -55,6 +55,44 @@ def plan_runs(
 def _run_one(args: tuple[Any, str]) -> dict[str, Any]:
     spec, run_dir = args
     return train_run(spec, run_dir)
+
+
+def run_parallel(
+    work: list[tuple[Any, str]], *, jobs: int | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Train every ``(RunSpec, run_dir)`` of ``work`` in ``jobs`` processes (one torch thread each).
+
+    Finished runs are skipped (:func:`~egsw_gym.experiments.runner.train_run`). Runs are submitted
+    in the order given, so putting the longest first shortens the wall time.
+
+    Returns
+    -------
+    list of dict
+        The results, in completion order.
+    """
+    if not work:
+        return []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
+    from tqdm.auto import tqdm
+
+    results = []
+    bar = tqdm(total=len(work), desc="runs", disable=not progress, unit="run")
+
+    def done(r: dict[str, Any]) -> None:
+        results.append(r)
+        bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
+        bar.update()
+
+    if jobs == 1:
+        for item in work:
+            done(_run_one(item))
+    else:
+        # spawn: fresh interpreters, no torch thread pools or RNG state inherited through fork.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_run_one, item) for item in work]):
+                done(fut.result())
+    bar.close()
+    return results
 
 
 def compare(
@@ -96,22 +134,6 @@ def compare(
     """
     specs = plan_runs(suite, env_ids, algos, seeds, overrides)
     work = [(s, str(run_dir_of(out_dir, s.algo, s.env_id, s.seed))) for s in specs]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(work), desc="runs", disable=not progress, unit="run")
-    if jobs == 1:
-        for item in work:
-            r = _run_one(item)
-            bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
-            bar.update()
-    else:
-        # spawn: fresh interpreters, no torch thread pools or RNG state inherited through fork.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(_run_one, item) for item in work]):
-                r = fut.result()
-                bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
-                bar.update()
-    bar.close()
+    run_parallel(work, jobs=jobs, progress=progress)
     table, _ = write_report(out_dir)
     return table

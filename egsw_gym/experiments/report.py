@@ -13,7 +13,7 @@ __all__ = ["collect_runs", "summary_table", "plot_curves", "write_report"]
 
 
 def collect_runs(out_dir: str | Path) -> list[dict]:
-    """Every finished run under ``out_dir``: its ``result.json`` plus its learning curve."""
+    """Every finished run under ``out_dir``: its ``result.json`` plus its learning curve and ``run_dir``."""
     runs = []
     for result_path in sorted(Path(out_dir).glob("**/result.json")):
         result = json.loads(result_path.read_text())
@@ -24,20 +24,22 @@ def collect_runs(out_dir: str | Path) -> list[dict]:
             "timesteps": np.array([float(r["timesteps"]) for r in rows]),
             "eval_mean": np.array([float(r["eval_mean"]) for r in rows]),
         }
+        result["run_dir"] = str(result_path.parent)
         runs.append(result)
     return runs
 
 
-def _grouped(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
+def _grouped(runs: list[dict], key: str = "algo") -> dict[str, dict[str, list[dict]]]:
     by_env: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        by_env[r["env_id"]][r["algo"]].append(r)
+        by_env[r["env_id"]][r[key]].append(r)
     return by_env
 
 
-def summary_table(runs: list[dict], reps: int = 2000) -> str:
+def summary_table(runs: list[dict], reps: int = 2000, key: str = "algo") -> str:
     """Markdown table: per environment and algorithm, the final evaluation score's interquartile
-    mean with a 95% stratified-bootstrap confidence interval (rliable), the mean, and each seed."""
+    mean with a 95% stratified-bootstrap confidence interval (rliable), the mean, and each seed.
+    ``key`` names the run field that makes the rows (``"variant"`` for a study)."""
     from rliable import library as rly
     from rliable import metrics
 
@@ -45,7 +47,7 @@ def summary_table(runs: list[dict], reps: int = 2000) -> str:
         "| env | algorithm | seeds | IQM | 95% CI | mean | per seed | first eval (mean) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for env_id, by_algo in sorted(_grouped(runs).items()):
+    for env_id, by_algo in sorted(_grouped(runs, key).items()):
         scores = {
             algo: np.array([[r["final_eval_mean"]] for r in sorted(rs, key=lambda r: r["seed"])])
             for algo, rs in sorted(by_algo.items())
@@ -65,15 +67,15 @@ def summary_table(runs: list[dict], reps: int = 2000) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(runs: list[dict], out_dir: str | Path) -> list[Path]:
-    """One PNG per environment: mean evaluation curve per algorithm with a min-max band over seeds."""
+def plot_curves(runs: list[dict], out_dir: str | Path, key: str = "algo") -> list[Path]:
+    """One PNG per environment: mean evaluation curve per algorithm (or ``key``) with a min-max band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    for env_id, by_algo in sorted(_grouped(runs).items()):
+    for env_id, by_algo in sorted(_grouped(runs, key).items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for algo, rs in sorted(by_algo.items()):
             # Seeds can evaluate at slightly different steps: interpolate onto the first seed's grid.
