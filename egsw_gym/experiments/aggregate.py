@@ -8,6 +8,7 @@ rliable's 95% stratified bootstrap (runs resampled within each environment).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "improvement_probabilities",
     "sample_efficiency",
     "SE_POINTS",
+    "seeded_numpy",
 ]
 
 #: env id -> (random-policy score, reference score). Normalised score = (x - random) / (ref - random).
@@ -135,6 +137,29 @@ def _labels(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {"variant": variants, "mode": modes}
 
 
+def _interval_estimates(scores: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's stratified-bootstrap estimates, reproducible: see :func:`seeded_numpy`."""
+    from rliable import library as rly
+
+    with seeded_numpy(seed):
+        return rly.get_interval_estimates(scores, func, reps=reps)
+
+
+@contextlib.contextmanager
+def seeded_numpy(seed: int):
+    """Seed NumPy's global generator for the block, then restore it.
+
+    rliable 1.2 resamples with ``np.random.choice`` (the global generator) whatever
+    ``random_state`` it is given, so seeding that generator is what makes its intervals repeatable.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _iqm_og(x: np.ndarray) -> np.ndarray:
     from rliable import metrics
 
@@ -154,8 +179,6 @@ def aggregate_scores(
         One row per (domain, label): ``domain, label, n_envs, n_seeds, iqm, iqm_lo, iqm_hi, og,
         og_lo, og_hi``.
     """
-    from rliable import library as rly
-
     domains = sorted({r["domain"] for r in runs})
     groups = [(d, [r for r in runs if r["domain"] == d]) for d in domains]
     if len(domains) > 1:
@@ -175,9 +198,7 @@ def aggregate_scores(
                 if got is None:
                     continue
                 m, envs = got
-                point, ci = rly.get_interval_estimates(
-                    {label: m}, _iqm_og, reps=reps, random_state=np.random.RandomState(seed)
-                )
+                point, ci = _interval_estimates({label: m}, _iqm_og, reps, seed)
                 rows.append(
                     dict(domain=domain, label=label, n_envs=len(envs), n_seeds=m.shape[0],
                          iqm=point[label][0], iqm_lo=ci[label][0, 0], iqm_hi=ci[label][1, 0],
@@ -212,7 +233,6 @@ def improvement_probabilities(
     rliable's probability of improvement: the Mann-Whitney U probability per environment (ties
     count half), averaged over the environments both ran on, with a stratified bootstrap.
     """
-    from rliable import library as rly
     from rliable import metrics
 
     domains = sorted({r["domain"] for r in runs})
@@ -231,11 +251,8 @@ def improvement_probabilities(
             x = gx[0][:, [gx[1].index(e) for e in envs]]
             y = gy[0][:, [gy[1].index(e) for e in envs]]
             name = f"{x_label} > {y_label}"
-            point, ci = rly.get_interval_estimates(
-                {name: (x, y)},
-                lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-                reps=reps,
-                random_state=np.random.RandomState(seed),
+            point, ci = _interval_estimates(
+                {name: (x, y)}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed
             )
             rows.append(
                 dict(domain=domain, x=x_label, y=y_label, n_envs=len(envs),
@@ -252,7 +269,6 @@ def sample_efficiency(
     Returns rliable's ``(point_estimates, interval_estimates)``: ``{variant: (n_points,)}`` and
     ``{variant: (2, n_points)}``.
     """
-    from rliable import library as rly
     from rliable import metrics
 
     rs = [r for r in runs if domain in ("overall", r["domain"])]
@@ -265,4 +281,4 @@ def sample_efficiency(
     def iqm_per_point(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x[..., k]) for k in range(x.shape[-1])])
 
-    return rly.get_interval_estimates(scores, iqm_per_point, reps=reps, random_state=np.random.RandomState(seed))
+    return _interval_estimates(scores, iqm_per_point, reps, seed)

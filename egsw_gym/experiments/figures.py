@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from egsw_gym.experiments.aggregate import SE_POINTS, sample_efficiency, score_matrix
+from egsw_gym.experiments.aggregate import SE_POINTS, sample_efficiency, score_matrix, seeded_numpy
 
 __all__ = [
     "plot_domains",
@@ -96,7 +96,8 @@ def plot_performance_profiles(runs: list[dict[str, Any]], path: Path, *, reps: i
                 scores[v] = got[0]
         allv = np.concatenate([s.ravel() for s in scores.values()])
         taus = np.linspace(min(0.0, allv.min()), max(1.0, allv.max()), 41)
-        profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+        with seeded_numpy(0):
+            profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
         plot_utils.plot_performance_profiles(
             profiles, taus, performance_profile_cis=cis, ax=ax, xlabel=r"normalised score ($\tau$)",
             ylabel=r"fraction of runs > $\tau$", labelsize="medium", ticklabelsize="medium",

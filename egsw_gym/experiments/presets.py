@@ -12,6 +12,7 @@ algorithm). ``"lin_<x>"`` values (learning rates, clip ranges) decay linearly fr
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -124,6 +125,12 @@ def load_suite(suite: str) -> dict[str, dict[str, Any]]:
     """The presets of one environment family (``classic``, ``mujoco``, ``llm``)."""
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {list(SUITES)}, got {suite!r}")
+    return copy.deepcopy(_parsed_suite(suite))
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_suite(suite: str) -> dict[str, dict[str, Any]]:
+    """The parsed YAML file (parsed once per process: a study plans hundreds of runs from it)."""
     text = resources.files("egsw_gym.experiments").joinpath("presets", f"{suite}.yaml").read_text()
     return yaml.safe_load(text)
 

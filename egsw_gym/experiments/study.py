@@ -297,22 +297,29 @@ def parse_shard(text: str) -> tuple[int, int]:
 def shard(plan: list[StudyRun], i: int, n: int) -> list[StudyRun]:
     """Shard ``i`` of ``n`` (1-based) of ``plan``: disjoint, together exactly the plan, balanced.
 
-    Runs are dealt round-robin in order of decreasing estimated time (ties by key), so every
-    machine gets a similar mix of long and short runs, and the split depends on the plan alone.
+    Longest-processing-time-first: runs, in order of decreasing estimated time (ties by key), go
+    to the shard with the least estimated work so far (ties to the lowest index), so the split
+    depends on the plan alone and the shards' totals differ by at most one run's estimate.
     """
     if not (n >= 1 and 1 <= i <= n):
         raise ValueError(f"shard needs 1 <= i <= n, got i={i}, n={n}")
-    ordered = sorted(plan, key=lambda r: (-r.est_s, r.key))
-    return sorted(ordered[i - 1 :: n], key=lambda r: r.key)
+    return sorted(_lpt(plan, n)[1][i - 1], key=lambda r: r.key)
+
+
+def _lpt(plan: list[StudyRun], n: int) -> tuple[list[float], list[list[StudyRun]]]:
+    """Longest-first greedy split of ``plan`` into ``n`` bins: (estimated load, runs) per bin."""
+    loads: list[float] = [0.0] * n
+    parts: list[list[StudyRun]] = [[] for _ in range(n)]
+    for run in sorted(plan, key=lambda r: (-r.est_s, r.key)):
+        k = loads.index(min(loads))
+        loads[k] += run.est_s
+        parts[k].append(run)
+    return loads, parts
 
 
 def estimate_wall_s(plan: list[StudyRun], workers: int) -> float:
     """Wall time of ``plan`` on ``workers`` single-thread processes, longest runs first (LPT)."""
-    loads = [0.0] * max(1, workers)
-    for run in sorted(plan, key=lambda r: -r.est_s):
-        k = loads.index(min(loads))
-        loads[k] += run.est_s
-    return max(loads)
+    return max(_lpt(plan, max(1, workers))[0])
 
 
 def _check_finished(run: StudyRun, run_dir: Path) -> bool:
