@@ -61,7 +61,9 @@ def test_plot_writes_table_and_png(tmp_path, capsys):
     assert (tmp_path / "summary.md").exists() and list(tmp_path.glob("curves_*.png"))
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["compare"], ["plot"], ["evaluate"], ["demo"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["train"], ["compare"], ["plot"], ["evaluate"], ["demo"], ["study"], ["merge"]]
+)
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*cmd, "--help"])

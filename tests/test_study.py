@@ -297,3 +297,16 @@ def test_micro_study_end_to_end(tmp_path, capsys):
         assert (tmp_path / "results" / name).exists()
     assert main(args[:-4] + ["--no-report"]) == 0  # resumed: nothing left to train
     assert "0 runs trained, 8 already finished" in capsys.readouterr().out
+
+
+def test_cli_dry_run_lists_the_shard_and_estimates_time(capsys):
+    from egsw_gym.cli import main
+
+    assert main(["study", "--dry-run", "--shard", "2/3", "--workers", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in out[:-1]]
+    assert listed == [r.key for r in shard(plan_study(), 2, 3)]
+    assert out[-1].startswith(f"{len(listed)} runs, ~") and "h wall on 2 workers" in out[-1]
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--dry-run", "--shard", "0/3"])
+    assert exc.value.code == 2 and "--shard i/n needs 1 <= i <= n" in capsys.readouterr().err
