@@ -52,7 +52,7 @@ def test_default_plan_covers_the_issue_grid():
             assert replace(r.spec.egsw, mode=main.spec.egsw.mode) == main.spec.egsw
     # --full: 1M MuJoCo steps, the presets' budgets elsewhere
     full = {r.spec.env_id: r.spec.n_timesteps for r in plan_study(full=True, seeds=[0])}
-    assert full["Hopper-v5"] == 1_000_000 and full["CartPole-v1"] == 100_000
+    assert full["Hopper-v5"] == full["Walker2d-v5"] == 1_000_000 and full["CartPole-v1"] == 100_000
 
 
 def test_sensitivity_plan_is_the_alpha_temperature_grid_plus_modes():

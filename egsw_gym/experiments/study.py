@@ -33,6 +33,7 @@ __all__ = [
     "DOMAINS",
     "BUDGETS",
     "FULL_BUDGETS",
+    "FULL_EXTRA_ENVS",
     "SUITES",
     "StudyRun",
     "domain_of",
@@ -66,6 +67,8 @@ BUDGETS: dict[str, tuple[int, int]] = {
     "egsw/Arithmetic-v0": (500_000, 50_000),  # preset 1M tokens (the demo's learning check)
     "egsw/Countdown-v0": (500_000, 50_000),
 }
+#: ``--full`` adds these environments (a third MuJoCo task: too long for the 3-hour default)
+FULL_EXTRA_ENVS: list[str] = ["Walker2d-v5"]
 #: ``--full``: the presets' budgets, and 1M environment steps on MuJoCo (RL Zoo, CleanRL)
 FULL_BUDGETS: dict[str, tuple[int, int]] = {
     "HalfCheetah-v5": (1_000_000, 50_000),
@@ -86,8 +89,10 @@ SPEED: dict[tuple[str, str], float] = {
     ("HalfCheetah-v5", "grpo"): 6200.0,
     ("Hopper-v5", "ppo"): 980.0,
     ("Hopper-v5", "grpo"): 5700.0,
-    ("egsw/Arithmetic-v0", "grpo"): 6000.0,
-    ("egsw/Countdown-v0", "grpo"): 6000.0,
+    ("Walker2d-v5", "ppo"): 550.0,  # not timed: like HalfCheetah (20 epochs, batch 32)
+    ("Walker2d-v5", "grpo"): 5700.0,
+    ("egsw/Arithmetic-v0", "grpo"): 6000.0,  # README: 1M tokens in ~2.5 min per run, 2 in parallel
+    ("egsw/Countdown-v0", "grpo"): 3000.0,  # longer prompts and completions than Arithmetic
 }
 EVAL_S: dict[str, float] = {
     "CartPole-v1": 0.7,
@@ -95,6 +100,7 @@ EVAL_S: dict[str, float] = {
     "Pendulum-v1": 2.0,
     "HalfCheetah-v5": 2.5,
     "Hopper-v5": 2.5,
+    "Walker2d-v5": 2.5,
 }
 _DEFAULT_SPEED, _DEFAULT_EVAL_S, _STARTUP_S = 1000.0, 5.0, 5.0
 
@@ -239,7 +245,7 @@ def plan_study(
         raise ValueError(f"suite must be one of {list(SUITES)}, got {suite!r}")
     seeds = list(range(5 if suite == "default" else 3)) if seeds is None else list(seeds)
     if suite == "default":
-        suite_envs = [e for d in DOMAINS.values() for e in d]
+        suite_envs = [e for d in DOMAINS.values() for e in d] + (FULL_EXTRA_ENVS if full else [])
         budgets = {} if full else BUDGETS
     else:
         suite_envs = list(SENSITIVITY_ENVS)
