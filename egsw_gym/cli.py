@@ -114,9 +114,13 @@ def _add_study_parsers(sub) -> None:
     s.add_argument("--suite", choices=list(STUDY_SUITES), default="default")
     s.add_argument("--full", action="store_true", help="the presets' budgets and 1M MuJoCo steps")
     s.add_argument("--out", default=None, help="run directory (default runs/study or runs/study-sensitivity)")
-    s.add_argument("--results", default=None, help="where to write the report (default docs/results[/sensitivity])")
+    s.add_argument(
+        "--results", default=None, help="where to write the report (default docs/results[/sensitivity])"
+    )
     s.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
-    s.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based); report after merge")
+    s.add_argument(
+        "--shard", default=None, metavar="I/N", help="run only shard I of N (1-based); report after merge"
+    )
     s.add_argument("--seeds", type=_seeds, default=None, help="a count or a list (default 5; sensitivity 3)")
     s.add_argument("--envs", default=None, help="comma-separated subset of the suite's environments")
     s.add_argument("--variants", default=None, help="comma-separated subset of the suite's variants")
@@ -129,7 +133,9 @@ def _add_study_parsers(sub) -> None:
 
     m = sub.add_parser("merge", help="copy the finished runs of several study directories into one")
     m.add_argument("sources", nargs="+", help="study output directories (one per machine)")
-    m.add_argument("--out", required=True, help="the merged directory (then: egsw-gym study --report-only --out)")
+    m.add_argument(
+        "--out", required=True, help="the merged directory (then: egsw-gym study --report-only --out)"
+    )
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -145,7 +151,11 @@ def _run_study(args: argparse.Namespace) -> None:
     out = args.out or ("runs/study-sensitivity" if sens else "runs/study")
     results = args.results or ("docs/results/sensitivity" if sens else "docs/results")
     plan = study.plan_study(
-        args.suite, full=args.full, seeds=args.seeds, envs=_csv(args.envs), variants=_csv(args.variants),
+        args.suite,
+        full=args.full,
+        seeds=args.seeds,
+        envs=_csv(args.envs),
+        variants=_csv(args.variants),
         overrides=parse_overrides(args.set),
     )
     if args.shard:
@@ -155,15 +165,19 @@ def _run_study(args: argparse.Namespace) -> None:
         for r in plan:
             print(f"{r.key:60s} {r.spec.n_timesteps:>9d} steps  ~{r.est_s:5.0f} s")
         wall = study.estimate_wall_s(plan, workers)
-        print(f"{len(plan)} runs, ~{sum(r.est_s for r in plan) / 3600:.1f} core-hours; "
-              f"~{wall / 3600:.1f} h wall on {workers} workers (estimate from SPEED in study.py)")
+        print(
+            f"{len(plan)} runs, ~{sum(r.est_s for r in plan) / 3600:.1f} core-hours; "
+            f"~{wall / 3600:.1f} h wall on {workers} workers (estimate from SPEED in study.py)"
+        )
         return
     if not args.report_only:
         counts = study.run_study(plan, out, workers=workers)
         print(f"{counts['trained']} runs trained, {counts['skipped']} already finished, in {out}")
     if args.shard and not args.report_only:
-        print(f"shard {args.shard} done: `egsw-gym merge <every shard's --out> --out runs/study`, then "
-              "`egsw-gym study --report-only --out runs/study`")
+        print(
+            f"shard {args.shard} done: `egsw-gym merge <every shard's --out> --out runs/study`, then "
+            "`egsw-gym study --report-only --out runs/study`"
+        )
         return
     if args.no_report:
         return

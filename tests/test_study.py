@@ -59,8 +59,11 @@ def test_sensitivity_plan_is_the_alpha_temperature_grid_plus_modes():
     plan = plan_study("sensitivity")
     for env_id in study.SENSITIVITY_ENVS:
         rs = [r for r in plan if r.spec.env_id == env_id and r.spec.seed == 0]
-        grid = {(r.spec.egsw.alpha, r.spec.egsw.temperature) for r in rs if "-a" in r.variant and r.spec.egsw
-                and r.spec.egsw.mode == rs[1].spec.egsw.mode}
+        grid = {
+            (r.spec.egsw.alpha, r.spec.egsw.temperature)
+            for r in rs
+            if "-a" in r.variant and r.spec.egsw and r.spec.egsw.mode == rs[1].spec.egsw.mode
+        }
         assert grid >= {(a, t) for a in study.SENSITIVITY_ALPHAS for t in study.SENSITIVITY_TEMPERATURES}
         assert {r.spec.egsw.mode for r in rs if r.spec.egsw} == {"step", "trajectory"}
         assert sum(r.spec.egsw is None for r in rs) == 1  # the plain GRPO reference
@@ -68,8 +71,12 @@ def test_sensitivity_plan_is_the_alpha_temperature_grid_plus_modes():
 
 
 def test_plan_filters_and_overrides_and_rejects_unknown_names():
-    plan = plan_study(envs=["CartPole-v1"], variants=["ppo", "grpo-egsw-alt"], seeds=[3],
-                      overrides={"n_timesteps": 777, "egsw": {"mode": "step"}})
+    plan = plan_study(
+        envs=["CartPole-v1"],
+        variants=["ppo", "grpo-egsw-alt"],
+        seeds=[3],
+        overrides={"n_timesteps": 777, "egsw": {"mode": "step"}},
+    )
     assert [r.key for r in plan] == ["CartPole-v1/grpo-egsw-alt/seed3", "CartPole-v1/ppo/seed3"]
     assert all(r.spec.n_timesteps == 777 for r in plan)
     # the variant's own mode wins over a global --set egsw.mode
@@ -123,8 +130,11 @@ def _fake(out: Path, run: StudyRun, curve: list[float], progress: list[float] | 
             w = csv.writer(f)
             w.writerow(["train/n_updates", "train/group_return_mean"])
             w.writerows([k + 1, v] for k, v in enumerate(progress))
-    (d / "result.json").write_text(json.dumps(dict(
-        algo=run.spec.algo, env_id=run.spec.env_id, seed=run.spec.seed, final_eval_mean=curve[-1])))
+    (d / "result.json").write_text(
+        json.dumps(
+            dict(algo=run.spec.algo, env_id=run.spec.env_id, seed=run.spec.seed, final_eval_mean=curve[-1])
+        )
+    )
     return d
 
 
@@ -148,12 +158,14 @@ def test_run_study_skips_finished_runs_and_refuses_changed_configs(tmp_path, mon
     counts = run_study(plan, tmp_path, workers=2, progress=False)
     assert counts == {"planned": 4, "skipped": 1, "trained": 3}
     assert sorted(Path(d).relative_to(tmp_path).as_posix() for _, d in submitted) == sorted(
-        r.key for r in plan[1:])
+        r.key for r in plan[1:]
+    )
     # longest first
     ests = [next(r for r in plan if str(tmp_path / r.key) == d).est_s for _, d in submitted]
     assert ests == sorted(ests, reverse=True)
-    changed = plan_study(envs=["CartPole-v1"], variants=["ppo", "grpo"], seeds=[0, 1],
-                         overrides={"n_timesteps": 5})
+    changed = plan_study(
+        envs=["CartPole-v1"], variants=["ppo", "grpo"], seeds=[0, 1], overrides={"n_timesteps": 5}
+    )
     with pytest.raises(ValueError, match="another config"):
         run_study(changed, tmp_path, progress=False)
 
@@ -201,7 +213,11 @@ def _two_domain_study(out: Path) -> None:
     }
     for (env_id, variant), vals in values.items():
         for seed, v in enumerate(vals):
-            _fake(out, _one(plan, env_id, variant, seed), [_raw(env_id, 0.0), _raw(env_id, v / 2), _raw(env_id, v)])
+            _fake(
+                out,
+                _one(plan, env_id, variant, seed),
+                [_raw(env_id, 0.0), _raw(env_id, v / 2), _raw(env_id, v)],
+            )
 
 
 def test_iqm_optimality_gap_and_improvement_match_hand_computed_values(tmp_path):
@@ -226,8 +242,9 @@ def test_iqm_optimality_gap_and_improvement_match_hand_computed_values(tmp_path)
 
 
 def test_mode_rows_pool_variants_by_their_egsw_mode(tmp_path):
-    plan = plan_study(envs=["CartPole-v1", "Acrobot-v1"], variants=["grpo", "grpo-egsw", "grpo-egsw-alt"],
-                      seeds=[0, 1])
+    plan = plan_study(
+        envs=["CartPole-v1", "Acrobot-v1"], variants=["grpo", "grpo-egsw", "grpo-egsw-alt"], seeds=[0, 1]
+    )
     for r in plan:
         _fake(tmp_path, r, [_raw(r.spec.env_id, 0.5 if r.spec.egsw and r.spec.egsw.mode == "step" else 0.2)])
     agg = {r["label"]: r for r in aggregate_scores(collect_study([tmp_path]), reps=100)}
@@ -245,8 +262,16 @@ def test_report_writes_the_results_layout(tmp_path):
         _fake(out, r, [0.2, 0.4, 0.6], progress=[0.1, 0.3, 0.5, 0.6])
     written = write_study_report([out], results, reps=100)
     names = {p.name for p in written}
-    assert {"summary.md", "curves.csv", "domains.png", "performance_profiles.png", "sample_efficiency.png",
-            "training_reward.png", "training_reward.csv", "curves_Hopper-v5.png"} <= names
+    assert {
+        "summary.md",
+        "curves.csv",
+        "domains.png",
+        "performance_profiles.png",
+        "sample_efficiency.png",
+        "training_reward.png",
+        "training_reward.csv",
+        "curves_Hopper-v5.png",
+    } <= names
     assert all(p.exists() and p.stat().st_size > 0 for p in written)
     assert all(p.stat().st_size > 5000 for p in written if p.suffix == ".png")
     summary = (results / "summary.md").read_text()
@@ -255,15 +280,19 @@ def test_report_writes_the_results_layout(tmp_path):
     with open(results / "curves.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == (16 + 4) * 3
-    assert {float(r["normalized"]) for r in rows if r["env_id"] == "CartPole-v1" and r["fraction"] == "1.0"} \
-        >= {0.1, 0.4, 0.9}
+    assert {
+        float(r["normalized"]) for r in rows if r["env_id"] == "CartPole-v1" and r["fraction"] == "1.0"
+    } >= {0.1, 0.4, 0.9}
     with open(results / "training_reward.csv") as f:
         assert sum(1 for _ in f) == 1 + 2 * 2 * 4
 
 
 def test_sensitivity_tables_and_heatmaps(tmp_path):
-    plan = [r for r in plan_study("sensitivity", envs=["CartPole-v1"], seeds=[0, 1])
-            if r.variant == "grpo" or r.variant.startswith("grpo-egsw-a")]
+    plan = [
+        r
+        for r in plan_study("sensitivity", envs=["CartPole-v1"], seeds=[0, 1])
+        if r.variant == "grpo" or r.variant.startswith("grpo-egsw-a")
+    ]
     for r in plan:
         e = r.spec.egsw
         v = 0.0 if e is None else e.alpha + e.temperature / 10 + 0.01 * r.spec.seed
@@ -287,15 +316,22 @@ def test_sensitivity_tables_and_heatmaps(tmp_path):
 def test_micro_study_end_to_end(tmp_path, capsys):
     from egsw_gym.cli import main
 
-    args = ["study", "--envs", "CartPole-v1,Hopper-v5", "--variants", "ppo,ppo-egsw", "--seeds", "2",
-            "--set", "n_timesteps=512", "--set", "eval_freq=256", "--set", "eval_episodes=2",
-            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--workers", "2",
-            "--reps", "100"]
+    args = (
+        "study --envs CartPole-v1,Hopper-v5 --variants ppo,ppo-egsw --seeds 2 --workers 2 --reps 100".split()
+    )
+    args += ["--set", "n_timesteps=512", "--set", "eval_freq=256", "--set", "eval_episodes=2"]
+    args += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     assert main(args) == 0
     assert "8 runs trained, 0 already finished" in capsys.readouterr().out
-    for name in ("summary.md", "curves.csv", "domains.png", "performance_profiles.png", "sample_efficiency.png"):
+    for name in (
+        "summary.md",
+        "curves.csv",
+        "domains.png",
+        "performance_profiles.png",
+        "sample_efficiency.png",
+    ):
         assert (tmp_path / "results" / name).exists()
-    assert main(args[:-4] + ["--no-report"]) == 0  # resumed: nothing left to train
+    assert main([*args[:-2], "--no-report"]) == 0  # resumed: nothing left to train
     assert "0 runs trained, 8 already finished" in capsys.readouterr().out
 
 

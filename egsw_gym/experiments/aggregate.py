@@ -120,8 +120,12 @@ def score_matrix(
     else:
         m = np.array(
             [
-                [np.interp(SE_POINTS, by_env[e][s]["curve"]["fraction"], by_env[e][s]["curve"]["normalized"])
-                 for e in envs]
+                [
+                    np.interp(
+                        SE_POINTS, by_env[e][s]["curve"]["fraction"], by_env[e][s]["curve"]["normalized"]
+                    )
+                    for e in envs
+                ]
                 for s in seeds
             ]
         )
@@ -135,6 +139,15 @@ def _labels(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     # A mode row adds information only if it pools runs from different variant names.
     modes = [m for m in modes if len({r["variant"] for r in runs if _mode_label(r) == m}) > 1]
     return {"variant": variants, "mode": modes}
+
+
+def _domain_groups(runs: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, list[dict]]]]:
+    """The domains of ``runs``, and ``(domain, its runs)`` per domain plus ``("overall", runs)``."""
+    domains = sorted({r["domain"] for r in runs})
+    groups = [(d, [r for r in runs if r["domain"] == d]) for d in domains]
+    if len(domains) > 1:
+        groups.append(("overall", runs))
+    return domains, groups
 
 
 def _interval_estimates(scores: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
@@ -166,9 +179,7 @@ def _iqm_og(x: np.ndarray) -> np.ndarray:
     return np.array([metrics.aggregate_iqm(x), metrics.aggregate_optimality_gap(x)])
 
 
-def aggregate_scores(
-    runs: list[dict[str, Any]], *, reps: int = 2000, seed: int = 0
-) -> list[dict[str, Any]]:
+def aggregate_scores(runs: list[dict[str, Any]], *, reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     """IQM and optimality gap of normalised final scores with 95% CIs, per domain and ``overall``.
 
     ``overall`` pools the environments of every domain, for the labels that ran in every domain.
@@ -179,18 +190,18 @@ def aggregate_scores(
         One row per (domain, label): ``domain, label, n_envs, n_seeds, iqm, iqm_lo, iqm_hi, og,
         og_lo, og_hi``.
     """
-    domains = sorted({r["domain"] for r in runs})
-    groups = [(d, [r for r in runs if r["domain"] == d]) for d in domains]
-    if len(domains) > 1:
-        groups.append(("overall", runs))
+    domains, groups = _domain_groups(runs)
     rows = []
     for domain, rs in groups:
         labels = _labels(rs)
         for by, names in labels.items():
             for label in names:
                 if domain == "overall" and any(
-                    not any((r["variant"] if by == "variant" else _mode_label(r)) == label for r in runs
-                            if r["domain"] == d)
+                    not any(
+                        (r["variant"] if by == "variant" else _mode_label(r)) == label
+                        for r in runs
+                        if r["domain"] == d
+                    )
                     for d in domains
                 ):
                     continue
@@ -200,9 +211,18 @@ def aggregate_scores(
                 m, envs = got
                 point, ci = _interval_estimates({label: m}, _iqm_og, reps, seed)
                 rows.append(
-                    dict(domain=domain, label=label, n_envs=len(envs), n_seeds=m.shape[0],
-                         iqm=point[label][0], iqm_lo=ci[label][0, 0], iqm_hi=ci[label][1, 0],
-                         og=point[label][1], og_lo=ci[label][0, 1], og_hi=ci[label][1, 1])
+                    dict(
+                        domain=domain,
+                        label=label,
+                        n_envs=len(envs),
+                        n_seeds=m.shape[0],
+                        iqm=point[label][0],
+                        iqm_lo=ci[label][0, 0],
+                        iqm_hi=ci[label][1, 0],
+                        og=point[label][1],
+                        og_lo=ci[label][0, 1],
+                        og_hi=ci[label][1, 1],
+                    )
                 )
     return rows
 
@@ -214,8 +234,10 @@ def egsw_pairs(runs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     pairs = []
     for by, names in labels.items():
         for label in names:
-            algo = label.split("[")[0] if by == "mode" else next(
-                (r["algo"] for r in runs if r["variant"] == label), label
+            algo = (
+                label.split("[")[0]
+                if by == "mode"
+                else next((r["algo"] for r in runs if r["variant"] == label), label)
             )
             if algo not in ALGORITHMS or not ALGORITHMS[algo][1]:
                 continue
@@ -235,10 +257,7 @@ def improvement_probabilities(
     """
     from rliable import metrics
 
-    domains = sorted({r["domain"] for r in runs})
-    groups = [(d, [r for r in runs if r["domain"] == d]) for d in domains]
-    if len(domains) > 1:
-        groups.append(("overall", runs))
+    domains, groups = _domain_groups(runs)
     rows = []
     for domain, rs in groups:
         for by, x_label, y_label in egsw_pairs(rs):
@@ -255,8 +274,15 @@ def improvement_probabilities(
                 {name: (x, y)}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed
             )
             rows.append(
-                dict(domain=domain, x=x_label, y=y_label, n_envs=len(envs),
-                     poi=float(point[name][0]), lo=float(ci[name][0, 0]), hi=float(ci[name][1, 0]))
+                dict(
+                    domain=domain,
+                    x=x_label,
+                    y=y_label,
+                    n_envs=len(envs),
+                    poi=float(point[name][0]),
+                    lo=float(ci[name][0, 0]),
+                    hi=float(ci[name][1, 0]),
+                )
             )
     return rows
 

@@ -52,9 +52,11 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
         ax = axes[0, j]
         y = np.arange(len(rows))
         ax.errorbar(
-            [r["iqm"] for r in rows], y,
+            [r["iqm"] for r in rows],
+            y,
             xerr=[[r["iqm"] - r["iqm_lo"] for r in rows], [r["iqm_hi"] - r["iqm"] for r in rows]],
-            fmt="o", capsize=3,
+            fmt="o",
+            capsize=3,
         )
         ax.set_yticks(y, [r["label"] for r in rows])
         ax.set_title(f"{domain}: IQM normalised score")
@@ -63,9 +65,12 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
         prow = [r for r in poi if r["domain"] == domain]
         y = np.arange(len(prow))
         ax.errorbar(
-            [r["poi"] for r in prow], y,
+            [r["poi"] for r in prow],
+            y,
             xerr=[[r["poi"] - r["lo"] for r in prow], [r["hi"] - r["poi"] for r in prow]],
-            fmt="o", color="C2", capsize=3,
+            fmt="o",
+            color="C2",
+            capsize=3,
         )
         ax.axvline(0.5, color="grey", ls="--")
         ax.set_xlim(0, 1)
@@ -99,8 +104,14 @@ def plot_performance_profiles(runs: list[dict[str, Any]], path: Path, *, reps: i
         with seeded_numpy(0):
             profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
         plot_utils.plot_performance_profiles(
-            profiles, taus, performance_profile_cis=cis, ax=ax, xlabel=r"normalised score ($\tau$)",
-            ylabel=r"fraction of runs > $\tau$", labelsize="medium", ticklabelsize="medium",
+            profiles,
+            taus,
+            performance_profile_cis=cis,
+            ax=ax,
+            xlabel=r"normalised score ($\tau$)",
+            ylabel=r"fraction of runs > $\tau$",
+            labelsize="medium",
+            ticklabelsize="medium",
         )
         ax.set_title(domain)
         ax.legend(list(profiles), fontsize="small")
@@ -117,9 +128,15 @@ def plot_sample_efficiency(runs: list[dict[str, Any]], path: Path, *, reps: int 
     for ax, domain in zip(axes[0], domains, strict=True):
         point, interval = sample_efficiency(runs, domain, reps=reps)
         plot_utils.plot_sample_efficiency_curve(
-            SE_POINTS, point, interval, algorithms=list(point), ax=ax,
-            xlabel="fraction of the training budget", ylabel="IQM normalised score",
-            labelsize="medium", ticklabelsize="medium",
+            SE_POINTS,
+            point,
+            interval,
+            algorithms=list(point),
+            ax=ax,
+            xlabel="fraction of the training budget",
+            ylabel="IQM normalised score",
+            labelsize="medium",
+            ticklabelsize="medium",
         )
         ax.set_title(domain)
         ax.legend(list(point), fontsize="small")

@@ -128,7 +128,7 @@ def load_suite(suite: str) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(_parsed_suite(suite))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed_suite(suite: str) -> dict[str, dict[str, Any]]:
     """The parsed YAML file (parsed once per process: a study plans hundreds of runs from it)."""
     text = resources.files("egsw_gym.experiments").joinpath("presets", f"{suite}.yaml").read_text()

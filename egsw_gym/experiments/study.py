@@ -195,7 +195,11 @@ def _variants_sensitivity(env_id: str, seed: int) -> list[tuple[str, str, dict[s
     for alpha in SENSITIVITY_ALPHAS:
         for temp in SENSITIVITY_TEMPERATURES:
             rows.append(
-                (f"grpo-egsw-a{_fmt(alpha)}-P{_fmt(temp)}", "grpo-egsw", {"alpha": alpha, "temperature": temp})
+                (
+                    f"grpo-egsw-a{_fmt(alpha)}-P{_fmt(temp)}",
+                    "grpo-egsw",
+                    {"alpha": alpha, "temperature": temp},
+                )
             )
     other = _other_mode(preset.mode)
     rows.append(
@@ -285,7 +289,9 @@ def plan_study(
     if variants is not None:
         unknown = sorted(set(variants) - seen_variants)
         if unknown:
-            raise ValueError(f"--variants {unknown} are not in the {suite!r} suite; its variants: {sorted(seen_variants)}")
+            raise ValueError(
+                f"--variants {unknown} are not in the {suite!r} suite; its variants: {sorted(seen_variants)}"
+            )
     return sorted(plan, key=lambda r: r.key)
 
 

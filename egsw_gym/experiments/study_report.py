@@ -41,15 +41,44 @@ def _ci(point: float, lo: float, hi: float) -> str:
 def _write_curves_csv(runs: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["domain", "env_id", "variant", "algo", "egsw_mode", "egsw_alpha", "egsw_temperature",
-                    "seed", "timesteps", "fraction", "eval_mean", "normalized"])
+        w.writerow(
+            [
+                "domain",
+                "env_id",
+                "variant",
+                "algo",
+                "egsw_mode",
+                "egsw_alpha",
+                "egsw_temperature",
+                "seed",
+                "timesteps",
+                "fraction",
+                "eval_mean",
+                "normalized",
+            ]
+        )
         for r in sorted(runs, key=lambda r: (r["domain"], r["env_id"], r["variant"], r["seed"])):
             e = r["egsw"] or {}
             c = r["curve"]
-            for t, fr, v, nv in zip(c["timesteps"], c["fraction"], c["eval_mean"], c["normalized"], strict=True):
-                w.writerow([r["domain"], r["env_id"], r["variant"], r["algo"], e.get("mode", ""),
-                            e.get("alpha", ""), e.get("temperature", ""), r["seed"], int(t),
-                            round(float(fr), 4), v, round(float(nv), 5)])
+            for t, fr, v, nv in zip(
+                c["timesteps"], c["fraction"], c["eval_mean"], c["normalized"], strict=True
+            ):
+                w.writerow(
+                    [
+                        r["domain"],
+                        r["env_id"],
+                        r["variant"],
+                        r["algo"],
+                        e.get("mode", ""),
+                        e.get("alpha", ""),
+                        e.get("temperature", ""),
+                        r["seed"],
+                        int(t),
+                        round(float(fr), 4),
+                        v,
+                        round(float(nv), 5),
+                    ]
+                )
 
 
 def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], reps: int) -> str:
@@ -88,8 +117,10 @@ def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], re
         "",
         "| domain | X+EGSW | X | envs | P(X+EGSW > X) [95% CI] |",
         "|---|---|---|---|---|",
-        *(f"| {r['domain']} | {r['x']} | {r['y']} | {r['n_envs']} | {_ci(r['poi'], r['lo'], r['hi'])} |"
-          for r in poi),
+        *(
+            f"| {r['domain']} | {r['x']} | {r['y']} | {r['n_envs']} | {_ci(r['poi'], r['lo'], r['hi'])} |"
+            for r in poi
+        ),
         "",
         "## Per environment: raw final evaluation score",
         "",
@@ -115,8 +146,10 @@ def training_reward_curves(
             rows = [x for x in csv.DictReader(f) if x.get("train/group_return_mean")]
         if rows:
             out[r["env_id"]][r["variant"]].append(
-                (np.array([float(x["train/n_updates"]) for x in rows]),
-                 np.array([float(x["train/group_return_mean"]) for x in rows]))
+                (
+                    np.array([float(x["train/n_updates"]) for x in rows]),
+                    np.array([float(x["train/group_return_mean"]) for x in rows]),
+                )
             )
     return {e: dict(v) for e, v in out.items()}
 
@@ -148,8 +181,10 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         by_variant: dict[str, list] = defaultdict(list)
         for r in rs:
             by_variant[r["variant"]].append(r)
-        table = ["| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) |",
-                 "|---|---|---|---|---|---|---|"]
+        table = [
+            "| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for v, vr in sorted(by_variant.items()):
             e = vr[0]["egsw"] or {}
             f_, a_ = [r["final_normalized"] for r in vr], [_auc(r) for r in vr]
@@ -182,8 +217,12 @@ def write_study_report(
     written[0].write_text(_summary_md(runs, agg, poi, reps))
     _write_curves_csv(runs, written[1])
     written.append(figures.plot_domains(agg, poi, results / "domains.png"))
-    written.append(figures.plot_performance_profiles(runs, results / "performance_profiles.png", reps=min(reps, 500)))
-    written.append(figures.plot_sample_efficiency(runs, results / "sample_efficiency.png", reps=min(reps, 500)))
+    written.append(
+        figures.plot_performance_profiles(runs, results / "performance_profiles.png", reps=min(reps, 500))
+    )
+    written.append(
+        figures.plot_sample_efficiency(runs, results / "sample_efficiency.png", reps=min(reps, 500))
+    )
     written += plot_curves(runs, results, key="variant")
     curves = training_reward_curves(runs)
     if curves:
@@ -198,14 +237,24 @@ def write_study_report(
         written.append(results / "training_reward.csv")
     sens = sensitivity_tables(runs)
     if sens:
-        md = ["# Sensitivity of GRPO+EGSW", "",
-              "Normalised final score and area under the normalised curve (AUC, over the budget "
-              "fraction), mean over seeds.", ""]
+        md = [
+            "# Sensitivity of GRPO+EGSW",
+            "",
+            "Normalised final score and area under the normalised curve (AUC, over the budget "
+            "fraction), mean over seeds.",
+            "",
+        ]
         for env_id, s in sens.items():
             name = f"sensitivity_{env_id.replace('/', '_')}.png"
-            written.append(figures.plot_sensitivity(
-                {"final score": s["final"], "AUC": s["auc"]}, s["alphas"], s["temperatures"], env_id, results / name
-            ))
+            written.append(
+                figures.plot_sensitivity(
+                    {"final score": s["final"], "AUC": s["auc"]},
+                    s["alphas"],
+                    s["temperatures"],
+                    env_id,
+                    results / name,
+                )
+            )
             md += [f"## {env_id}", "", f"![{env_id}]({name})", "", s["table"], ""]
         (results / "sensitivity.md").write_text("\n".join(md))
         written.append(results / "sensitivity.md")
