@@ -128,7 +128,7 @@ def _fake(out: Path, run: StudyRun, curve: list[float], progress: list[float] | 
         (d / "logs").mkdir()
         with open(d / "logs" / "progress.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["train/n_updates", "train/group_return_mean"])
+            w.writerow(["time/iterations", "train/group_return_mean"])
             w.writerows([k + 1, v] for k, v in enumerate(progress))
     (d / "result.json").write_text(
         json.dumps(

@@ -133,7 +133,7 @@ def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], re
 def training_reward_curves(
     runs: list[dict[str, Any]], variants: tuple[str, ...] = ("grpo", "grpo-egsw")
 ) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
-    """Per language-model env and variant, every seed's ``(train/n_updates, train/group_return_mean)``
+    """Per language-model env and variant, every seed's ``(time/iterations, train/group_return_mean)``
     from its ``logs/progress.csv`` (the mean reward of the completions sampled for each update)."""
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in sorted(runs, key=lambda r: r["seed"]):
@@ -147,7 +147,7 @@ def training_reward_curves(
         if rows:
             out[r["env_id"]][r["variant"]].append(
                 (
-                    np.array([float(x["train/n_updates"]) for x in rows]),
+                    np.array([float(x["time/iterations"]) for x in rows]),
                     np.array([float(x["train/group_return_mean"]) for x in rows]),
                 )
             )
