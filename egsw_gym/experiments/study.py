@@ -9,7 +9,7 @@ process and one torch thread per run). Each run lives in ``OUT/<env>/<variant>/s
 - shardable: :func:`shard` splits the plan into ``n`` disjoint parts that cover it exactly, the
   same on every machine (it depends on the plan only), balanced by estimated run time;
 - mergeable: :func:`merge_runs` copies the finished runs of several output directories into one,
-  which :func:`egsw_gym.experiments.aggregate.write_study_report` then reports on.
+  which :func:`egsw_gym.experiments.study_report.write_study_report` then reports on.
 
 Suites (:data:`SUITES`): ``default`` (control, MuJoCo and language models; budgets in
 :data:`BUDGETS`, sized so that the whole suite takes at most about 3 hours on 2 cores) and
