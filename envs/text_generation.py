@@ -48,12 +48,84 @@ from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
 from .tokenizer import load_tokenizer
 
-__all__ = ["TextGenerationEnv", "TextGenerationCore", "PROMPT_TRUNCATION"]
+__all__ = ["TextGenerationEnv", "TextGenerationCore", "PROMPT_TRUNCATION", "check_action", "render_text_rgb"]
 
 #: allowed values of ``prompt_truncation``.
 PROMPT_TRUNCATION = ("error", "left")
 _PROMPT_CACHE_SIZE = 8192
 _OPTION_KEYS = ("prompt_index",)
+
+
+#: the text ``render_mode="rgb_array"`` draws: ``_RGB_COLS`` characters by ``_RGB_ROWS`` lines.
+_RGB_COLS, _RGB_ROWS, _CELL_W, _CELL_H = 64, 12, 8, 14
+
+
+def check_action(action: Any, vocab_size: int) -> int:
+    """A single action as a token id, or ``ValueError`` for anything ``Discrete(vocab_size)`` rejects.
+
+    Python and NumPy integers (0-d integer arrays too) take a cheap path; everything else goes
+    through ``spaces.Discrete.contains``, so floats (``3.7``, ``np.float32(5.5)``, ``5.0``),
+    strings, ``Decimal``, ``inf`` and out-of-range ids are refused instead of truncated.
+
+    Parameters
+    ----------
+    action : Any
+        What was passed to ``step``.
+    vocab_size : int
+        The size of the action space.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(action, (int, np.integer)) or (
+        isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer)
+    ):
+        token = int(action)
+        if 0 <= token < vocab_size:
+            return token
+    raise ValueError(
+        f"action must be a token id (an integer) in [0, {vocab_size}) as action_space.contains "
+        f"accepts, got {action!r} ({type(action).__name__}); floats, strings and other types are not "
+        "truncated to an id"
+    )
+
+
+def render_text_rgb(text: str) -> np.ndarray:
+    """Draw text into a fixed-size RGB image (``render_mode="rgb_array"``).
+
+    The image is always ``(_RGB_ROWS * 14, _RGB_COLS * 8, 3)`` uint8 (video recorders need a
+    constant frame size): the text is wrapped at 64 characters per line and only its last 12
+    lines are drawn, black on white, with Pillow's built-in bitmap font.
+
+    Parameters
+    ----------
+    text : str
+        What to draw (prompt plus completion so far).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    from PIL import Image, ImageDraw, ImageFont  # Pillow comes with matplotlib, a dependency
+
+    lines: list[str] = []
+    for para in text.split("\n"):
+        lines.extend([para[i : i + _RGB_COLS] for i in range(0, len(para), _RGB_COLS)] or [""])
+    image = Image.new("RGB", (_RGB_COLS * _CELL_W, _RGB_ROWS * _CELL_H), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for row, line in enumerate(lines[-_RGB_ROWS:]):
+        printable = "".join(c if c.isprintable() and ord(c) < 128 else "?" for c in line)
+        draw.text((2, row * _CELL_H), printable, fill="black", font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def check_render_mode(render_mode: str | None, modes: list[str]) -> str | None:
+    """Validate ``render_mode`` against the environment's ``metadata["render_modes"]``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+    return render_mode
 
 
 def _positive_int(name: str, value: Any, upper: int = 1 << 20) -> int:
@@ -309,7 +381,8 @@ class TextGenerationEnv(gym.Env):
     prompt_truncation : str
         ``"error"`` (default) or ``"left"``; see :class:`TextGenerationCore`.
     render_mode : str or None
-        ``None`` or ``"ansi"`` (``render()`` returns prompt plus completion so far).
+        ``None``, ``"ansi"`` (``render()`` returns prompt plus completion so far) or
+        ``"rgb_array"`` (that text drawn into a fixed-size image; what SB3's ``make_vec_env`` asks for).
     **task_kwargs
         Forwarded to the task: difficulty knobs (arithmetic ``digits``, ``operators``,
         ``allow_negative``; countdown ``num_numbers``, ``max_number``, ``max_target``; gsm8k
@@ -333,7 +406,7 @@ class TextGenerationEnv(gym.Env):
         The current episode's problem.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -347,11 +420,7 @@ class TextGenerationEnv(gym.Env):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
-            )
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.core = TextGenerationCore(
             task,
             tokenizer,
@@ -428,12 +497,7 @@ class TextGenerationEnv(gym.Env):
         """
         if self._done:
             raise RuntimeError("the episode is over (or never started); call reset() before step()")
-        try:
-            token = int(action)
-        except (TypeError, ValueError):
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}") from None
-        if not 0 <= token < self.vocab_size or np.ndim(action) != 0:
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}")
+        token = check_action(action, self.vocab_size)
         pos = self.max_prompt_tokens + self._t
         self._ids[pos], self._mask[pos] = token, 1
         self._t += 1
@@ -446,9 +510,12 @@ class TextGenerationEnv(gym.Env):
         reward, info = self.core.finish(self.problem, self._ids[P : P + self._t])
         return self._obs(), reward, terminated, truncated, info
 
-    def render(self) -> str | None:
-        """With ``render_mode="ansi"``: the prompt followed by the completion so far."""
-        if self.render_mode != "ansi" or self.problem is None:
+    def render(self) -> str | np.ndarray | None:
+        """The prompt followed by the completion so far: a ``str`` with ``render_mode="ansi"``, an
+        RGB image of that text (see :func:`render_text_rgb`) with ``"rgb_array"``; ``None`` without
+        a render mode or before the first reset."""
+        if self.render_mode is None or self.problem is None:
             return None
         P = self.max_prompt_tokens
-        return self.problem.prompt + self.core.decode(self._ids[P : P + self._t])
+        text = self.problem.prompt + self.core.decode(self._ids[P : P + self._t])
+        return text if self.render_mode == "ansi" else render_text_rgb(text)
