@@ -125,7 +125,11 @@ class TextGenerationVectorEnv(VectorEnv):
         relies on it for SB3's per-env ``set_options``.
     """
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata = {
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": 4,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
     supports_per_env_options = True
 
     def __init__(

@@ -4,8 +4,8 @@ reset semantics, equivalence of the batched and the single environment."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 import warnings
+from decimal import Decimal
 
 import gymnasium as gym
 import numpy as np
@@ -224,7 +224,8 @@ def test_bad_actions_and_options():
 
 
 @pytest.mark.parametrize(
-    "action", [3.7, "5", np.float32(5.5), Decimal("5.9"), float("inf"), float("nan"), 5.0, [5], np.array([5]), None]
+    "action",
+    [3.7, "5", np.float32(5.5), Decimal("5.9"), float("inf"), float("nan"), 5.0, [5], np.array([5]), None],
 )
 def test_step_rejects_what_the_action_space_rejects(action):
     env = TextGenerationEnv()
@@ -245,8 +246,18 @@ def test_step_rejects_what_the_action_space_rejects(action):
     assert env.step(EOS)[2]
 
 
-@pytest.mark.parametrize("actions", [np.array([5.0, 6.0]), np.array([5, 6], np.float32), [3.7, 4], ["5", "6"],
-                                     np.array([5, 6, 7]), np.array([[5, 6]]), np.array([5, 10**9])])
+@pytest.mark.parametrize(
+    "actions",
+    [
+        np.array([5.0, 6.0]),
+        np.array([5, 6], np.float32),
+        [3.7, 4],
+        ["5", "6"],
+        np.array([5, 6, 7]),
+        np.array([[5, 6]]),
+        np.array([5, 10**9]),
+    ],
+)
 def test_vector_step_rejects_bad_action_arrays(actions):
     venv = TextGenerationVectorEnv(2)
     venv.reset(seed=0)
