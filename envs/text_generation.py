@@ -48,7 +48,14 @@ from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
 from .tokenizer import load_tokenizer
 
-__all__ = ["TextGenerationEnv", "TextGenerationCore", "PROMPT_TRUNCATION", "check_action", "render_text_rgb"]
+__all__ = [
+    "TextGenerationEnv",
+    "TextGenerationCore",
+    "PROMPT_TRUNCATION",
+    "check_action",
+    "render_text_rgb",
+    "resolve_chat_template",
+]
 
 #: allowed values of ``prompt_truncation``.
 PROMPT_TRUNCATION = ("error", "left")
@@ -128,6 +135,52 @@ def check_render_mode(render_mode: str | None, modes: list[str]) -> str | None:
     return render_mode
 
 
+def resolve_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
+    """Whether prompts go through the tokenizer's chat template.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer.
+    chat_template : bool or None
+        ``None``: use it when the tokenizer has one; ``True``: require one; ``False``: raw prompts.
+
+    Returns
+    -------
+    bool
+    """
+    has = bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
+    if chat_template is None:
+        return has
+    if not isinstance(chat_template, bool):
+        raise ValueError(f"chat_template must be None, True or False, got {chat_template!r}")
+    if chat_template and not has:
+        raise ValueError(
+            "chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template "
+            "(a Jinja string) or pass chat_template=False for raw prompts"
+        )
+    return chat_template
+
+
+def set_eos_token(tokenizer: Any, eos_token: str) -> None:
+    """Make ``eos_token`` (an existing single token, e.g. ChatML's ``"<|im_end|>"``) the token that
+    ends episodes, as chat models end their turn with it.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer (modified in place).
+    eos_token : str
+        A token of its vocabulary.
+    """
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if not isinstance(eos_token, str) or eos_token not in vocab:
+        raise ValueError(
+            f"eos_token must be a single token of the tokenizer's vocabulary (e.g. '<|im_end|>'), got {eos_token!r}"
+        )
+    tokenizer.eos_token = eos_token
+
+
 def _positive_int(name: str, value: Any, upper: int = 1 << 20) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= upper:
         raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
@@ -158,6 +211,16 @@ class TextGenerationCore:
     prompt_truncation : str
         What to do with a prompt longer than ``max_prompt_tokens``: ``"error"`` (default, raise a
         ``ValueError`` at reset) or ``"left"`` (keep its last ``max_prompt_tokens`` tokens).
+    chat_template : bool or None
+        Render prompts as chat messages with the tokenizer's chat template
+        (``apply_chat_template(messages, add_generation_prompt=True)``). ``None`` (default): when
+        the tokenizer has a template; ``True``: require one; ``False``: raw text.
+    system_prompt : str or None
+        The system message (``None``: the task's own, e.g. its answer-format instruction; ``""``:
+        none). Without a chat template it is prepended to the prompt, followed by a blank line.
+    eos_token : str or None
+        Make this existing token the one that ends episodes (e.g. ``"<|im_end|>"``, the end of an
+        assistant turn in ChatML templates); ``None``: the tokenizer's ``eos_token``.
     **task_kwargs
         Forwarded to the task (difficulty knobs such as ``digits``, ``operators``,
         ``num_numbers``, ``kinds``; ``seed``, ``num_test``, ``format_weight``).
@@ -172,6 +235,9 @@ class TextGenerationCore:
         split: str = "train",
         data_path: str | os.PathLike | None = None,
         prompt_truncation: str = "error",
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
+        eos_token: str | None = None,
         **task_kwargs: Any,
     ):
         self.split = check_split(split)
@@ -187,6 +253,12 @@ class TextGenerationCore:
             )
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = int(len(self.tokenizer))
+        if eos_token is not None:
+            set_eos_token(self.tokenizer, eos_token)
+        self.use_chat_template = resolve_chat_template(self.tokenizer, chat_template)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
+        self.system_prompt = system_prompt
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if eos is None:
             raise ValueError("tokenizer has no eos_token_id; the environment ends episodes on EOS")
@@ -203,15 +275,39 @@ class TextGenerationCore:
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # prompt -> encoding
 
     def _default_prompt_tokens(self) -> int:
-        if self.task.num_problems("train") < TRAIN_SIZE:  # a finite data set: measure it
+        if self.task.num_problems("train") < TRAIN_SIZE and not self.task.prompt_chars_bounded:
+            # a finite data set without a known bound: measure it
             prompts = [
                 self.task.problem(i, s).prompt
                 for s in ("train", "test")
                 for i in range(self.task.num_problems(s))
             ]
-            return max(len(self.tokenizer.encode(p)) for p in prompts)
-        extra = getattr(self.tokenizer, "num_special_tokens_to_add", None)
-        return self.task.max_prompt_chars() + (int(extra(pair=False)) if callable(extra) else 0)
+            return max(len(self.prompt_ids(p)) for p in prompts)
+        # The template (or system prompt) around an empty question, plus at most one token per
+        # character of the question: exact for the character tokenizer, an upper bound for
+        # byte-level BPE on ASCII text. A longer prompt is never cut silently (see encode).
+        return len(self.prompt_ids(Problem("", ""))) + self.task.max_prompt_chars()
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        """The prompt's token ids: the task's chat messages through the tokenizer's chat template
+        (``apply_chat_template(..., add_generation_prompt=True)``) when ``use_chat_template``, else
+        the task's raw prompt (system prompt, blank line, prompt) through ``tokenizer.encode``.
+
+        Parameters
+        ----------
+        problem : Problem
+            The problem.
+
+        Returns
+        -------
+        list of int
+        """
+        if self.use_chat_template:
+            messages = self.task.messages(problem, self.system_prompt)
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if hasattr(out, "keys") else out
+            return [int(i) for i in ids]
+        return list(self.tokenizer.encode(self.task.raw_prompt(problem, self.system_prompt)))
 
     # ------------------------------------------------------------------------------------ spaces
     def observation_space(self) -> spaces.Dict:
@@ -271,7 +367,7 @@ class TextGenerationCore:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        ids = list(self.tokenizer.encode(problem.prompt))
+        ids = self.prompt_ids(problem)
         P = self.max_prompt_tokens
         if len(ids) > P:
             if self.prompt_truncation == "error":
