@@ -278,9 +278,7 @@ class TextGenerationCore:
         if self.task.num_problems("train") < TRAIN_SIZE and not self.task.prompt_chars_bounded:
             # a finite data set without a known bound: measure it
             prompts = [
-                self.task.problem(i, s).prompt
-                for s in ("train", "test")
-                for i in range(self.task.num_problems(s))
+                self.task.problem(i, s) for s in ("train", "test") for i in range(self.task.num_problems(s))
             ]
             return max(len(self.prompt_ids(p)) for p in prompts)
         # The template (or system prompt) around an empty question, plus at most one token per

@@ -154,9 +154,13 @@ class BoundedScorer:
                     error,
                 )
         self.max_seconds = max(self.max_seconds, time.monotonic() - start)
-        return result, {
-            "scorer_error": error,
-            "scorer_timeout": timed_out,
+        return result, {**self.counts(), "scorer_error": error, "scorer_timeout": timed_out}
+
+    def counts(self) -> dict[str, Any]:
+        """The breakdown entries of a score that did not call the scorer (no error, no timeout)."""
+        return {
+            "scorer_error": None,
+            "scorer_timeout": False,
             "scorer_errors_total": self.errors,
             "scorer_timeouts_total": self.timeouts,
         }

@@ -145,7 +145,11 @@ class ReasoningGymTask(Task):
         """The dataset object of resampling round ``attempt`` (0: seed ``seed``), built lazily."""
         data = self._datasets.get(attempt)
         if data is None:
-            seed = self.seed if attempt == 0 else int(np.random.SeedSequence([self.seed, attempt]).generate_state(1)[0])
+            seed = (
+                self.seed
+                if attempt == 0
+                else int(np.random.SeedSequence([self.seed, attempt]).generate_state(1)[0])
+            )
             try:
                 data = self._rg.create_dataset(self.dataset_name, size=self._span, seed=seed, **self._config)
             except (TypeError, ValueError, AssertionError) as exc:
@@ -176,7 +180,9 @@ class ReasoningGymTask(Task):
             seen.add(q)
             self._test.append(self._problem(e, i, len(self._test), "test"))
         if not self._test:
-            raise ValueError(f"no test question of {self.dataset_name!r} fits max_prompt_chars={max_prompt_chars}")
+            raise ValueError(
+                f"no test question of {self.dataset_name!r} fits max_prompt_chars={max_prompt_chars}"
+            )
         self._test_questions = frozenset(seen)
 
     @staticmethod
@@ -233,7 +239,13 @@ class ReasoningGymTask(Task):
 
     def _score(self, completion: str, problem: Problem) -> dict[str, Any]:
         answer, format_ok = extract_answer(completion, self.answer_format)
-        base = {"parsed": answer, "format_ok": format_ok, "correct": False, "accuracy": 0.0}
+        base = {
+            "parsed": answer,
+            "format_ok": format_ok,
+            "correct": False,
+            "accuracy": 0.0,
+            **self._scorer.counts(),
+        }
         if answer is None:
             return {**base, "reason": f"no answer in {self.answer_format} format"}
         if len(answer) > self.max_answer_chars:
