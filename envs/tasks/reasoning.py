@@ -33,6 +33,7 @@ import numpy as np
 from .base import DEFAULT_MAX_COMPLETION_CHARS, Problem, Task, check_split
 from .bounded import BoundedScorer
 from .formats import check_answer_format, extract_answer, format_instruction, wrap_answer
+from .mathverify import MathVerifier
 
 __all__ = ["ReasoningGymTask", "import_reasoning_gym"]
 
@@ -90,6 +91,9 @@ class ReasoningGymTask(Task):
     suggested_max_new_tokens : int or None
         The environment's default completion budget; ``None``: 1.5 x the longest reference
         completion of the test split plus 4.
+    verifier : str
+        ``"score_answer"`` (default: the dataset's own scorer) or ``"math_verify"`` (math-verify
+        against the item's answer, for math datasets such as ``gsm_symbolic``; same bounds).
     """
 
     name = "reasoning_gym"
@@ -111,6 +115,7 @@ class ReasoningGymTask(Task):
         max_answer_chars: int = 1024,
         score_time_limit: float = 1.0,
         suggested_max_new_tokens: int | None = None,
+        verifier: str = "score_answer",
     ):
         super().__init__(format_weight=format_weight, max_completion_chars=max_completion_chars)
         rg = import_reasoning_gym()
@@ -129,6 +134,12 @@ class ReasoningGymTask(Task):
         self.system_prompt = format_instruction(answer_format) if system_prompt is None else system_prompt
         self.max_answer_chars = _bounded_int("max_answer_chars", max_answer_chars, 1, 1 << 20)
         self._scorer = BoundedScorer(f"reasoning-gym {dataset}", score_time_limit)
+        if verifier not in ("score_answer", "math_verify"):
+            raise ValueError(f"verifier must be 'score_answer' or 'math_verify', got {verifier!r}")
+        self.verifier = verifier
+        self._math_verify = (
+            MathVerifier(score_time_limit, self.max_answer_chars) if verifier == "math_verify" else None
+        )
         self._rg, self._config = rg, dict(config or {})
         self._span = self.num_test_requested + self.size
         self._datasets: dict[int, Any] = {}
@@ -253,6 +264,9 @@ class ReasoningGymTask(Task):
         entry = problem.metadata.get("entry")
         if not isinstance(entry, dict):
             return {**base, "reason": "problem has no reasoning-gym entry"}
+        if self._math_verify is not None:
+            correct, extra = self._math_verify.check(answer, problem.answer)
+            return {**base, **extra, "accuracy": float(correct), "correct": correct}
         data = self._dataset(int(problem.metadata.get("attempt", 0)))
         value, extra = self._scorer(data.score_answer, answer, entry)
         accuracy = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
