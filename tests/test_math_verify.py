@@ -96,7 +96,7 @@ def test_gsm8k_math_verify_option_scores_like_builtin():
         wrong = ref.rsplit("####", 1)[0] + f"#### {int(p.answer) + 3}"
         for text, want in ((ref, 1.0), (wrong, 0.0), (ref.replace("####", "answer:"), 0.0)):
             assert builtin.score(text, p).score == mv.score(text, p).score == want
-    r = mv.score("#### \\frac{%d}{1}" % int(p.answer), p)
+    r = mv.score(f"#### \\frac{{{int(p.answer)}}}{{1}}", p)
     assert r.correct and r.breakdown["scorer_errors_total"] == 0
     with pytest.raises(ValueError, match="verifier"):
         GSM8KTask(verifier="sympy")
