@@ -36,6 +36,7 @@ Reset
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 from typing import Any
@@ -164,7 +165,7 @@ def resolve_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
 
 def set_eos_token(tokenizer: Any, eos_token: str) -> None:
     """Make ``eos_token`` (an existing single token, e.g. ChatML's ``"<|im_end|>"``) the token that
-    ends episodes, as chat models end their turn with it.
+    ends episodes, as chat models end their turn with it. The environment calls it on its own copy.
 
     Parameters
     ----------
@@ -254,6 +255,7 @@ class TextGenerationCore:
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = int(len(self.tokenizer))
         if eos_token is not None:
+            self.tokenizer = copy.deepcopy(self.tokenizer)  # never modify the caller's tokenizer
             set_eos_token(self.tokenizer, eos_token)
         self.use_chat_template = resolve_chat_template(self.tokenizer, chat_template)
         if system_prompt is not None and not isinstance(system_prompt, str):
