@@ -18,22 +18,92 @@ the problem) to every call. The bound is instead built from two parts:
 Off the main thread (or without ``setitimer``) no signal can be delivered: the call runs with the
 size caps only and :func:`call_with_time_limit` reports ``timed=False``. Environments normally run
 on the main thread of their process (SB3's ``SubprocVecEnv`` workers included).
+
+A signal is only handled between bytecodes, so it cannot stop one long C-level call. math-verify
+is exposed to exactly that: sympy turns ``$10^{10^{10}}$`` into a big-integer power that runs for
+minutes inside one C call (measured: still running after 120 s). For such scorers
+``isolation="process"`` runs every call in a persistent worker process (forked once, so nothing
+is re-imported) and kills and replaces the worker when a call overruns: the bound then holds for
+any call, at the price of a pipe round trip (about 0.1 ms) per call.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ScoreTimeout", "BoundedScorer", "call_with_time_limit", "timer_available"]
+__all__ = ["ScoreTimeout", "ScorerProcessError", "BoundedScorer", "call_with_time_limit", "timer_available"]
+
+#: the ways a scorer call can be bounded.
+ISOLATIONS = ("signal", "process")
 
 
 class ScoreTimeout(BaseException):
     """Raised inside a scorer when its time bound expires (a ``BaseException``: not swallowable by
     ``except Exception``)."""
+
+
+class ScorerProcessError(RuntimeError):
+    """The scorer raised inside the worker process (its type and message are in the text)."""
+
+
+def _serve(conn: Any) -> None:  # pragma: no cover - runs in the worker process
+    """The worker loop: receive ``(fn, args)``, send back ``(ok, value_or_error)``."""
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send((True, fn(*args)))
+        except BaseException as exc:  # the parent decides what an error means
+            conn.send((False, f"{type(exc).__name__}: {exc}"[:200]))
+
+
+class _ProcessWorker:
+    """One persistent worker process (fork) that runs calls; killed and replaced after an overrun."""
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        ctx = multiprocessing.get_context(method)
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(timeout=5)
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def call(self, fn: Callable[..., Any], args: tuple, seconds: float) -> Any:
+        if self._proc is None or not self._proc.is_alive():
+            self.stop()
+            self._start()
+        self._conn.send((fn, args))
+        if not self._conn.poll(seconds):
+            self.stop()
+            raise ScoreTimeout("score call exceeded its time bound (worker process killed)")
+        ok, value = self._conn.recv()
+        if not ok:
+            raise ScorerProcessError(value)
+        return value
+
+    def __del__(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 def timer_available() -> bool:
@@ -98,6 +168,9 @@ class BoundedScorer:
         What is scored (for the log message).
     time_limit : float
         Seconds per call (positive, finite).
+    isolation : str
+        ``"signal"`` (default: :func:`call_with_time_limit` in this process) or ``"process"``
+        (a worker process that is killed on overrun; ``fn`` and its arguments must pickle).
 
     Attributes
     ----------
@@ -107,9 +180,13 @@ class BoundedScorer:
         The longest call seen (wall clock).
     """
 
-    def __init__(self, name: str, time_limit: float):
+    def __init__(self, name: str, time_limit: float, isolation: str = "signal"):
         import math
 
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        self.isolation = isolation
+        self._worker = _ProcessWorker() if isolation == "process" else None
         if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)):
             raise ValueError(f"score_time_limit must be a positive number of seconds, got {time_limit!r}")
         if not (math.isfinite(time_limit) and time_limit > 0):
@@ -134,7 +211,10 @@ class BoundedScorer:
         error, timed_out, result = None, False, None
         start = time.monotonic()
         try:
-            result, _ = call_with_time_limit(fn, *args, seconds=self.time_limit)
+            if self._worker is not None:
+                result = self._worker.call(fn, args, self.time_limit)
+            else:
+                result, _ = call_with_time_limit(fn, *args, seconds=self.time_limit)
         except ScoreTimeout:
             timed_out = True
             self.timeouts += 1
@@ -155,6 +235,11 @@ class BoundedScorer:
                 )
         self.max_seconds = max(self.max_seconds, time.monotonic() - start)
         return result, {**self.counts(), "scorer_error": error, "scorer_timeout": timed_out}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_worker"] = _ProcessWorker() if self._worker is not None else None  # a fresh one
+        return state
 
     def counts(self) -> dict[str, Any]:
         """The breakdown entries of a score that did not call the scorer (no error, no timeout)."""

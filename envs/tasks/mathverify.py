@@ -6,9 +6,12 @@
 ``math_verify.verify``, which understand LaTeX, fractions, sets and intervals. Both calls run
 under the same bounds as every third-party scorer here (:class:`~.bounded.BoundedScorer`): the
 text is capped at ``max_answer_chars`` before parsing, parse plus verify are interrupted after
-``time_limit`` seconds (math-verify's own ``signal.alarm`` timeouts are switched off because they
-only have one-second resolution and would replace our timer), and an exception scores 0 and is
-counted.
+``time_limit`` seconds in a worker process that is killed on overrun (math-verify's own
+``signal.alarm`` timeouts are switched off: they have one-second resolution and, like any signal,
+cannot stop the long C-level big-integer arithmetic sympy does for ``$10^{10^{10}}$``), and an
+exception scores 0 and is counted. math-verify (through sympy's ``parse_expr``) evaluates
+generated Python code internally; our verifiers never do, and running math-verify in the worker
+process also keeps that out of the training process.
 
 How it differs from our own parsers (:mod:`~.parsing`), measured by ``tests/test_math_verify.py``
 over 600 generated problems (our arithmetic and GSM8K-style tasks, reasoning-gym ``chain_sum``,
@@ -51,6 +54,25 @@ def check_verifier(verifier: str) -> str:
     return verifier
 
 
+_PARSED_GOLD: OrderedDict[str, Any] = OrderedDict()
+
+
+def _verify(answer: str, gold: str) -> bool:
+    """``verify(parse(gold), parse(answer))`` (module level so that it pickles to the worker)."""
+    import math_verify as mv
+
+    parsed_gold = _PARSED_GOLD.get(gold)
+    if parsed_gold is None:
+        parsed_gold = mv.parse(gold, parsing_timeout=None)
+        _PARSED_GOLD[gold] = parsed_gold
+        if len(_PARSED_GOLD) > 4096:
+            _PARSED_GOLD.popitem(last=False)
+    parsed = mv.parse(answer, parsing_timeout=None)
+    if not parsed or not parsed_gold:
+        return False
+    return bool(mv.verify(parsed_gold, parsed, timeout_seconds=None))
+
+
 class MathVerifier:
     """``math_verify.verify(parse(gold), parse(answer))`` with size and time bounds.
 
@@ -60,6 +82,11 @@ class MathVerifier:
         Seconds for parse plus verify of one answer.
     max_answer_chars : int
         Longer answers are not parsed (they score 0).
+    isolation : str
+        ``"process"`` (default): every call runs in a worker process that is killed when it
+        overruns, because sympy can spend minutes in one C call (``$10^{10^{10}}$``) that no signal
+        interrupts; ``"signal"``: in this process under a ``SIGALRM`` timer (faster, but only
+        bounds pure-Python work). See :mod:`~.bounded`.
 
     Attributes
     ----------
@@ -67,8 +94,8 @@ class MathVerifier:
         The bounded call and its error/timeout counts.
     """
 
-    def __init__(self, time_limit: float = 1.0, max_answer_chars: int = 512):
-        self._mv = import_math_verify()
+    def __init__(self, time_limit: float = 1.0, max_answer_chars: int = 512, isolation: str = "process"):
+        import_math_verify()
         if (
             isinstance(max_answer_chars, bool)
             or not isinstance(max_answer_chars, int)
@@ -76,23 +103,7 @@ class MathVerifier:
         ):
             raise ValueError(f"max_answer_chars must be a positive int, got {max_answer_chars!r}")
         self.max_answer_chars = max_answer_chars
-        self.scorer = BoundedScorer("math-verify", time_limit)
-        self._gold: OrderedDict[str, Any] = OrderedDict()
-
-    def _parse(self, text: str) -> Any:
-        return self._mv.parse(text, parsing_timeout=None)
-
-    def _check(self, answer: str, gold: str) -> bool:
-        parsed_gold = self._gold.get(gold)
-        if parsed_gold is None:
-            parsed_gold = self._parse(gold)
-            self._gold[gold] = parsed_gold
-            if len(self._gold) > 4096:
-                self._gold.popitem(last=False)
-        parsed = self._parse(answer)
-        if not parsed or not parsed_gold:
-            return False
-        return bool(self._mv.verify(parsed_gold, parsed, timeout_seconds=None))
+        self.scorer = BoundedScorer("math-verify", time_limit, isolation)
 
     def check(self, answer: str | None, gold: str) -> tuple[bool, dict[str, Any]]:
         """Whether ``answer`` equals ``gold`` mathematically.
@@ -114,5 +125,5 @@ class MathVerifier:
             return False, self.scorer.counts()
         if len(answer) > self.max_answer_chars:
             return False, {**self.scorer.counts(), "reason": "answer longer than max_answer_chars"}
-        verdict, extra = self.scorer(self._check, answer, gold)
+        verdict, extra = self.scorer(_verify, answer, gold)
         return verdict is True, extra
