@@ -184,3 +184,31 @@ def test_vector_env_reports_scorer_counts():
     _, rewards, term, _, info = envs.step(np.full(3, u.eos_token_id))
     assert term.all() and (rewards == 0).all()
     assert info["final_info"]["scorer_errors_total"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["gsm_symbolic", "chain_sum", "leg_counting"])
+def test_cli_trains_and_evaluates_on_reasoning_gym_datasets(tmp_path, capsys, dataset):
+    import json
+
+    from egsw_gym.cli import main
+
+    args = ["train", "--algo", "grpo-egsw", "--env", ENV_ID, "--out", str(tmp_path)]
+    for o in (
+        f"env_kwargs.dataset={dataset}",
+        "n_timesteps=1024",
+        "eval_freq=1000000",
+        "eval_episodes=4",
+        "warm_start_steps=2",
+        "grpo.n_envs=16",
+        "grpo.n_groups=2",
+    ):
+        args += ["--set", o]
+    assert main(args) == 0
+    run_dir = tmp_path / "egsw_ReasoningGym-v0" / "grpo-egsw" / "seed0"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["timesteps"] >= 1024 and 0.0 <= result["final_eval_mean"] <= 1.0
+    assert json.loads((run_dir / "config.json").read_text())["env_kwargs"]["dataset"] == dataset
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["eval_mean"] == pytest.approx(result["final_eval_mean"])

@@ -55,6 +55,8 @@ def check_verifier(verifier: str) -> str:
 
 
 _PARSED_GOLD: OrderedDict[str, Any] = OrderedDict()
+#: constant (answer, gold) pairs that exercise math-verify's LaTeX and expression parsers.
+_WARMUP = (("$\\frac{1}{2}$", "0.5"), ("1/2 + 3", "3.5"), ("\\boxed{-2}", "-2"))
 
 
 def _verify(answer: str, gold: str) -> bool:
@@ -103,7 +105,11 @@ class MathVerifier:
         ):
             raise ValueError(f"max_answer_chars must be a positive int, got {max_answer_chars!r}")
         self.max_answer_chars = max_answer_chars
-        self.scorer = BoundedScorer("math-verify", time_limit, isolation)
+        # Warm math-verify's lazily built parsers here, on constant input, before any worker is
+        # forked: every worker then starts with warm caches and answers its first call at once.
+        for answer, gold in _WARMUP:
+            _verify(answer, gold)
+        self.scorer = BoundedScorer("math-verify", time_limit, isolation, warmup=(_verify, _WARMUP[0]))
 
     def check(self, answer: str | None, gold: str) -> tuple[bool, dict[str, Any]]:
         """Whether ``answer`` equals ``gold`` mathematically.
