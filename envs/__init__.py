@@ -9,6 +9,8 @@ Importing this package (``import egsw_gym`` does) registers, with ``entry_point`
 - ``egsw/Countdown-v0``: ``task="countdown"``
 - ``egsw/GSM8K-v0``: ``task="gsm8k"`` (template word problems, answer after ``####``)
 - ``egsw/JSONL-v0``: ``task="jsonl"``, needs ``data_path=...``
+- ``egsw/ReasoningGym-v0``: ``task="reasoning_gym"``, any reasoning-gym dataset
+  (``dataset="gsm_symbolic"``, ``size``, ``seed``, ``config={...}``; ``pip install egsw-gym[tasks]``)
 
 Every keyword of the environments can be passed to ``gym.make`` / ``gym.make_vec``.
 """
@@ -25,6 +27,7 @@ ENV_IDS = {
     "egsw/Countdown-v0": "countdown",
     "egsw/GSM8K-v0": "gsm8k",
     "egsw/JSONL-v0": "jsonl",
+    "egsw/ReasoningGym-v0": "reasoning_gym",
 }
 
 

@@ -36,6 +36,7 @@ Reset
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 from typing import Any
@@ -48,12 +49,137 @@ from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
 from .tokenizer import load_tokenizer
 
-__all__ = ["TextGenerationEnv", "TextGenerationCore", "PROMPT_TRUNCATION"]
+__all__ = [
+    "TextGenerationEnv",
+    "TextGenerationCore",
+    "PROMPT_TRUNCATION",
+    "check_action",
+    "render_text_rgb",
+    "resolve_chat_template",
+]
 
 #: allowed values of ``prompt_truncation``.
 PROMPT_TRUNCATION = ("error", "left")
 _PROMPT_CACHE_SIZE = 8192
 _OPTION_KEYS = ("prompt_index",)
+
+
+#: the text ``render_mode="rgb_array"`` draws: ``_RGB_COLS`` characters by ``_RGB_ROWS`` lines.
+_RGB_COLS, _RGB_ROWS, _CELL_W, _CELL_H = 64, 12, 8, 14
+
+
+def check_action(action: Any, vocab_size: int) -> int:
+    """A single action as a token id, or ``ValueError`` for anything ``Discrete(vocab_size)`` rejects.
+
+    Python and NumPy integers (0-d integer arrays too) take a cheap path; everything else goes
+    through ``spaces.Discrete.contains``, so floats (``3.7``, ``np.float32(5.5)``, ``5.0``),
+    strings, ``Decimal``, ``inf`` and out-of-range ids are refused instead of truncated.
+
+    Parameters
+    ----------
+    action : Any
+        What was passed to ``step``.
+    vocab_size : int
+        The size of the action space.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(action, (int, np.integer)) or (
+        isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer)
+    ):
+        token = int(action)
+        if 0 <= token < vocab_size:
+            return token
+    raise ValueError(
+        f"action must be a token id (an integer) in [0, {vocab_size}) as action_space.contains "
+        f"accepts, got {action!r} ({type(action).__name__}); floats, strings and other types are not "
+        "truncated to an id"
+    )
+
+
+def render_text_rgb(text: str) -> np.ndarray:
+    """Draw text into a fixed-size RGB image (``render_mode="rgb_array"``).
+
+    The image is always ``(_RGB_ROWS * 14, _RGB_COLS * 8, 3)`` uint8 (video recorders need a
+    constant frame size): the text is wrapped at 64 characters per line and only its last 12
+    lines are drawn, black on white, with Pillow's built-in bitmap font.
+
+    Parameters
+    ----------
+    text : str
+        What to draw (prompt plus completion so far).
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    from PIL import Image, ImageDraw, ImageFont  # Pillow comes with matplotlib, a dependency
+
+    lines: list[str] = []
+    for para in text.split("\n"):
+        lines.extend([para[i : i + _RGB_COLS] for i in range(0, len(para), _RGB_COLS)] or [""])
+    image = Image.new("RGB", (_RGB_COLS * _CELL_W, _RGB_ROWS * _CELL_H), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for row, line in enumerate(lines[-_RGB_ROWS:]):
+        printable = "".join(c if c.isprintable() and ord(c) < 128 else "?" for c in line)
+        draw.text((2, row * _CELL_H), printable, fill="black", font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def check_render_mode(render_mode: str | None, modes: list[str]) -> str | None:
+    """Validate ``render_mode`` against the environment's ``metadata["render_modes"]``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+    return render_mode
+
+
+def resolve_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
+    """Whether prompts go through the tokenizer's chat template.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer.
+    chat_template : bool or None
+        ``None``: use it when the tokenizer has one; ``True``: require one; ``False``: raw prompts.
+
+    Returns
+    -------
+    bool
+    """
+    has = bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
+    if chat_template is None:
+        return has
+    if not isinstance(chat_template, bool):
+        raise ValueError(f"chat_template must be None, True or False, got {chat_template!r}")
+    if chat_template and not has:
+        raise ValueError(
+            "chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template "
+            "(a Jinja string) or pass chat_template=False for raw prompts"
+        )
+    return chat_template
+
+
+def set_eos_token(tokenizer: Any, eos_token: str) -> None:
+    """Make ``eos_token`` (an existing single token, e.g. ChatML's ``"<|im_end|>"``) the token that
+    ends episodes, as chat models end their turn with it. The environment calls it on its own copy.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The tokenizer (modified in place).
+    eos_token : str
+        A token of its vocabulary.
+    """
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if not isinstance(eos_token, str) or eos_token not in vocab:
+        raise ValueError(
+            f"eos_token must be a single token of the tokenizer's vocabulary (e.g. '<|im_end|>'), got {eos_token!r}"
+        )
+    tokenizer.eos_token = eos_token
 
 
 def _positive_int(name: str, value: Any, upper: int = 1 << 20) -> int:
@@ -86,6 +212,16 @@ class TextGenerationCore:
     prompt_truncation : str
         What to do with a prompt longer than ``max_prompt_tokens``: ``"error"`` (default, raise a
         ``ValueError`` at reset) or ``"left"`` (keep its last ``max_prompt_tokens`` tokens).
+    chat_template : bool or None
+        Render prompts as chat messages with the tokenizer's chat template
+        (``apply_chat_template(messages, add_generation_prompt=True)``). ``None`` (default): when
+        the tokenizer has a template; ``True``: require one; ``False``: raw text.
+    system_prompt : str or None
+        The system message (``None``: the task's own, e.g. its answer-format instruction; ``""``:
+        none). Without a chat template it is prepended to the prompt, followed by a blank line.
+    eos_token : str or None
+        Make this existing token the one that ends episodes (e.g. ``"<|im_end|>"``, the end of an
+        assistant turn in ChatML templates); ``None``: the tokenizer's ``eos_token``.
     **task_kwargs
         Forwarded to the task (difficulty knobs such as ``digits``, ``operators``,
         ``num_numbers``, ``kinds``; ``seed``, ``num_test``, ``format_weight``).
@@ -100,6 +236,9 @@ class TextGenerationCore:
         split: str = "train",
         data_path: str | os.PathLike | None = None,
         prompt_truncation: str = "error",
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
+        eos_token: str | None = None,
         **task_kwargs: Any,
     ):
         self.split = check_split(split)
@@ -115,6 +254,13 @@ class TextGenerationCore:
             )
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = int(len(self.tokenizer))
+        if eos_token is not None:
+            self.tokenizer = copy.deepcopy(self.tokenizer)  # never modify the caller's tokenizer
+            set_eos_token(self.tokenizer, eos_token)
+        self.use_chat_template = resolve_chat_template(self.tokenizer, chat_template)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
+        self.system_prompt = system_prompt
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if eos is None:
             raise ValueError("tokenizer has no eos_token_id; the environment ends episodes on EOS")
@@ -131,15 +277,37 @@ class TextGenerationCore:
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # prompt -> encoding
 
     def _default_prompt_tokens(self) -> int:
-        if self.task.num_problems("train") < TRAIN_SIZE:  # a finite data set: measure it
+        if self.task.num_problems("train") < TRAIN_SIZE and not self.task.prompt_chars_bounded:
+            # a finite data set without a known bound: measure it
             prompts = [
-                self.task.problem(i, s).prompt
-                for s in ("train", "test")
-                for i in range(self.task.num_problems(s))
+                self.task.problem(i, s) for s in ("train", "test") for i in range(self.task.num_problems(s))
             ]
-            return max(len(self.tokenizer.encode(p)) for p in prompts)
-        extra = getattr(self.tokenizer, "num_special_tokens_to_add", None)
-        return self.task.max_prompt_chars() + (int(extra(pair=False)) if callable(extra) else 0)
+            return max(len(self.prompt_ids(p)) for p in prompts)
+        # The template (or system prompt) around an empty question, plus at most one token per
+        # character of the question: exact for the character tokenizer, an upper bound for
+        # byte-level BPE on ASCII text. A longer prompt is never cut silently (see encode).
+        return len(self.prompt_ids(Problem("", ""))) + self.task.max_prompt_chars()
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        """The prompt's token ids: the task's chat messages through the tokenizer's chat template
+        (``apply_chat_template(..., add_generation_prompt=True)``) when ``use_chat_template``, else
+        the task's raw prompt (system prompt, blank line, prompt) through ``tokenizer.encode``.
+
+        Parameters
+        ----------
+        problem : Problem
+            The problem.
+
+        Returns
+        -------
+        list of int
+        """
+        if self.use_chat_template:
+            messages = self.task.messages(problem, self.system_prompt)
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if hasattr(out, "keys") else out
+            return [int(i) for i in ids]
+        return list(self.tokenizer.encode(self.task.raw_prompt(problem, self.system_prompt)))
 
     # ------------------------------------------------------------------------------------ spaces
     def observation_space(self) -> spaces.Dict:
@@ -199,7 +367,7 @@ class TextGenerationCore:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        ids = list(self.tokenizer.encode(problem.prompt))
+        ids = self.prompt_ids(problem)
         P = self.max_prompt_tokens
         if len(ids) > P:
             if self.prompt_truncation == "error":
@@ -309,7 +477,8 @@ class TextGenerationEnv(gym.Env):
     prompt_truncation : str
         ``"error"`` (default) or ``"left"``; see :class:`TextGenerationCore`.
     render_mode : str or None
-        ``None`` or ``"ansi"`` (``render()`` returns prompt plus completion so far).
+        ``None``, ``"ansi"`` (``render()`` returns prompt plus completion so far) or
+        ``"rgb_array"`` (that text drawn into a fixed-size image; what SB3's ``make_vec_env`` asks for).
     **task_kwargs
         Forwarded to the task: difficulty knobs (arithmetic ``digits``, ``operators``,
         ``allow_negative``; countdown ``num_numbers``, ``max_number``, ``max_target``; gsm8k
@@ -333,7 +502,7 @@ class TextGenerationEnv(gym.Env):
         The current episode's problem.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -347,11 +516,7 @@ class TextGenerationEnv(gym.Env):
         render_mode: str | None = None,
         **task_kwargs: Any,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
-            )
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.core = TextGenerationCore(
             task,
             tokenizer,
@@ -428,12 +593,7 @@ class TextGenerationEnv(gym.Env):
         """
         if self._done:
             raise RuntimeError("the episode is over (or never started); call reset() before step()")
-        try:
-            token = int(action)
-        except (TypeError, ValueError):
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}") from None
-        if not 0 <= token < self.vocab_size or np.ndim(action) != 0:
-            raise ValueError(f"action must be a token id in [0, {self.vocab_size}), got {action!r}")
+        token = check_action(action, self.vocab_size)
         pos = self.max_prompt_tokens + self._t
         self._ids[pos], self._mask[pos] = token, 1
         self._t += 1
@@ -446,9 +606,12 @@ class TextGenerationEnv(gym.Env):
         reward, info = self.core.finish(self.problem, self._ids[P : P + self._t])
         return self._obs(), reward, terminated, truncated, info
 
-    def render(self) -> str | None:
-        """With ``render_mode="ansi"``: the prompt followed by the completion so far."""
-        if self.render_mode != "ansi" or self.problem is None:
+    def render(self) -> str | np.ndarray | None:
+        """The prompt followed by the completion so far: a ``str`` with ``render_mode="ansi"``, an
+        RGB image of that text (see :func:`render_text_rgb`) with ``"rgb_array"``; ``None`` without
+        a render mode or before the first reset."""
+        if self.render_mode is None or self.problem is None:
             return None
         P = self.max_prompt_tokens
-        return self.problem.prompt + self.core.decode(self._ids[P : P + self._t])
+        text = self.problem.prompt + self.core.decode(self._ids[P : P + self._t])
+        return text if self.render_mode == "ansi" else render_text_rgb(text)

@@ -30,7 +30,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .tasks import Task
-from .text_generation import _OPTION_KEYS, TextGenerationCore
+from .text_generation import _OPTION_KEYS, TextGenerationCore, check_render_mode, render_text_rgb
 
 __all__ = ["TextGenerationVectorEnv", "merge_infos"]
 
@@ -104,7 +104,8 @@ class TextGenerationVectorEnv(VectorEnv):
     prompt_truncation : str
         ``"error"`` or ``"left"``.
     render_mode : str or None
-        ``None`` or ``"ansi"`` (``render()`` returns one string per slot).
+        ``None``, ``"ansi"`` (``render()`` returns one string per slot) or ``"rgb_array"`` (one
+        image per slot).
     **task_kwargs
         Forwarded to the task.
 
@@ -124,7 +125,11 @@ class TextGenerationVectorEnv(VectorEnv):
         relies on it for SB3's per-env ``set_options``.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+    metadata = {
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": 4,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
     supports_per_env_options = True
 
     def __init__(
@@ -142,11 +147,7 @@ class TextGenerationVectorEnv(VectorEnv):
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
-            )
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.num_envs = int(num_envs)
         self.core = TextGenerationCore(
             task,
@@ -274,7 +275,8 @@ class TextGenerationVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
             raise ValueError(
-                f"actions must be an integer array of shape ({self.num_envs},), got {actions.dtype} {actions.shape}"
+                f"actions must be an integer array of shape ({self.num_envs},) that action_space.contains "
+                f"accepts, got {actions.dtype} {actions.shape}; floats and other types are not truncated to ids"
             )
         if actions.min() < 0 or actions.max() >= self.vocab_size:
             raise ValueError(f"actions must be token ids in [0, {self.vocab_size}), got {actions}")
@@ -297,11 +299,13 @@ class TextGenerationVectorEnv(VectorEnv):
             entries.append((i, self._reset_slot(i, None)))
         return self._obs(), rewards, terminated, truncated, merge_infos(entries, self.num_envs)
 
-    def render(self) -> tuple[str, ...] | None:
-        """With ``render_mode="ansi"``: per slot, the prompt followed by the completion so far."""
-        if self.render_mode != "ansi" or not self._started:
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """Per slot, the prompt followed by the completion so far: strings with ``render_mode="ansi"``,
+        images of that text with ``"rgb_array"`` (see the single environment)."""
+        if self.render_mode is None or not self._started:
             return None
         P = self.max_prompt_tokens
-        return tuple(
+        texts = tuple(
             p.prompt + self.core.decode(self._ids[i, P : P + self._t[i]]) for i, p in enumerate(self.problems)
         )
+        return texts if self.render_mode == "ansi" else tuple(render_text_rgb(t) for t in texts)

@@ -17,6 +17,6 @@ want="$(cat pyproject.toml | sha256sum | cut -c1-16)-$("$PY" -c 'import sys; pri
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import egsw_gym" >/dev/null 2>&1; then
   exit 0
 fi
-echo "[setup] installing egsw-gym with the mujoco, llm, compare and dev extras"
-"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[mujoco,llm,lora,compare,dev]"
+echo "[setup] installing egsw-gym with the mujoco, llm, lora, tasks, compare and dev extras"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[mujoco,llm,lora,tasks,compare,dev]"
 echo "$want" > "$stamp"

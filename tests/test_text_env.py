@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from decimal import Decimal
 
 import gymnasium as gym
 import numpy as np
@@ -220,6 +221,72 @@ def test_bad_actions_and_options():
         env.step(env.vocab_size)
     with pytest.raises(ValueError, match="token id"):
         env.step(-1)
+
+
+@pytest.mark.parametrize(
+    "action",
+    [3.7, "5", np.float32(5.5), Decimal("5.9"), float("inf"), float("nan"), 5.0, [5], np.array([5]), None],
+)
+def test_step_rejects_what_the_action_space_rejects(action):
+    env = TextGenerationEnv()
+    env.reset(seed=0)
+    assert not env.action_space.contains(action)
+    with pytest.raises(ValueError, match="action"):
+        env.step(action)
+    venv = TextGenerationVectorEnv(2)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        venv.step(np.array([action, action], dtype=object) if action is not None else None)
+    for too_big in (env.vocab_size, 10**30, -1):
+        with pytest.raises(ValueError, match="action"):
+            env.step(too_big)
+    for good in (np.int64(5), np.uint8(5), np.array(5, dtype=np.int32), 5):
+        assert env.action_space.contains(good)
+        env.step(good)  # accepted, as the space accepts it
+    assert env.step(EOS)[2]
+
+
+@pytest.mark.parametrize(
+    "actions",
+    [
+        np.array([5.0, 6.0]),
+        np.array([5, 6], np.float32),
+        [3.7, 4],
+        ["5", "6"],
+        np.array([5, 6, 7]),
+        np.array([[5, 6]]),
+        np.array([5, 10**9]),
+    ],
+)
+def test_vector_step_rejects_bad_action_arrays(actions):
+    venv = TextGenerationVectorEnv(2)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        venv.step(actions)
+    venv.step(np.array([5, 6], dtype=np.int32))  # any integer dtype of the right shape passes
+
+
+def test_sb3_make_vec_env_and_rgb_array_render():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("egsw/Arithmetic-v0", n_envs=2, seed=0)  # SB3 passes render_mode="rgb_array"
+    obs = venv.reset()
+    assert obs["input_ids"].shape[0] == 2
+    frames = venv.get_images()
+    assert len(frames) == 2 and frames[0].dtype == np.uint8 and frames[0].shape[2] == 3
+    assert frames[0].shape == frames[1].shape and (frames[0] < 128).any()  # some ink on the page
+    venv.step(np.array([5, EOS]))
+    venv.close()
+    env = gym.make("egsw/Arithmetic-v0", render_mode="rgb_array")
+    sb3_check_env(env.unwrapped, skip_render_check=False)
+    gym_check_env(env.unwrapped)
+    _, info = env.reset(seed=0)
+    blank = env.render().copy()
+    env.step(_tokens(env.unwrapped, "4")[0])
+    assert env.render().shape == blank.shape and not np.array_equal(env.render(), blank)
+    vrender = TextGenerationVectorEnv(2, render_mode="rgb_array")
+    vrender.reset(seed=0)
+    assert [f.shape for f in vrender.render()] == [blank.shape] * 2
 
 
 def test_render_ansi():

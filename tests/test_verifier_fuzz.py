@@ -10,6 +10,7 @@ module (run with ``-s``); tests/README.md records a run.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from egsw_gym.envs.text_generation import TextGenerationEnv
 
 COUNTS: Counter = Counter()
 SLOWEST: dict[str, float] = {}
+TIMEOUTS: Counter = Counter()
 SENTINEL = Path(__file__).resolve().parent / "_fuzz_sentinel_must_not_exist"
 #: per-call limit inside the fuzz loops: generous for a shared 2-core machine; the dedicated
 #: 1 MB test below holds the 50 ms budget.
@@ -75,6 +77,11 @@ INJECTIONS = [
     "١٩",
     "𝟏𝟗",
     "１９",
+    # big-integer towers that a CAS evaluates in one uninterruptible C call (math-verify/sympy)
+    "\\boxed{10^{10^{10}}}",
+    "#### 9^{9^{9^{9}}}",
+    "<think></think><answer>$10^{10^{10}}$</answer>",
+    "$(10^{10})!$",
 ]
 
 # Fragments repeated up to 1 MB: nested parentheses, digit walls, markers, unicode.
@@ -125,6 +132,49 @@ def watch():
             setattr(builtins, name, fn)
 
 
+#: the time bound given to third-party scorers in the fuzz (their calls must never exceed it by
+#: more than the slack of a loaded machine).
+THIRD_PARTY_LIMIT_S = 0.2
+#: tasks whose verifier calls into a third-party library (reasoning-gym, math-verify): eval/exec
+#: inside that library is not ours to forbid (math-verify runs in a worker process, sympy's parser
+#: evaluates generated code there), so they run without the spies; every other check applies.
+THIRD_PARTY: set[str] = set()
+
+
+def _third_party_tasks() -> dict:
+    out = {}
+    try:
+        import reasoning_gym  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from egsw_gym.envs.tasks import ReasoningGymTask
+
+        lim = {"score_time_limit": THIRD_PARTY_LIMIT_S, "size": 50, "num_test": 10}
+        out["rg-gsm_symbolic"] = ReasoningGymTask("gsm_symbolic", **lim)
+        out["rg-chain_sum-r1"] = ReasoningGymTask("chain_sum", answer_format="r1", format_weight=0.2, **lim)
+        out["rg-leg_counting-boxed"] = ReasoningGymTask("leg_counting", answer_format="boxed", **lim)
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out["gsm8k-math_verify"] = GSM8KTask(verifier="math_verify", score_time_limit=THIRD_PARTY_LIMIT_S)
+        if "rg-gsm_symbolic" in out:
+            from egsw_gym.envs.tasks import ReasoningGymTask
+
+            out["rg-gsm_symbolic-math_verify"] = ReasoningGymTask(
+                "gsm_symbolic",
+                answer_format="boxed",
+                verifier="math_verify",
+                score_time_limit=THIRD_PARTY_LIMIT_S,
+                size=50,
+                num_test=10,
+            )
+    THIRD_PARTY.update(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "data.jsonl"
@@ -139,6 +189,7 @@ def tasks(tmp_path_factory):
         "gsm8k": GSM8KTask(format_weight=0.1),
         "jsonl": JSONLTask(path, test_fraction=0.3),
     }
+    out.update(_third_party_tasks())
     problems = {name: [t.problem(i) for i in range(3)] for name, t in out.items()}
     yield out, problems
     assert not SENTINEL.exists()
@@ -149,6 +200,7 @@ def report():
     yield
     print("\nfuzz inputs per test:", dict(COUNTS))
     print("slowest call per test (ms):", {k: round(1000 * v, 2) for k, v in SLOWEST.items()})
+    print("third-party scorer timeouts/errors:", dict(TIMEOUTS))
 
 
 def check_all(tasks, completion, label: str):
@@ -156,11 +208,17 @@ def check_all(tasks, completion, label: str):
     task_map, problems = tasks
     for name, task in task_map.items():
         for problem in problems[name]:
-            with watch() as calls:
+            # Third-party scorers run unspied: a worker process forked under the spies would inherit
+            # them, and their libraries' own eval (sympy) is theirs; the sentinel check still holds.
+            with watch() if name not in THIRD_PARTY else contextlib.nullcontext([]) as calls:
                 start = time.perf_counter()
                 result = task.score(completion, problem)
                 elapsed = time.perf_counter() - start
-            assert calls == [], (name, calls)
+            if name not in THIRD_PARTY:
+                assert calls == [], (name, calls)
+            else:  # no timeout missed, no error escaped: a scorer exception would be counted here
+                assert result.breakdown.get("scorer_error") is None, (name, result.breakdown)
+                TIMEOUTS[f"{name} timeouts"] += bool(result.breakdown.get("scorer_timeout"))
             assert isinstance(result, ScoreResult)
             assert (
                 isinstance(result.score, float) and math.isfinite(result.score) and 0.0 <= result.score <= 1.0
@@ -168,7 +226,8 @@ def check_all(tasks, completion, label: str):
             assert "error" not in result.breakdown, result.breakdown
             assert isinstance(result.correct, bool) and isinstance(result.format_ok, bool)
             assert result.parsed is None or isinstance(result.parsed, str)
-            assert elapsed < CALL_LIMIT_S, (name, elapsed, len(completion))
+            limit = CALL_LIMIT_S if name not in THIRD_PARTY else THIRD_PARTY_LIMIT_S + CALL_LIMIT_S
+            assert elapsed < limit, (name, elapsed, len(completion))
             SLOWEST[label] = max(SLOWEST.get(label, 0.0), elapsed)
     COUNTS[label] += 1
     assert not SENTINEL.exists()
@@ -337,3 +396,27 @@ def test_the_spies_catch_a_verifier_that_evaluates():
     with watch() as calls:
         result = task.score("19", task.problem(0))
     assert calls == ["eval"] and result.score == 0.0 and "error" in result.breakdown
+
+
+def test_cas_towers_hit_the_time_bound_not_the_rollout(tasks):
+    """math-verify spends minutes in one C call on ``$10^{10^{10}}$`` (no signal stops it): the
+    worker process is killed at the bound, the score is 0, the timeout is counted, and the next
+    call (a fresh worker) still verifies correctly."""
+    task_map, problems = tasks
+    names = [n for n in task_map if "math_verify" in n]
+    if not names:
+        pytest.skip("math-verify not installed")
+    for name in names:
+        task, problem = task_map[name], problems[name][0]
+        before = task._math_verify.scorer.timeouts
+        for text in ("#### $10^{10^{10}}$", "\\boxed{$9^{9^{9^{9}}}$}"):
+            start = time.perf_counter()
+            result = task.score(text, problem)
+            elapsed = time.perf_counter() - start
+            assert result.score == 0.0 and elapsed < THIRD_PARTY_LIMIT_S + CALL_LIMIT_S, (name, text, elapsed)
+            COUNTS["CAS towers (timed)"] += 1
+        assert task._math_verify.scorer.timeouts > before, name
+        good = task.score(
+            f"#### {problem.answer}" if "gsm8k" in name else f"\\boxed{{{problem.answer}}}", problem
+        )
+        assert good.correct, (name, good.breakdown)

@@ -1,4 +1,5 @@
-"""Tasks for the text-generation environment: the :class:`Task` interface and four tasks.
+"""Tasks for the text-generation environment: the :class:`Task` interface, four tasks of ours and
+any reasoning-gym dataset (:class:`ReasoningGymTask`).
 
 ``make_task(name_or_task, **kwargs)`` resolves the ``task`` argument of the environments.
 """
@@ -13,6 +14,7 @@ from .countdown import CountdownTask, parse_countdown_expression
 from .gsm8k import GSM8KTask
 from .jsonl import JSONLTask, load_jsonl_problems
 from .parsing import extract_final_answer, format_number, parse_number
+from .reasoning import ReasoningGymTask
 
 __all__ = [
     "Task",
@@ -25,6 +27,7 @@ __all__ = [
     "CountdownTask",
     "GSM8KTask",
     "JSONLTask",
+    "ReasoningGymTask",
     "TASKS",
     "make_task",
     "load_jsonl_problems",
@@ -40,6 +43,7 @@ TASKS: dict[str, type[Task]] = {
     "countdown": CountdownTask,
     "gsm8k": GSM8KTask,
     "jsonl": JSONLTask,
+    "reasoning_gym": ReasoningGymTask,
 }
 
 
@@ -49,7 +53,8 @@ def make_task(task: str | Task = "arithmetic", data_path: Any = None, **kwargs: 
     Parameters
     ----------
     task : str or Task
-        One of ``"arithmetic"``, ``"countdown"``, ``"gsm8k"``, ``"jsonl"`` (case-insensitive), or
+        One of ``"arithmetic"``, ``"countdown"``, ``"gsm8k"``, ``"jsonl"``, ``"reasoning_gym"``
+        (needs ``dataset=...``; see :class:`ReasoningGymTask`) (case-insensitive), or
         a ready task object.
     data_path : str, os.PathLike or None
         The JSONL file, for ``task="jsonl"`` (passing it with another task name is an error;

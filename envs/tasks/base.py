@@ -22,9 +22,11 @@ Scoring
 -------
 ``score(completion, problem) -> ScoreResult``; ``result.score`` is in ``[0, 1]``::
 
-    score = (1 - format_weight) * correct + format_weight * format_ok
+    score = (1 - format_weight) * accuracy + format_weight * format_ok
 
-so with the default ``format_weight=0`` the reward is exactly correctness, and a positive
+where ``accuracy`` is ``correct`` (0 or 1) unless the verifier reports a partial credit in
+``breakdown["accuracy"]`` (third-party scorers such as reasoning-gym's may), so with the
+default ``format_weight=0`` the reward is exactly correctness, and a positive
 ``format_weight`` gives partial credit for a well-formed but wrong answer.
 """
 
@@ -183,6 +185,8 @@ class Task(ABC):
     ----------
     name : str
         Short registry name (``"arithmetic"``, ``"countdown"``, ``"gsm8k"``, ``"jsonl"``).
+    system_prompt : str or None
+        The default system message of the chat prompt (e.g. the answer-format instruction).
     suggested_max_new_tokens : int
         A completion budget (in characters, so in tokens for the built-in tokenizer) that fits
         the reference completions; the environment's default ``max_new_tokens``.
@@ -190,6 +194,10 @@ class Task(ABC):
 
     name: str = "task"
     suggested_max_new_tokens: int = 64
+    #: the default system prompt of :meth:`messages` / :meth:`raw_prompt` (``None``: none).
+    system_prompt: str | None = None
+    #: whether :meth:`max_prompt_chars` bounds every prompt (else a finite task is measured).
+    prompt_chars_bounded: bool = False
 
     def __init__(
         self, *, format_weight: float = 0.0, max_completion_chars: int = DEFAULT_MAX_COMPLETION_CHARS
@@ -299,6 +307,32 @@ class Task(ABC):
             max(len(self.problem(i, "test").prompt) for i in range(min(64, self.num_problems("test")))) + 16
         )
 
+    def messages(self, problem: Problem, system_prompt: str | None = None) -> list[dict[str, str]]:
+        """The prompt as chat messages, for tokenizers with a chat template.
+
+        Parameters
+        ----------
+        problem : Problem
+            The problem.
+        system_prompt : str or None
+            Overrides :attr:`system_prompt` (``""``: no system message).
+
+        Returns
+        -------
+        list of dict
+            ``[{"role": "system", ...}]`` (when there is a system prompt) then
+            ``{"role": "user", "content": problem.prompt}``.
+        """
+        system = self.system_prompt if system_prompt is None else system_prompt
+        user = [{"role": "user", "content": problem.prompt}]
+        return ([{"role": "system", "content": system}] if system else []) + user
+
+    def raw_prompt(self, problem: Problem, system_prompt: str | None = None) -> str:
+        """The prompt as plain text, for tokenizers without a chat template: the system prompt and
+        a blank line before the problem's prompt (just the prompt when there is no system prompt)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return f"{system}\n\n{problem.prompt}" if system else problem.prompt
+
     # ------------------------------------------------------------------------------------ scoring
     @abstractmethod
     def _score(self, completion: str, problem: Problem) -> dict[str, Any]:
@@ -348,9 +382,9 @@ class Task(ABC):
             return ScoreResult(0.0, {**base, "error": f"{type(exc).__name__}: {exc}"[:200]})
         correct, format_ok = bool(breakdown["correct"]), bool(breakdown["format_ok"])
         breakdown["correct"], breakdown["format_ok"] = correct, format_ok
-        value = (1.0 - self.format_weight) * correct + self.format_weight * format_ok
-        if not math.isfinite(value):  # pragma: no cover - arithmetic of two bools cannot be non-finite
-            value = 0.0
+        accuracy = breakdown.get("accuracy", float(correct))  # partial credit of third-party scorers
+        accuracy = float(accuracy) if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) else 0.0
+        value = (1.0 - self.format_weight) * min(1.0, max(0.0, accuracy)) + self.format_weight * format_ok
         return ScoreResult(float(min(1.0, max(0.0, value))), breakdown)
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .base import DEFAULT_MAX_COMPLETION_CHARS, GeneratedTask, Problem
+from .mathverify import MathVerifier, check_verifier
 from .parsing import extract_final_answer, format_number, parse_number
 
 __all__ = ["GSM8KTask", "KINDS"]
@@ -137,6 +138,12 @@ class GSM8KTask(GeneratedTask):
         Share of the score for a parseable final answer (default 0).
     max_completion_chars : int
         Longer completions score 0 unread.
+    verifier : str
+        ``"builtin"`` (default: :func:`~.parsing.parse_number` equality) or ``"math_verify"``
+        (math-verify compares the text after the marker with the answer, under
+        ``score_time_limit`` seconds; see :mod:`~.mathverify`). The marker is required either way.
+    score_time_limit : float
+        Seconds per math-verify call.
     """
 
     name = "gsm8k"
@@ -149,7 +156,11 @@ class GSM8KTask(GeneratedTask):
         num_test: int = 500,
         format_weight: float = 0.0,
         max_completion_chars: int = DEFAULT_MAX_COMPLETION_CHARS,
+        verifier: str = "builtin",
+        score_time_limit: float = 1.0,
     ):
+        self.verifier = check_verifier(verifier)
+        self._math_verify = MathVerifier(score_time_limit) if verifier == "math_verify" else None
         if kinds is None:
             kinds = tuple(KINDS)
         if isinstance(kinds, str) or not kinds or any(k not in KINDS for k in kinds):
@@ -183,6 +194,9 @@ class GSM8KTask(GeneratedTask):
 
     def _score(self, completion: str, problem: Problem) -> dict[str, Any]:
         text, marker = extract_final_answer(completion)
+        if self._math_verify is not None:
+            correct, extra = self._math_verify.check(text, problem.answer)
+            return {**extra, "correct": correct, "format_ok": bool(text), "parsed": text, "marker": marker}
         value = parse_number(text) if text is not None else None
         expected = parse_number(problem.answer)
         return {

@@ -17,6 +17,7 @@ __all__ = [
     "parse_number",
     "format_number",
     "extract_final_answer",
+    "extract_boxed",
 ]
 
 #: the longest numeric literal (digits, separators and sign) that is converted; longer is refused.
@@ -134,7 +135,28 @@ def extract_final_answer(text: str) -> tuple[str | None, str | None]:
         rest = text[h + len(_HASHES) :]
         nl = rest.find("\n")
         return (rest if nl < 0 else rest[:nl]).strip(), "####"
-    content = _boxed_content(text, b + len(_BOXED))
-    if content is None:
-        return None, None
-    return content.strip(), "boxed"
+    content = extract_boxed(text)
+    return (None, None) if content is None else (content, "boxed")
+
+
+def extract_boxed(text: str, max_chars: int = 256) -> str | None:
+    """The stripped content of the last ``\\boxed{...}`` (braces balanced, at most ``max_chars``).
+
+    Parameters
+    ----------
+    text : str
+        The completion.
+    max_chars : int
+        The longest content read; a longer (or never closed) box gives ``None``.
+
+    Returns
+    -------
+    str or None
+    """
+    if not isinstance(text, str):
+        return None
+    b = text.rfind(_BOXED)
+    if b < 0:
+        return None
+    content = _boxed_content(text, b + len(_BOXED), max_chars)
+    return None if content is None else content.strip()
