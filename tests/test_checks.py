@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from egsw_gym.common.checks import (
+    ArgumentError,
     check_bool,
     check_choice,
     check_int,
@@ -102,12 +103,14 @@ def test_learning_rate_constant_rejected(value):
 
 def test_learning_rate_schedule_checked_at_both_ends():
     assert check_learning_rate(3e-4) == 3e-4
-    linear = lambda p: 3e-4 * p + 1e-5  # noqa: E731
+    linear = lambda p: 3e-4 * p  # noqa: E731 (SB3 docs: a linear schedule decays to 0)
     assert check_learning_rate(linear) is linear
     with pytest.raises(
-        ValueError, match=r"learning_rate\(0\) must be a finite number > 0, got 0.0.*progress_remaining=0"
+        ValueError, match=r"learning_rate\(0\) must be a finite number >= 0, got -1e-05.*progress_remaining=0"
     ):
-        check_learning_rate(lambda p: 3e-4 * p)  # reaches 0 at the end of training
+        check_learning_rate(lambda p: 3e-4 * p - 1e-5)  # negative at the end of training
+    with pytest.raises(ValueError, match=r"learning_rate\(1\) must be a finite number > 0, got 0.0"):
+        check_learning_rate(lambda p: 3e-4 * (1 - p))  # starts at 0: no training at all
     with pytest.raises(ValueError, match=r"learning_rate\(1\) .* got inf.*progress_remaining=1"):
         check_learning_rate(lambda p: math.inf)
     with pytest.raises(
@@ -121,9 +124,24 @@ def test_learning_rate_schedule_checked_at_both_ends():
 def test_schedule_value_during_training():
     assert check_schedule_value("clip_range", 0.1, 0.5, low=0, low_open=True) == 0.1
     with pytest.raises(
-        ValueError, match=r"clip_range\(0.25\) must be a finite number > 0, got nan.*progress_remaining=0.25"
+        ValueError,
+        match=r"clip_range\(0.25\) must be a finite number >= 0, got nan.*progress_remaining=0.25",
     ):
         check_schedule_value("clip_range", math.nan, 0.25, low=0, low_open=True)
+    # the lower bound itself is reachable after the start (decay to 0), never below it
+    assert check_schedule_value("learning_rate", 0.0, 0.0, low=0, low_open=True) == 0.0
+    with pytest.raises(ValueError, match=r"learning_rate\(0.5\) must be a finite number >= 0, got -1"):
+        check_schedule_value("learning_rate", -1, 0.5, low=0, low_open=True)
+    # SB3 evaluates a negative progress when the last rollout overshoots: only finiteness is checked
+    assert check_schedule_value("learning_rate", -1e-6, -0.02, low=0, low_open=True) == -1e-6
+    with pytest.raises(ValueError, match=r"learning_rate\(-0.02\) must be a finite number, got inf"):
+        check_schedule_value("learning_rate", math.inf, -0.02, low=0, low_open=True)
+
+
+def test_errors_are_value_errors_that_sb3_assert_handlers_also_catch():
+    with pytest.raises(ArgumentError) as err:
+        check_number("clip_range_vf", -0.2, low=0, low_open=True)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, AssertionError)
 
 
 def test_schedule_constant_or_none():

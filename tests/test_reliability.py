@@ -130,7 +130,10 @@ def test_grpo_non_finite_loss_raises_before_the_step(monkeypatch):
         (dict(normalize_advantage=1), "normalize_advantage must be True or False"),
         (dict(learning_rate=float("inf")), "learning_rate must be a finite number > 0, got inf"),
         (dict(learning_rate=0.0), "learning_rate must be a finite number > 0, got 0.0"),
-        (dict(learning_rate=lambda p: 3e-4 * p), r"learning_rate\(0\) must be a finite number > 0, got 0.0"),
+        (
+            dict(learning_rate=lambda p: 3e-4 * p - 1e-4),
+            r"learning_rate\(0\) must be a finite number >= 0, got -0.0001",
+        ),
         (dict(clip_range=lambda p: float("nan")), r"clip_range\(1\) must be a finite number > 0, got nan"),
         (dict(target_kl=-1.0), "target_kl must be None"),
     ],
@@ -147,7 +150,8 @@ def test_ppo_schedule_checked_where_it_is_evaluated():
         "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), learning_rate=lr, n_steps=8, batch_size=16, seed=0
     )
     with pytest.raises(
-        ValueError, match=r"learning_rate\(0.5\) must be a finite number > 0, got nan.*progress_remaining=0.5"
+        ValueError,
+        match=r"learning_rate\(0.5\) must be a finite number >= 0, got nan.*progress_remaining=0.5",
     ):
         model.learn(64)
     assert params_finite(model) and model.num_timesteps == 32

@@ -16,6 +16,9 @@ checked at progress ``1.0`` and ``0.0`` when given, and the algorithms check eac
 where they evaluate it during training (:func:`check_schedule_value`).
 
 Each check returns the value it accepted, unchanged, so a caller may write ``x = check_int(...)``.
+The error is :class:`ArgumentError`, a :class:`ValueError` that is also an :class:`AssertionError`:
+Stable-Baselines3 ``assert``s some of the same conditions (e.g. ``clip_range_vf > 0``), and code
+written for SB3 that expects an ``AssertionError`` keeps working.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ArgumentError",
     "check_int",
     "check_number",
     "check_probability",
@@ -37,6 +41,14 @@ __all__ = [
     "check_learning_rate",
     "check_total_timesteps",
 ]
+
+
+class ArgumentError(ValueError, AssertionError):
+    """A bad argument: a :class:`ValueError` naming the argument, the value and the fix.
+
+    Also an :class:`AssertionError` because Stable-Baselines3 asserts some of the same conditions,
+    so ``except AssertionError`` written against SB3 still catches it. Catch it as ``ValueError``.
+    """
 
 
 def _is_bool(value: Any) -> bool:
@@ -103,7 +115,7 @@ def check_int(
         return value
     if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
         what = "None or an integer" if allow_none else "an integer"
-        raise ValueError(
+        raise ArgumentError(
             f"{name} must be {what}{_interval(low, high, False, False)}, got {value!r}{_fix(hint)}"
         )
     return value
@@ -159,7 +171,7 @@ def check_number(
     if not ok:
         kind = "a finite number" if finite else "a number (not NaN)"
         what = f"None or {kind}" if allow_none else kind
-        raise ValueError(
+        raise ArgumentError(
             f"{name} must be {what}{_interval(low, high, low_open, high_open)}, got {value!r}{_fix(hint)}"
         )
     return value
@@ -173,7 +185,7 @@ def check_probability(name: str, value: Any, *, allow_none: bool = False, hint: 
 def check_bool(name: str, value: Any, *, hint: str = "") -> Any:
     """``True`` or ``False`` (``np.bool_`` too); never ``0``/``1``, strings or ``None``."""
     if not _is_bool(value):
-        raise ValueError(f"{name} must be True or False, got {value!r}{_fix(hint)}")
+        raise ArgumentError(f"{name} must be True or False, got {value!r}{_fix(hint)}")
     return value
 
 
@@ -192,7 +204,7 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], *, hint: str = "
     ok = any(same(c) for c in choices)
     if not ok:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}{_fix(hint)}")
+        raise ArgumentError(f"{name} must be one of {allowed}, got {value!r}{_fix(hint)}")
     return value
 
 
@@ -210,8 +222,17 @@ def check_schedule_value(
 
     Used at construction (progress 1.0 and 0.0) and by the algorithms wherever they evaluate a
     schedule during training, so a schedule that turns NaN, inf or negative halfway through stops
-    training with this error instead of corrupting the parameters.
+    training with this error instead of corrupting the parameters. The bounds apply as given at
+    the start (progress 1.0); later the lower bound is inclusive, because a schedule may decay to it
+    (SB3's documented linear schedule takes the learning rate to 0 at progress 0). At a negative
+    progress (SB3 evaluates one for the last update when the last rollout overshoots
+    ``total_timesteps``) only finiteness is checked, so a schedule that extrapolates slightly below
+    its bound there behaves as in SB3.
     """
+    if progress_remaining < 0:
+        low = high = None
+    elif progress_remaining < 1:
+        low_open = False
     try:
         return check_number(
             f"{name}({progress_remaining:g})",
@@ -222,7 +243,7 @@ def check_schedule_value(
             high_open=high_open,
         )
     except ValueError as err:
-        raise ValueError(
+        raise ArgumentError(
             f"{err}: the schedule {name} returned it at progress_remaining={progress_remaining:g} "
             "(1 at the start of training, 0 at the end); fix the schedule so it stays within the bounds"
         ) from None
@@ -241,9 +262,10 @@ def check_schedule(
 ) -> Any:
     """A constant (a finite number within the bounds) or a schedule, a callable of the remaining progress.
 
-    A callable is evaluated at progress ``1.0`` (start of training) and ``0.0`` (end) and both
-    values must satisfy the same bounds as a constant; values in between are checked where the
-    algorithm evaluates the schedule (:func:`check_schedule_value`).
+    A callable is evaluated at progress ``1.0`` (start of training), where its value must satisfy
+    the same bounds as a constant, and ``0.0`` (end), where it may also equal the lower bound
+    (:func:`check_schedule_value`); values in between are checked where the algorithm evaluates
+    the schedule.
     """
     if value is None and allow_none:
         return value
@@ -252,7 +274,7 @@ def check_schedule(
             try:
                 out = value(progress)
             except Exception as err:
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} is a schedule but calling it with progress_remaining={progress:g} raised "
                     f"{type(err).__name__}: {err}; a schedule takes one float (1 -> 0) and returns a number"
                 ) from err
@@ -274,17 +296,19 @@ def check_schedule(
 
 
 def check_learning_rate(value: Any, name: str = "learning_rate") -> Any:
-    """A learning rate: a finite number ``> 0``, or a schedule whose values are (checked at 1.0 and 0.0).
+    """A learning rate: a finite number ``> 0``, or a schedule (checked at progress 1.0 and 0.0).
 
-    A non-finite learning rate turns every parameter into NaN at the first optimizer step, and a
-    negative one ascends the loss; both are refused here, naming the argument.
+    A schedule must start ``> 0`` and stay finite and ``>= 0`` (it may decay to 0, as SB3's
+    documented linear schedule does). A non-finite learning rate turns every parameter into NaN at
+    the first optimizer step, and a negative one ascends the loss; both are refused here, naming
+    the argument.
     """
     return check_schedule(
         name,
         value,
         low=0.0,
         low_open=True,
-        hint="pass a finite number > 0 (e.g. 3e-4) or a schedule callable(progress_remaining) -> float > 0",
+        hint="pass a finite number > 0 (e.g. 3e-4) or a schedule callable(progress_remaining) -> float >= 0",
     )
 
 
