@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import zipfile
 
 import gymnasium as gym
@@ -263,18 +264,24 @@ def test_save_load_round_trip_keeps_egsw_as_plain_data(tmp_path):
 
 def test_step_mode_with_one_env_is_plain_ppo_with_a_warning(tmp_path):
     """Step mode's sets are the envs at a step: with one env each has one sample, of weight 1."""
-    with pytest.warns(UserWarning, match="n_envs=1: every set holds one sample.*plain PPO.*trajectory"):
-        model = make_model(PPO, n_envs=1, egsw=EGSW(mode="step", alpha=0.5, temperature=0.3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # building (and saving, loading) such a model is silent
+        model = make_model(PPO, n_envs=1, egsw=EGSW(mode="step", alpha=0.5, temperature=0.3), batch_size=16)
     snap = Snapshot()
-    model.learn(32, callback=snap)
+    with pytest.warns(UserWarning, match="n_envs=1: every set holds one sample.*plain PPO.*trajectory"):
+        model.learn(16, callback=snap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        model.learn(16, callback=snap, reset_num_timesteps=False)
     assert np.array_equal(snap.data["weights"], np.ones((16, 1), np.float32))
-    ref = make_model(sb3.PPO, n_envs=1).learn(32)
+    ref = make_model(sb3.PPO, n_envs=1, batch_size=16).learn(32)
     for (k, a), b in zip(params(ref).items(), params(model).values(), strict=True):
         assert th.allclose(a, b, atol=1e-6, rtol=0), k
     # The same on load onto one env (the saved model had two).
     make_model(PPO, egsw=EGSW(mode="step")).save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", n_envs=1))
     with pytest.warns(UserWarning, match="n_envs=1"):
-        PPO.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", n_envs=1))
+        loaded.learn(16)
 
 
 @pytest.mark.parametrize("mode", ["trajectory", "step"])

@@ -168,6 +168,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
     equivalent (see ``docs/RESUME.md``).
     """
 
+    _warned_single_env = False  # set on the instance by _check_egsw_env
     # clip_range is a schedule SB3 pickles; without it the update cannot run
     _safe_required_entries = (*SafeSerializationMixin._safe_required_entries, "clip_range")
 
@@ -250,7 +251,6 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
 
     def _setup_model(self) -> None:
         self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
-        self._check_egsw_env(self.n_envs)
 
         if self.rollout_buffer_class is None:
             is_dict = isinstance(self.observation_space, spaces.Dict)
@@ -273,32 +273,26 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         )
 
     def _check_egsw_env(self, n_envs: int | None) -> None:
-        """Warn once that step-wise EGSW with a single environment trains plain PPO (every set has size 1)."""
-        if self.egsw is not None and self.egsw.mode == "step" and n_envs == 1:
-            warnings.warn(
-                "EGSW mode='step' compares the n_envs environments at each rollout step, but n_envs=1: every "
-                "set holds one sample, whose weight is 1, so this trains plain PPO. Use EGSW(mode='trajectory') "
-                "(the default: episode segments of the rollout compete) or a vectorised env with n_envs >= 2.",
-                UserWarning,
-                stacklevel=3,
-            )
+        """Warn (once per model, at its first rollout) that step-wise EGSW with one env trains plain PPO.
 
-    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
-        """Set the training environment (SB3 behaviour; also re-checks the EGSW mode against ``n_envs``).
-
-        Parameters
-        ----------
-        env : GymEnv
-            The new environment (same spaces and number of environments as the model's).
-        force_reset : bool
-            Reset the environment before the next ``learn`` call.
+        Step mode's set at a rollout step is the ``n_envs`` environments; with ``n_envs=1`` every
+        set holds one sample, whose weight is 1. The warning comes when training starts, not at
+        construction, so building, saving and loading such a model stays silent.
         """
-        super().set_env(env, force_reset=force_reset)
-        self._check_egsw_env(self.n_envs)
+        if self.egsw is None or self.egsw.mode != "step" or n_envs != 1 or self._warned_single_env:
+            return
+        self._warned_single_env = True
+        warnings.warn(
+            "EGSW mode='step' compares the n_envs environments at each rollout step, but n_envs=1: every "
+            "set holds one sample, whose weight is 1, so this trains plain PPO. Use EGSW(mode='trajectory') "
+            "(the default: episode segments of the rollout compete) or a vectorised env with n_envs >= 2.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _excluded_save_params(self) -> list[str]:
         # The finiteness wrapper holds the training env, which is never saved.
-        return [*super()._excluded_save_params(), "_finite_env"]
+        return [*super()._excluded_save_params(), "_finite_env", "_warned_single_env"]
 
     # ------------------------------------------------------------------ learn
 
@@ -353,6 +347,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         """
         # EGSW: model.egsw may have been set after construction (e.g. on a model loaded from a plain SB3 zip).
         self.egsw = as_egsw(self.egsw)  # EGSW:
+        self._check_egsw_env(env.num_envs)  # EGSW: step mode with one env is plain PPO (warns once)
         if isinstance(rollout_buffer, _EGSWBufferMixin):  # EGSW: the buffer weights after GAE
             rollout_buffer.egsw, rollout_buffer.entropy_policy = self.egsw, self.policy
         elif self.egsw is not None:  # EGSW:
