@@ -182,6 +182,15 @@ def test_optimizer_guard_refuses_nan_gradient_steps():
     assert all(torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
 
 
+def test_optimizer_guard_accepts_huge_finite_gradients():
+    """The guard's fast path (a sum of norms) overflows for entries ~1e30; the exact check must let them pass."""
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16, seed=0)
+    for p in model.policy.parameters():
+        p.grad = torch.full_like(p, 1e30)
+    model.policy.optimizer.step()  # Adam normalises the step: finite parameters
+    assert params_finite(model)
+
+
 def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
     PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), batch_size=1, normalize_advantage=False)
 

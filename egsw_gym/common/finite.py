@@ -145,6 +145,20 @@ class VecCheckFinite(VecCheckNan):
                 )
 
 
+def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every tensor is finite: one fused norm per device (fast path), exact per-tensor check if not.
+
+    The norms of finite tensors can only overflow for entries beyond ~1e19, so a non-finite sum of
+    norms is confirmed tensor by tensor before it counts as non-finite.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    if all(bool(torch.stack(torch._foreach_norm(gs)).sum().isfinite()) for gs in by_device.values()):
+        return True
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
 def guard_optimizer_step(
     optimizer: torch.optim.Optimizer, module: torch.nn.Module, algo: str, where: Callable[[], str]
 ) -> Any:
@@ -176,7 +190,7 @@ def guard_optimizer_step(
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if _all_finite(grads):
             return
         owner = module_ref()
         names = {} if owner is None else {id(p): name for name, p in owner.named_parameters()}

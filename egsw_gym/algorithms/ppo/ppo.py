@@ -7,11 +7,12 @@ A thin fork of ``stable_baselines3.PPO`` (SB3 2.9.2; ``stable-baselines3>=2.4,<3
 
    - the rollout buffer (:class:`~egsw_gym.algorithms.ppo.buffers.EGSWRolloutBuffer`, or the
      ``Dict`` variant) also holds one entropy and one EGSW weight per sample;
-   - after SB3's ``collect_rollouts`` (unchanged, GAE included), one batched no-grad pass over the
-     buffer evaluates the policy's entropy at every stored observation, and the weights are
-     computed once per rollout by :meth:`egsw_gym.egsw.EGSW.sample_weights` (``mode="trajectory"``:
-     the episode segments of the rollout compete; ``mode="step"``: the ``n_envs`` environments at
-     each rollout step);
+   - SB3's ``collect_rollouts`` runs unchanged; right after its GAE (in the buffer's
+     ``compute_returns_and_advantage``, before the callbacks' ``on_rollout_end``) one batched
+     no-grad pass over the buffer evaluates the policy's entropy at every stored observation, and
+     the weights are computed once per rollout by :meth:`egsw_gym.egsw.EGSW.sample_weights`
+     (``mode="trajectory"``: the episode segments of the rollout compete; ``mode="step"``: the
+     ``n_envs`` environments at each rollout step);
    - in :meth:`PPO.train` the weight multiplies each sample's clipped surrogate term only; the value
      loss and the entropy bonus are unchanged, and the weights carry no gradient.
 
