@@ -26,7 +26,37 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["EGSW", "egsw_weights", "effective_sample_size", "egsw_statistics"]
+from egsw_gym.common.checks import check_bool, check_choice, check_number
+
+__all__ = ["EGSW", "egsw_weights", "effective_sample_size", "egsw_statistics", "MAX_ALPHA", "MIN_TEMPERATURE"]
+
+#: Largest accepted ``alpha`` and smallest accepted ``temperature``. Beyond them a unit of entropy or
+#: of (standardised) advantage moves a score by more than a million, so the weights are a hard
+#: arg-max and EGSW is no longer a soft weighting: such a value is a typo far more often than a
+#: choice. They also make overflow impossible: the scores are computed in float64 as
+#: ``(z - max z) / P`` with ``z = A + alpha * H``; for float32 inputs ``|z| <= 3.4e38 * (1 + 1e6)``
+#: is finite, ``z - max z <= 0`` and dividing it by ``P > 0`` gives a finite number or ``-inf``,
+#: whose ``exp`` is 0, so no value of ``z`` can produce NaN or inf weights (float64 inputs beyond
+#: ~1e302 are refused with a ValueError naming the overflow).
+MAX_ALPHA = 1e6
+MIN_TEMPERATURE = 1e-6
+
+
+def _check_alpha_temperature(alpha: Any, temperature: Any, prefix: str = "") -> None:
+    """The rules :class:`EGSW` and :func:`egsw_weights` share for ``alpha`` and ``temperature``."""
+    check_number(
+        f"{prefix}alpha",
+        alpha,
+        low=0.0,
+        high=MAX_ALPHA,
+        hint="it weighs entropy against advantage in the score (0.1 by default; 0 = no entropy term)",
+    )
+    check_number(
+        f"{prefix}temperature",
+        temperature,
+        low=MIN_TEMPERATURE,
+        hint="it divides the scores (1.0 by default); smaller is sharper, larger is closer to uniform weights",
+    )
 
 
 def _check_1d_finite(name: str, x: torch.Tensor) -> None:
@@ -63,15 +93,23 @@ def egsw_weights(
         1-D integer tensor of the same length; samples sharing an id form one comparison set.
         Ids need not be contiguous or sorted.
     alpha : float
-        Entropy coefficient, ``>= 0``.
+        Entropy coefficient, a finite number in ``[0, MAX_ALPHA]`` (``1e6``); a bool is refused.
     temperature : float
-        Softmax temperature ``P > 0``; large values flatten the weights towards 1.
+        Softmax temperature ``P``, a finite number ``>= MIN_TEMPERATURE`` (``1e-6``); large values
+        flatten the weights towards 1.
 
     Returns
     -------
     torch.Tensor
         Weights (same dtype and device as ``advantages``, detached): finite, ``>= 0``, summing
         to the set size within each set. Sets of size 1 get weight 1.
+
+    Raises
+    ------
+    ValueError
+        For a bad ``alpha`` / ``temperature`` (same rules as :class:`EGSW`), mismatched lengths,
+        non-finite inputs, or ``A + alpha * H`` beyond float64 (only possible for float64 inputs
+        above ~1e302).
     """
     _check_1d_finite("advantages", advantages)
     _check_1d_finite("entropies", entropies)
@@ -83,23 +121,27 @@ def egsw_weights(
             "advantages, entropies and group_ids must have the same length, got "
             f"{tuple(advantages.shape)}, {tuple(entropies.shape)} and {tuple(group_ids.shape)}"
         )
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and not math.isnan(temperature)):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    _check_alpha_temperature(alpha, temperature)
     if advantages.numel() == 0:
         return advantages.new_ones(0)
 
     dtype = advantages.dtype if advantages.is_floating_point() else torch.get_default_dtype()
-    scores = (advantages.to(dtype) + alpha * entropies.to(dtype)) / temperature
+    # float64 and shift-before-divide: see MAX_ALPHA. z is finite for any accepted alpha and float32 input.
+    z = advantages.double() + alpha * entropies.double()
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(
+            f"advantages + alpha * entropies overflows float64 (alpha={alpha!r}, max |advantage| "
+            f"{float(advantages.abs().max()):.3g}, max |entropy| {float(entropies.abs().max()):.3g}); "
+            "rescale the inputs or lower alpha"
+        )
     # Contiguous set index for every sample, so the per-set reductions are scatter ops, not a loop.
     _, set_index, set_size = torch.unique(group_ids, return_inverse=True, return_counts=True)
     n_sets = set_size.numel()
-    # Softmax shift invariance: subtracting the set maximum keeps exp() in [0, 1] for any score scale.
-    set_max = scores.new_full((n_sets,), -math.inf).scatter_reduce(0, set_index, scores, reduce="amax")
-    exp_scores = torch.exp(scores - set_max[set_index])
-    set_sum = scores.new_zeros(n_sets).index_add_(0, set_index, exp_scores)
-    return set_size.to(dtype)[set_index] * exp_scores / set_sum[set_index]
+    # Softmax shift invariance: (z - set max) / P <= 0, so exp() is in [0, 1] for any P > 0.
+    set_max = z.new_full((n_sets,), -math.inf).scatter_reduce(0, set_index, z, reduce="amax")
+    exp_scores = torch.exp((z - set_max[set_index]) / temperature)
+    set_sum = z.new_zeros(n_sets).index_add_(0, set_index, exp_scores)
+    return (set_size.double()[set_index] * exp_scores / set_sum[set_index]).to(dtype)
 
 
 def effective_sample_size(weights: torch.Tensor) -> float:
@@ -135,16 +177,23 @@ class EGSW:
     Parameters
     ----------
     alpha : float
-        Weight of the entropy bonus in the score, ``>= 0``. Default ``0.1``. ``alpha=0`` is
-        SR-GRPO's advantage softmax.
+        Weight of the entropy bonus in the score, in ``[0, 1e6]`` (:data:`MAX_ALPHA`). Default
+        ``0.1``. ``alpha=0`` is SR-GRPO's advantage softmax.
     temperature : float
-        Softmax temperature ``P > 0``. Default ``1.0``. Large values give uniform weights, i.e. the
-        plain algorithm.
-    mode : {"step", "trajectory"}
+        Softmax temperature ``P``, finite and ``>= 1e-6`` (:data:`MIN_TEMPERATURE`). Default
+        ``1.0``. Large values give uniform weights, i.e. the plain algorithm. The two bounds keep
+        EGSW a soft weighting and make overflow impossible (see :data:`MAX_ALPHA`).
+    mode : {"trajectory", "step"}
+        ``"trajectory"`` (default): one weight per trajectory, scored by its (mean) advantage and
+        mean entropy, the set is the group (GRPO) or the episode segments of a rollout (PPO).
         ``"step"``: one weight per (sample, step), the set at step ``t`` is the group's members
-        still running (GRPO) or the ``n_envs`` environments (PPO). ``"trajectory"``: one weight per
-        trajectory, scored by its (mean) advantage and mean entropy, the set is the group (GRPO) or
-        the episode segments of a rollout (PPO). Default ``"step"``.
+        still running (GRPO) or the ``n_envs`` environments (PPO); with a single environment every
+        PPO set has size 1, so every weight is 1 (plain PPO, with a one-time warning).
+
+        Why trajectory is the default: it is defined for every environment count (the rollout of
+        even one environment holds several episode segments), it is the paper's sequence-level
+        weighting, and in our CartPole runs step mode collapsed the policy entropy (every step-wise
+        set rewards its highest-advantage samples, which pushes up the likelihood of all of them).
     standardize_advantages : bool
         Standardise advantages over the update batch (zero mean, unit std) before scoring, so that
         ``temperature`` means the same thing on every environment whatever its reward scale.
@@ -161,45 +210,29 @@ class EGSW:
 
     alpha: float = 0.1
     temperature: float = 1.0
-    mode: Literal["step", "trajectory"] = "step"
+    mode: Literal["trajectory", "step"] = "trajectory"
     standardize_advantages: bool = True
     max_weight: float | None = None
     entropy_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not math.isfinite(self.alpha)
-            or self.alpha < 0
-        ):
-            raise ValueError(f"EGSW.alpha must be a finite number >= 0, got {self.alpha!r}")
-        if (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, (int, float))
-            or math.isnan(self.temperature)
-            or self.temperature <= 0
-        ):
-            raise ValueError(
-                f"EGSW.temperature must be a number > 0 (it divides the scores), got {self.temperature!r}"
-            )
-        if self.mode not in ("step", "trajectory"):
-            raise ValueError(f"EGSW.mode must be 'step' or 'trajectory', got {self.mode!r}")
-        if not isinstance(self.standardize_advantages, bool):
-            raise ValueError(
-                f"EGSW.standardize_advantages must be True or False, got {self.standardize_advantages!r}"
-            )
-        if self.max_weight is not None and (
-            isinstance(self.max_weight, bool)
-            or not isinstance(self.max_weight, (int, float))
-            or math.isnan(self.max_weight)
-            or self.max_weight < 1
-        ):
-            raise ValueError(f"EGSW.max_weight must be None or a number >= 1, got {self.max_weight!r}")
-        if self.entropy_reduction not in ("mean", "sum"):
-            raise ValueError(
-                f"EGSW.entropy_reduction must be 'mean' or 'sum', got {self.entropy_reduction!r}"
-            )
+        _check_alpha_temperature(self.alpha, self.temperature, prefix="EGSW.")
+        check_choice(
+            "EGSW.mode",
+            self.mode,
+            ("trajectory", "step"),
+            hint="'trajectory' weighs whole episodes (segments) against each other, 'step' the samples "
+            "sharing a step",
+        )
+        check_bool("EGSW.standardize_advantages", self.standardize_advantages)
+        check_number(
+            "EGSW.max_weight",
+            self.max_weight,
+            low=1.0,
+            allow_none=True,
+            hint="None means no cap; a cap below 1 would shrink even uniform weights",
+        )
+        check_choice("EGSW.entropy_reduction", self.entropy_reduction, ("mean", "sum"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EGSW | None:

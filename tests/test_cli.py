@@ -80,4 +80,4 @@ def test_bad_input_names_the_argument(capsys):
     assert exc.value.code == 2 and "--set expects KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--algo", "ppo-egsw", "--env", "CartPole-v1", "--set", "egsw.temperature=0"])
-    assert "EGSW.temperature must be a number > 0" in capsys.readouterr().err
+    assert "EGSW.temperature must be a finite number >= 1e-06" in capsys.readouterr().err

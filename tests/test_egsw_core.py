@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -151,11 +152,71 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
         ("max_weight", 0.5),
         ("entropy_reduction", "max"),
         ("standardize_advantages", "yes"),
+        ("standardize_advantages", 1),
+        ("alpha", True),
+        ("temperature", True),
+        ("max_weight", True),
+        ("alpha", 1e300),
+        ("temperature", 1e-300),
+        ("temperature", math.inf),
+        ("alpha", math.nan),
+        ("mode", True),
     ],
 )
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=f"EGSW.{field}"):
+    with pytest.raises(ValueError, match=f"^EGSW.{field} must be .*, got {re.escape(repr(value))}"):
         EGSW(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(alpha=True, temperature=1.0), "alpha"),
+        (dict(alpha=1e300, temperature=1.0), "alpha"),
+        (dict(alpha=0.1, temperature=1e-300), "temperature"),
+        (dict(alpha=0.1, temperature=np.bool_(True)), "temperature"),
+    ],
+)
+def test_egsw_weights_uses_the_config_rules(kwargs, name):
+    """The function and the config refuse the same values, naming the same argument."""
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        egsw_weights(torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.long), **kwargs)
+    with pytest.raises(ValueError, match=f"^EGSW.{name} must be a finite number"):
+        EGSW(**kwargs)
+
+
+def test_default_mode_is_trajectory():
+    assert EGSW().mode == "trajectory"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_accepted_settings_cannot_overflow(dtype):
+    """At the bounds (alpha=1e6, temperature=1e-6) and the largest float32 inputs, weights stay finite.
+
+    The result is the hard limit: a set's maximum score takes the whole set size (ties share it).
+    """
+    big = torch.finfo(torch.float32).max
+    adv = torch.tensor([big, -big, 0.0, 1.0, 1.0, -3.0], dtype=dtype)
+    ent = torch.tensor([big, big, -big, 0.0, 0.0, 5.0], dtype=dtype)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    w = egsw_weights(adv, ent, ids, alpha=1e6, temperature=1e-6)
+    assert w.dtype == dtype and bool(torch.isfinite(w).all())
+    expected = torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0, 3.0], dtype=dtype)  # set 1: 5e6 - 3 wins
+    torch.testing.assert_close(w, expected)
+    # ties share: two equal maxima split the set size
+    w = egsw_weights(
+        t([1.0, 1.0, 0.0]), t([0.0, 0.0, 0.0]), torch.zeros(3, dtype=torch.long), alpha=0.0, temperature=1e-6
+    )
+    torch.testing.assert_close(w, t([1.5, 1.5, 0.0]))
+
+
+def test_float64_overflow_is_a_named_error():
+    adv = torch.tensor([1e305, 0.0], dtype=torch.float64)
+    ent = torch.tensor([1e305, 0.0], dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"advantages \+ alpha \* entropies overflows float64 \(alpha=1000000.0"
+    ):
+        egsw_weights(adv, ent, torch.zeros(2, dtype=torch.long), alpha=1e6, temperature=1.0)
 
 
 def test_config_round_trips_as_plain_data():

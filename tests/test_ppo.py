@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import zipfile
 
 import gymnasium as gym
@@ -156,7 +157,7 @@ def test_entropy_is_the_sampling_distributions(env_id):
 
 def test_step_mode_sets_are_the_envs_at_each_step():
     snap = Snapshot()
-    make_model(PPO, n_envs=4, egsw=EGSW(alpha=0.3)).learn(64, callback=snap)
+    make_model(PPO, n_envs=4, egsw=EGSW(alpha=0.3, mode="step")).learn(64, callback=snap)
     w = snap.data["weights"]  # (n_steps, n_envs)
     np.testing.assert_allclose(w.sum(axis=1), 4.0, rtol=1e-5)
     assert np.all(w >= 0) and np.isfinite(w).all()
@@ -217,8 +218,6 @@ def test_bad_inputs_raise_clear_errors():
         PPO("MlpPolicy", env, egsw="step")
     with pytest.raises(ValueError, match="temperature"):
         PPO("MlpPolicy", env, egsw=EGSW(temperature=0.0))
-    with pytest.raises(ValueError, match="n_envs=1.*trajectory"):
-        PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), egsw=EGSW(mode="step"))
     with pytest.raises(ValueError, match="rollout_buffer_class"):
         PPO("MlpPolicy", env, egsw=EGSW(), rollout_buffer_class=RolloutBuffer)
     # Trajectory mode is fine with one env, and plain PPO accepts SB3's own buffer.
@@ -263,10 +262,33 @@ def test_save_load_round_trip_keeps_egsw_as_plain_data(tmp_path):
     assert PPO.load(tmp_path / "plain.zip").egsw is None
 
 
-def test_load_with_one_env_rejects_step_mode(tmp_path):
+def test_step_mode_with_one_env_is_plain_ppo_with_a_warning(tmp_path):
+    """Step mode's sets are the envs at a step: with one env each has one sample, of weight 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # building (and saving, loading) such a model is silent
+        model = make_model(PPO, n_envs=1, egsw=EGSW(mode="step", alpha=0.5, temperature=0.3), batch_size=16)
+    snap = Snapshot()
+    with pytest.warns(UserWarning, match="n_envs=1: every set holds one sample.*plain PPO.*trajectory"):
+        model.learn(16, callback=snap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        model.learn(16, callback=snap, reset_num_timesteps=False)
+    assert np.array_equal(snap.data["weights"], np.ones((16, 1), np.float32))
+    ref = make_model(sb3.PPO, n_envs=1, batch_size=16).learn(32)
+    for (k, a), b in zip(params(ref).items(), params(model).values(), strict=True):
+        assert th.allclose(a, b, atol=1e-6, rtol=0), k
+    # The same on load onto one env (the saved model had two).
     make_model(PPO, egsw=EGSW(mode="step")).save(tmp_path / "m.zip")
-    with pytest.raises(ValueError, match="n_envs=1"):
-        PPO.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", n_envs=1))
+    loaded = PPO.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", n_envs=1))
+    with pytest.warns(UserWarning, match="n_envs=1"):
+        loaded.learn(16)
+
+
+@pytest.mark.parametrize("mode", ["trajectory", "step"])
+def test_every_mode_constructs_and_learns_on_one_env(mode):
+    make_model(PPO, n_envs=1, egsw=EGSW(mode=mode)).learn(32)
+    assert EGSW().mode == "trajectory"
+    make_model(PPO, n_envs=1, egsw=EGSW()).learn(32)
 
 
 def test_loads_a_plain_sb3_zip(tmp_path):

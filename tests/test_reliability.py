@@ -87,7 +87,9 @@ def test_ppo_overflowing_value_loss_raises_before_the_step():
     # Finite but huge rewards: the value loss overflows float32 to inf. The update must not be applied.
     env = make_vec_env(lambda: FaultyEnv(reward=3e38), n_envs=2, seed=0)
     model = PPO("MlpPolicy", env, n_steps=8, batch_size=16, n_epochs=1, normalize_advantage=True, seed=0)
-    with pytest.raises(NonFiniteError, match="PPO: non-finite .*value loss in epoch 0"):
+    with pytest.raises(
+        NonFiniteError, match=r"PPO: non-finite gradient of .*value_net.* in the update at num_timesteps=16"
+    ):
         model.learn(16)
     assert params_finite(model)
 
@@ -116,19 +118,77 @@ def test_grpo_non_finite_loss_raises_before_the_step(monkeypatch):
         (dict(n_epochs=0), "n_epochs must be an integer >= 1"),
         (dict(batch_size=1), "batch_size must be an integer >= 2"),
         (dict(n_steps=0), "n_steps must be an integer >= 1"),
-        (dict(gamma=1.5), r"gamma must be a number in \[0, 1\]"),
-        (dict(gae_lambda=-0.1), r"gae_lambda must be a number in \[0, 1\]"),
-        (dict(clip_range=-0.1), "clip_range must be a number > 0 or a schedule"),
+        (dict(gamma=1.5), r"gamma must be a finite number in \[0, 1\], got 1.5"),
+        (dict(gae_lambda=-0.1), r"gae_lambda must be a finite number in \[0, 1\]"),
+        (dict(clip_range=-0.1), "clip_range must be a finite number > 0, got -0.1; pass a schedule"),
         (dict(clip_range_vf=0.0), "clip_range_vf must be None"),
         (dict(ent_coef="x"), "ent_coef must be a finite number"),
-        (dict(vf_coef=-1.0), "vf_coef must be a number >= 0"),
-        (dict(max_grad_norm=0), "max_grad_norm must be a number > 0"),
+        (dict(vf_coef=-1.0), "vf_coef must be a finite number >= 0"),
+        (dict(max_grad_norm=0), "max_grad_norm must be a finite number > 0"),
+        (dict(gamma=True), "gamma must be a finite number in"),
+        (dict(ent_coef=float("nan")), "ent_coef must be a finite number, got nan"),
+        (dict(normalize_advantage=1), "normalize_advantage must be True or False"),
+        (dict(learning_rate=float("inf")), "learning_rate must be a finite number > 0, got inf"),
+        (dict(learning_rate=0.0), "learning_rate must be a finite number > 0, got 0.0"),
+        (
+            dict(learning_rate=lambda p: 3e-4 * p - 1e-4),
+            r"learning_rate\(0\) must be a finite number >= 0, got -0.0001",
+        ),
+        (dict(clip_range=lambda p: float("nan")), r"clip_range\(1\) must be a finite number > 0, got nan"),
         (dict(target_kl=-1.0), "target_kl must be None"),
     ],
 )
 def test_ppo_invalid_settings_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), **kwargs)
+
+
+def test_ppo_schedule_checked_where_it_is_evaluated():
+    """A schedule valid at both ends but NaN in between stops at that update, parameters untouched."""
+    lr = lambda p: float("nan") if 0.2 < p < 0.6 else 3e-4  # noqa: E731
+    model = PPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), learning_rate=lr, n_steps=8, batch_size=16, seed=0
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"learning_rate\(0.5\) must be a finite number >= 0, got nan.*progress_remaining=0.5",
+    ):
+        model.learn(64)
+    assert params_finite(model) and model.num_timesteps == 32
+
+
+@pytest.mark.parametrize("total", [-100, float("nan"), float("inf"), True])
+def test_ppo_learn_rejects_bad_total_timesteps(total):
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16)
+    with pytest.raises(ValueError, match=f"total_timesteps must be a finite number >= 0, got {total!r}"):
+        model.learn(total)
+
+
+def test_ppo_learn_zero_and_float_totals_work_as_in_sb3():
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16)
+    model.learn(0)
+    assert model.num_timesteps == 0
+    model.learn(3.2e1)
+    assert model.num_timesteps == 32
+
+
+def test_optimizer_guard_refuses_nan_gradient_steps():
+    """Whatever produced it, a NaN gradient never reaches the parameters (the guard is on the optimizer)."""
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16, seed=0)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.policy.action_net.weight.grad = torch.full_like(model.policy.action_net.weight, float("nan"))
+    with pytest.raises(NonFiniteError, match=r"PPO: non-finite gradient of action_net.weight in the update"):
+        model.policy.optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+def test_optimizer_guard_accepts_huge_finite_gradients():
+    """The guard's fast path (a sum of norms) overflows for entries ~1e30; the exact check must let them pass."""
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16, seed=0)
+    for p in model.policy.parameters():
+        p.grad = torch.full_like(p, 1e30)
+    model.policy.optimizer.step()  # Adam normalises the step: finite parameters
+    assert params_finite(model)
 
 
 def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
@@ -159,7 +219,7 @@ def test_incompatible_spaces_explain_what_is_expected():
         GRPO("LMPolicy", "CartPole-v1", group_size=2, n_groups=1)
     with pytest.raises(ValueError, match="MlpPolicy' needs a Box.*use 'LMPolicy'"):
         GRPO("MlpPolicy", "egsw/Arithmetic-v0", group_size=2, n_groups=1, env_kwargs=dict(max_new_tokens=4))
-    with pytest.raises(ValueError, match="EGSW.mode must be 'step' or 'trajectory'"):
+    with pytest.raises(ValueError, match="EGSW.mode must be one of 'trajectory', 'step', got 'episode'"):
         EGSW(mode="episode")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import CheckpointCallback
 
+from egsw_gym.common.checks import check_int
 from egsw_gym.common.distributed import is_main_process
 
 __all__ = ["save_atomic", "AtomicCheckpointCallback", "latest_checkpoint"]
@@ -87,8 +88,7 @@ class AtomicCheckpointCallback(CheckpointCallback):
         verbose: int = 0,
         at_update_boundary: bool = False,
     ) -> None:
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(f"save_freq must be an integer >= 1, got {save_freq!r}")
+        check_int("save_freq", save_freq, low=1)
         super().__init__(save_freq, save_path, name_prefix, save_replay_buffer, save_vecnormalize, verbose)
         self.at_update_boundary = at_update_boundary
         self.n_rollouts = 0

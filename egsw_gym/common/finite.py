@@ -1,19 +1,35 @@
 """Clear errors for NaN and inf, raised where they enter training (never silently NaN parameters).
 
-One vectorised ``np.isfinite`` per environment step (rewards, and observations with a floating
-dtype; integer observations such as token ids cannot be non-finite and are skipped), and a check
-of the loss before every optimizer step, using the loss value the algorithms already read for
-logging.
+The one place PPO and GRPO share for finiteness:
+
+- environment side: :func:`check_step_finite`, one vectorised ``np.isfinite`` per environment step
+  (rewards, and observations with a floating dtype; integer observations such as token ids
+  cannot be non-finite and are skipped). PPO gets it through :class:`VecCheckFinite`, SB3's
+  :class:`~stable_baselines3.common.vec_env.VecCheckNan` raising :class:`NonFiniteError` with our
+  message; GRPO calls it in its collection loop.
+- update side: :func:`guard_optimizer_step` registers a pre-step hook on the optimizer that
+  refuses the step when a gradient is NaN or inf (a non-finite loss always gives one), naming the
+  parameters; :func:`check_loss_finite` checks loss values an algorithm already read as floats.
+  Either way the optimizer step is not applied, so the parameters never become NaN silently.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 
-__all__ = ["NonFiniteError", "check_step_finite", "check_loss_finite"]
+__all__ = [
+    "NonFiniteError",
+    "check_step_finite",
+    "check_loss_finite",
+    "VecCheckFinite",
+    "guard_optimizer_step",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -90,3 +106,104 @@ def check_loss_finite(algo: str, terms: dict[str, float], where: str) -> None:
             "Common causes: a too large learning rate, inf advantages from extreme rewards, or log-probs of "
             "actions the policy cannot produce"
         )
+
+
+class VecCheckFinite(VecCheckNan):
+    """SB3's :class:`~stable_baselines3.common.vec_env.VecCheckNan` that raises :class:`NonFiniteError` with context.
+
+    Same checks as ``VecCheckNan(venv, raise_exception=True, check_inf=True)`` (actions sent to the
+    environments, observations and rewards coming back, reset observations), but the error names
+    the algorithm, the environment index and where in training it happened (``where``), in the
+    words of :func:`check_step_finite`.
+
+    Parameters
+    ----------
+    venv : VecEnv
+        The environments to watch.
+    algo : str
+        Name used in the message (``"PPO"``).
+    where : Callable[[], str]
+        Called only to build an error message, e.g. ``lambda: f"at rollout step {t}"``.
+    """
+
+    def __init__(self, venv: VecEnv, algo: str, where: Callable[[], str]) -> None:
+        super().__init__(venv, raise_exception=True, warn_once=False, check_inf=True)
+        self.algo = algo
+        self.where = where
+
+    def _check_val(self, event: str, **kwargs: Any) -> None:
+        if event == "step_wait":
+            check_step_finite(self.algo, kwargs["rewards"], kwargs["observations"], self.where)
+        elif event == "reset":
+            check_step_finite(self.algo, None, kwargs["observations"], "at a reset (the start observation)")
+        else:  # step_async: the actions the policy chose
+            bad = _first_bad(np.asarray(kwargs["actions"]))
+            if bad is not None:
+                raise NonFiniteError(
+                    f"{self.algo}: action for env {bad[0]} {_where(self.where)} is {bad[1]}: the policy's "
+                    "parameters or its input are non-finite"
+                )
+
+
+def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every tensor is finite: one fused norm per device (fast path), exact per-tensor check if not.
+
+    The norms of finite tensors can only overflow for entries beyond ~1e19, so a non-finite sum of
+    norms is confirmed tensor by tensor before it counts as non-finite.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    if all(bool(torch.stack(torch._foreach_norm(gs)).sum().isfinite()) for gs in by_device.values()):
+        return True
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def guard_optimizer_step(
+    optimizer: torch.optim.Optimizer, module: torch.nn.Module, algo: str, where: Callable[[], str]
+) -> Any:
+    """Refuse every ``optimizer.step()`` whose gradients contain NaN or inf, raising :class:`NonFiniteError`.
+
+    A pre-step hook (``optimizer.register_step_pre_hook``), so it guards the step wherever the
+    algorithm calls it, without a line in its update loop. A NaN or inf loss always leaves a
+    non-finite gradient (after ``clip_grad_norm_`` too: a non-finite total norm makes the clipped
+    gradients NaN), so this also covers the loss. The message names the parameters whose gradient
+    is non-finite (e.g. ``value_net.weight`` points at the value loss).
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+        The optimizer to guard.
+    module : torch.nn.Module
+        The module owning the parameters (for their names in the message); held by weak reference.
+    algo : str
+        Name used in the message.
+    where : Callable[[], str]
+        Called only to build an error message, e.g. ``lambda: f"in update 3 (num_timesteps=640)"``.
+
+    Returns
+    -------
+    torch.utils.hooks.RemovableHandle
+        ``handle.remove()`` takes the guard off.
+    """
+    module_ref = weakref.ref(module)
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if _all_finite(grads):
+            return
+        owner = module_ref()
+        names = {} if owner is None else {id(p): name for name, p in owner.named_parameters()}
+        bad = [
+            names.get(id(p), f"parameter {i}")
+            for i, p in enumerate(p for group in opt.param_groups for p in group["params"])
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        raise NonFiniteError(
+            f"{algo}: non-finite gradient of {shown} {where()}; the optimizer step was not applied. Common "
+            "causes: a too large learning rate, inf advantages or returns from extreme rewards, or "
+            "log-probs of actions the policy cannot produce"
+        )
+
+    return optimizer.register_step_pre_hook(hook)
