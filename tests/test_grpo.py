@@ -281,7 +281,7 @@ def test_invalid_settings_raise_value_error(kwargs, match):
 
 
 def test_env_dependent_errors():
-    with pytest.raises(ValueError, match="n_envs must be a multiple of group_size"):
+    with pytest.raises(ValueError, match=r"n_groups \* group_size = 16 .* multiple of the env's n_envs = 6"):
         GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=6), group_size=4)
     with pytest.raises(ValueError, match="n_groups"):
         GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8), group_size=4, n_groups=3)

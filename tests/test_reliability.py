@@ -10,7 +10,7 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import egsw_gym.algorithms.grpo as grpo_module
+import egsw_gym.algorithms.grpo.grpo as grpo_module
 from egsw_gym import EGSW, GRPO, PPO
 from egsw_gym.common.finite import NonFiniteError
 
@@ -138,7 +138,7 @@ def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(learning_rate=-1.0), "learning_rate must be a number > 0 or a schedule"),
+        (dict(learning_rate=-1.0), "learning_rate must be a finite number > 0"),
         (dict(scale_rewards="yes"), "scale_rewards must be True"),
         (dict(stats_window_size=0), "stats_window_size must be an integer >= 1"),
         (dict(env_kwargs=[1]), "env_kwargs must be a dict or None"),

@@ -22,6 +22,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from egsw_gym import EGSW, GRPO, PPO
 from egsw_gym.common.checkpoints import AtomicCheckpointCallback, latest_checkpoint
+from egsw_gym.common.env_util import build_vec_env
 
 torch.set_num_threads(1)
 
@@ -106,7 +107,7 @@ def test_grpo_lm_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path)
     callback = AtomicCheckpointCallback(1, str(tmp_path), name_prefix="lm", at_update_boundary=True)
     uninterrupted = make().learn(total, callback=callback)
     first = min(tmp_path.glob("lm_*_steps.zip"), key=lambda p: int(p.name.split("_")[1]))
-    resumed = GRPO.load(first, env=GRPO._make_vec_env("egsw/Arithmetic-v0", 4, dict(max_new_tokens=4)))
+    resumed = GRPO.load(first, env=build_vec_env("egsw/Arithmetic-v0", 4, env_kwargs=dict(max_new_tokens=4)))
     assert 0 < resumed.num_timesteps < uninterrupted.num_timesteps
     resumed.learn(total - resumed.num_timesteps, reset_num_timesteps=False)
     assert resumed.num_timesteps == uninterrupted.num_timesteps

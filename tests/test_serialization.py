@@ -25,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 
 from egsw_gym import EGSW, GRPO, PPO
+from egsw_gym.common.env_util import build_vec_env
 from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER, UnsafeCheckpointError
 
 torch.set_num_threads(1)
@@ -65,7 +66,7 @@ def lm_model(seed: int = 0, **kwargs) -> GRPO:
 
 
 def lm_env():
-    return GRPO._make_vec_env(LM_ENV, 4, LM_ENV_KWARGS)
+    return build_vec_env(LM_ENV, 4, env_kwargs=LM_ENV_KWARGS)
 
 
 # ------------------------------------------------------------------------------------ round trips

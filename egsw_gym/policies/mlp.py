@@ -1,9 +1,11 @@
-"""``"MlpPolicy"`` for GRPO: a critic-free actor assembled from SB3 building blocks.
+"""``"MlpPolicy"``, ``"CnnPolicy"`` and ``"MultiInputPolicy"`` for GRPO: critic-free actors from SB3 blocks.
 
-GRPO replaces the value function with group statistics, so this is SB3's ``ActorCriticPolicy``
-without the critic: ``FlattenExtractor -> create_mlp -> make_proba_distribution``. Categorical for
-``Discrete`` (and SB3's other discrete spaces), diagonal Gaussian with a state-independent
-``log_std`` for ``Box``.
+GRPO replaces the value function with group statistics, so these are SB3's ``ActorCriticPolicy``,
+``ActorCriticCnnPolicy`` and ``MultiInputActorCriticPolicy`` without the critic:
+``features extractor -> create_mlp -> make_proba_distribution``, with SB3's ``FlattenExtractor``,
+``NatureCNN`` (image observations) and ``CombinedExtractor`` (``Dict`` observations) respectively.
+Categorical for ``Discrete`` (and SB3's other discrete spaces), diagonal Gaussian with a
+state-independent ``log_std`` for ``Box``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from stable_baselines3.common.distributions import (
     Distribution,
     make_proba_distribution,
 )
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, create_mlp
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+    create_mlp,
+)
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from egsw_gym.policies.base import GRPOPolicy
 
-__all__ = ["MlpPolicy"]
+__all__ = ["CnnPolicy", "MlpPolicy", "MultiInputPolicy"]
 
 
 class MlpPolicy(GRPOPolicy):
@@ -167,3 +175,55 @@ class MlpPolicy(GRPOPolicy):
         log_probs = log_probs.masked_scatter(mask, dist.log_prob(flat_actions).float())
         entropies = entropies.masked_scatter(mask, dist.entropy().float())
         return log_probs, entropies
+
+
+class CnnPolicy(MlpPolicy):
+    """:class:`MlpPolicy` on image observations: SB3's ``NatureCNN`` features extractor by default.
+
+    Same parameters as :class:`MlpPolicy`; images are channel-first or channel-last ``uint8`` boxes
+    (SB3's ``is_image_space``), divided by 255 when ``normalize_images``. ``GRPO("CnnPolicy", env)``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            features_extractor_class=features_extractor_class,
+            **kwargs,
+        )
+
+
+class MultiInputPolicy(MlpPolicy):
+    """:class:`MlpPolicy` on ``Dict`` observations: SB3's ``CombinedExtractor`` by default.
+
+    Same parameters as :class:`MlpPolicy`; image entries go through a ``NatureCNN``, the others are
+    flattened, and the features are concatenated. ``GRPO("MultiInputPolicy", env)``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            features_extractor_class=features_extractor_class,
+            **kwargs,
+        )
