@@ -201,7 +201,9 @@ def test_image_and_dict_policies_learn_and_round_trip(tmp_path, policy, policy_c
     loaded = GRPO.load(tmp_path / "model", env=DummyVecEnv([make_env] * 4))
     assert type(loaded.policy) is policy_class and torch.equal(params(loaded), after)
     obs = env.reset()
-    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert np.array_equal(
+        model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0]
+    )
 
 
 def test_mlp_policy_on_dict_observations_points_to_multi_input_policy():

@@ -56,8 +56,9 @@ class MlpPolicy(GRPOPolicy):
         which starts the policy near uniform / near zero mean).
     log_std_init : float
         Initial log-std of the Gaussian for ``Box`` actions.
-    features_extractor_class : type of BaseFeaturesExtractor
-        Defaults to ``FlattenExtractor``; pass SB3's ``CombinedExtractor`` for ``Dict`` observations.
+    features_extractor_class : type of BaseFeaturesExtractor or None
+        ``None`` uses the class's :attr:`default_features_extractor_class`: ``FlattenExtractor`` here,
+        ``NatureCNN`` for :class:`CnnPolicy`, ``CombinedExtractor`` for :class:`MultiInputPolicy`.
     features_extractor_kwargs : dict or None
         Keyword arguments of the extractor.
     normalize_images : bool
@@ -69,6 +70,8 @@ class MlpPolicy(GRPOPolicy):
     """
 
     uses_step_observations = True
+    #: The features extractor used when ``features_extractor_class`` is not given.
+    default_features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor
 
     def __init__(
         self,
@@ -79,12 +82,14 @@ class MlpPolicy(GRPOPolicy):
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         log_std_init: float = 0.0,
-        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if features_extractor_class is None:
+            features_extractor_class = self.default_features_extractor_class
         if optimizer_kwargs is None:
             optimizer_kwargs = {"eps": 1e-5} if optimizer_class == torch.optim.Adam else {}
         super().__init__(
@@ -177,6 +182,7 @@ class MlpPolicy(GRPOPolicy):
         return log_probs, entropies
 
 
+
 class CnnPolicy(MlpPolicy):
     """:class:`MlpPolicy` on image observations: SB3's ``NatureCNN`` features extractor by default.
 
@@ -184,23 +190,7 @@ class CnnPolicy(MlpPolicy):
     (SB3's ``is_image_space``), divided by 255 when ``normalize_images``. ``GRPO("CnnPolicy", env)``.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        *args: Any,
-        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            *args,
-            features_extractor_class=features_extractor_class,
-            **kwargs,
-        )
+    default_features_extractor_class = NatureCNN
 
 
 class MultiInputPolicy(MlpPolicy):
@@ -210,20 +200,4 @@ class MultiInputPolicy(MlpPolicy):
     flattened, and the features are concatenated. ``GRPO("MultiInputPolicy", env)``.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        *args: Any,
-        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            *args,
-            features_extractor_class=features_extractor_class,
-            **kwargs,
-        )
+    default_features_extractor_class = CombinedExtractor

@@ -344,10 +344,19 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         self.logger.record("egsw/entropy_mean", sums["h"] / max(sums["n"], 1.0))
         return weights
 
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        """SB3's ``1 - num_timesteps / total_timesteps``, floored at 0.
+
+        The last update may overshoot ``total_timesteps`` (whole updates); without the floor a
+        schedule such as ``lambda p: p * lr`` would give it a negative learning rate.
+        """
+        super()._update_current_progress_remaining(num_timesteps, total_timesteps)
+        self._current_progress_remaining = max(0.0, self._current_progress_remaining)
+
     def _update_learning_rate(self, optimizers: Any) -> None:
-        """SB3's, after checking the schedule's value now (a schedule may turn NaN, inf or <= 0 midway)."""
+        """SB3's, after checking the schedule's value now (a schedule may turn NaN, inf or < 0 midway)."""
         progress = self._current_progress_remaining
-        check_schedule_value("learning_rate", self.lr_schedule(progress), progress, low=0, low_open=True)
+        check_schedule_value("learning_rate", self.lr_schedule(progress), progress, low=0)
         super()._update_learning_rate(optimizers)
 
     def train(self, batch: GroupBatch) -> None:

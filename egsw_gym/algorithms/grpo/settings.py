@@ -22,10 +22,18 @@ from egsw_gym.common.checks import (
     check_int,
     check_learning_rate,
     check_number,
+    check_schedule,
+    check_schedule_value,
 )
 from egsw_gym.policies.mlp import CnnPolicy, MlpPolicy, MultiInputPolicy
 
-__all__ = ["HYPERPARAMETER_CHECKS", "POLICY_ALIASES", "LazyPolicyAliases", "check_policy_fits_env"]
+__all__ = [
+    "HYPERPARAMETER_CHECKS",
+    "POLICY_ALIASES",
+    "LazyPolicyAliases",
+    "check_lr",
+    "check_policy_fits_env",
+]
 
 
 class LazyPolicyAliases(dict):
@@ -43,6 +51,19 @@ class LazyPolicyAliases(dict):
         return value
 
 
+def check_lr(name: str, value: Any) -> Any:
+    """A finite learning rate ``> 0``, or a schedule that is finite, ``> 0`` at the start and ``>= 0`` at the end.
+
+    The end may be 0: SB3's documented ``linear_schedule`` (``lambda p: p * lr``) ends there, and a
+    zero step is harmless. During training GRPO checks every value it uses (finite, ``>= 0``).
+    """
+    if callable(value) and not isinstance(value, (int, float)):
+        check_schedule(name, value, low=0.0)
+        check_schedule_value(name, value(1.0), 1.0, low=0.0, low_open=True)
+        return value
+    return check_learning_rate(value, name)
+
+
 def check_env_kwargs(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, dict):
         raise ValueError(f"{name} must be a dict or None, got {type(value).__name__}")
@@ -56,7 +77,7 @@ HYPERPARAMETER_CHECKS: dict[str, Any] = {
     "n_envs": lambda n, v: check_int(n, v, low=1, allow_none=True),
     "n_epochs": lambda n, v: check_int(n, v, low=1),
     "batch_size": lambda n, v: check_int(n, v, low=1, allow_none=True, hint="None means the whole batch"),
-    "learning_rate": lambda n, v: check_learning_rate(v, n),
+    "learning_rate": check_lr,
     "clip_range": lambda n, v: check_number(n, v, low=0, high=1, low_open=True, high_open=True),
     "clip_range_high": lambda n, v: check_number(n, v, low=0, low_open=True, allow_none=True),
     "beta": lambda n, v: check_number(n, v, low=0),
