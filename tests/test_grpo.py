@@ -280,8 +280,70 @@ def test_invalid_settings_raise_value_error(kwargs, match):
         GRPO("MlpPolicy", "CartPole-v1", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(ent_coef=float("nan")), "ent_coef must be a finite number"),
+        (dict(ent_coef=float("inf")), "ent_coef must be a finite number"),
+        (dict(beta=float("inf")), "beta must be a finite number >= 0"),
+        (dict(beta=True), "beta must be a finite number >= 0, got True"),
+        (dict(gamma=True), "gamma must be a finite number in \\(0, 1\\], got True"),
+        (dict(learning_rate=float("inf")), "learning_rate must be a finite number > 0"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
+        (dict(learning_rate=0.0), "learning_rate must be a finite number > 0"),
+        (dict(learning_rate=lambda p: float("inf")), "learning_rate.* returned it at progress_remaining=1"),
+        (dict(learning_rate=lambda p: p - 0.5), "learning_rate.* returned it at progress_remaining=0"),
+        (dict(learning_rate=lambda p: 1 - p), "learning_rate.* returned it at progress_remaining=1"),
+        (dict(group_size=True), "group_size must be an integer >= 2, got True"),
+        (dict(scale_rewards=1), "scale_rewards must be True or False"),
+    ],
+)
+def test_bad_numbers_are_refused_with_the_shared_checks(kwargs, match):
+    # Issue 11: the same rules as PPO and EGSW (egsw_gym.common.checks); bools are never numbers.
+    with pytest.raises(ValueError, match=match):
+        GRPO("MlpPolicy", "CartPole-v1", **{"group_size": 2, "n_groups": 1, **kwargs})
+
+
+def test_a_schedule_that_turns_bad_midway_stops_training_before_the_step():
+    def schedule(progress_remaining: float) -> float:
+        return float("inf") if 0.2 < progress_remaining < 0.8 else 1e-3  # fine at 1 and 0
+
+    model = GRPO("MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, learning_rate=schedule, seed=0)
+    with pytest.raises(ValueError, match=r"learning_rate\(0\.\d+\).* returned it at progress_remaining=0\."):
+        model.learn(2_000)
+    assert torch.isfinite(params(model)).all()  # the bad value never reached the optimizer
+
+
+def test_learn_rejects_negative_and_nan_totals_and_accepts_floats():
+    model = GRPO("MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, seed=0)
+    before = params(model)
+    for bad in (-100, float("nan"), float("inf"), True, "100"):
+        with pytest.raises(ValueError, match="total_timesteps"):
+            model.learn(bad)
+    model.learn(0)  # a no-op, as in SB3
+    assert model.num_timesteps == 0 and torch.equal(params(model), before)
+    model.learn(40.0)  # a float total works, as SB3's learn(1e5) does
+    assert model.num_timesteps >= 40
+
+
+def test_sb3_linear_schedule_ending_at_zero_trains_to_the_end():
+    # SB3's documented linear_schedule: p * lr, exactly 0 at the end; the last update may overshoot
+    # total_timesteps, and the floored progress keeps its learning rate at 0, never negative.
+    model = GRPO("MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, learning_rate=lambda p: p * 1e-3, seed=0)
+    model.learn(50)
+    assert model.num_timesteps > 50 and model._current_progress_remaining == 0.0
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_check_hyperparameters_validates_what_it_is_given():
+    # The classmethod the serialization hook calls with the values a checkpoint brings back.
+    GRPO._check_hyperparameters(group_size=4, gamma=0.9, num_timesteps=10)  # unknown keys are ignored
+    with pytest.raises(ValueError, match="n_epochs must be an integer >= 1"):
+        GRPO._check_hyperparameters(n_epochs=0)
+
+
 def test_env_dependent_errors():
-    with pytest.raises(ValueError, match="n_envs must be a multiple of group_size"):
+    with pytest.raises(ValueError, match=r"n_groups \* group_size = 16 .* multiple of the env's n_envs = 6"):
         GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=6), group_size=4)
     with pytest.raises(ValueError, match="n_groups"):
         GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8), group_size=4, n_groups=3)

@@ -1,4 +1,4 @@
-"""grpo_core against straightforward per-sequence / per-group loop references written in plain Python."""
+"""grpo.core against straightforward per-sequence / per-group loop references written in plain Python."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egsw_gym.algorithms.grpo_core import (
+from egsw_gym.algorithms.grpo.core import (
     aggregate_loss,
     clipped_surrogate,
     discounted_returns,
@@ -220,11 +220,40 @@ def test_unit_weights_equal_unweighted_and_weights_touch_only_the_surrogate(loss
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("clip_range_high", [None, 0.28])
+def test_loss_statistics_mean_what_sb3_ppo_and_trl_mean(clip_range_high):
+    """clip_fraction and approx_kl as SB3's PPO computes them; low/high clip fractions as TRL's GRPO."""
+    g = torch.Generator().manual_seed(3)
+    lp, old = torch.randn(5, 7, generator=g) * 0.3, torch.randn(5, 7, generator=g) * 0.3
+    adv = torch.randn(5, 7, generator=g)
+    mask = torch.rand(5, 7, generator=g) > 0.3
+    mask[:, 0] = True
+    eps_low = 0.2
+    eps_high = eps_low if clip_range_high is None else clip_range_high
+    out = grpo_loss(lp, old, adv, mask, clip_range=eps_low, clip_range_high=clip_range_high)
+    # Loop references over the valid steps only.
+    clipped = low = high = 0
+    kls = []
+    for i, t in mask.nonzero().tolist():
+        log_ratio = float(lp[i, t] - old[i, t])
+        ratio = math.exp(log_ratio)
+        clipped += ratio < 1 - eps_low or ratio > 1 + eps_high  # SB3: |ratio - 1| > clip_range
+        low += ratio < 1 - eps_low and float(adv[i, t]) < 0  # TRL: is_low_clipped
+        high += ratio > 1 + eps_high and float(adv[i, t]) > 0  # TRL: is_high_clipped
+        kls.append((ratio - 1) - log_ratio)  # SB3: approx_kl_div
+    n = int(mask.sum())
+    assert 0 < clipped < n and low > 0 and high > 0  # the data exercises every case
+    assert out.clip_fraction == pytest.approx(clipped / n, abs=1e-6)
+    assert out.clip_fraction_low == pytest.approx(low / n, abs=1e-6)
+    assert out.clip_fraction_high == pytest.approx(high / n, abs=1e-6)
+    assert out.approx_kl == pytest.approx(sum(kls) / n, rel=1e-5)
+
+
 def test_grpo_loss_stats_and_requirements():
     lp = torch.zeros(2, 3)
     mask = torch.ones(2, 3, dtype=torch.bool)
     out = grpo_loss(lp, lp, torch.ones(2, 3), mask, clip_range=0.2)
-    assert out.clip_fraction == 0 and out.approx_kl_old == 0 and out.kl == 0
+    assert out.clip_fraction == 0 and out.approx_kl == 0 and out.clip_fraction_low == 0 and out.clip_fraction_high == 0 and out.kl == 0
     with pytest.raises(ValueError, match="ref_log_probs"):
         grpo_loss(lp, lp, lp, mask, clip_range=0.2, beta=0.1)
     with pytest.raises(ValueError, match="entropies"):

@@ -33,19 +33,16 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_model(seed: int = 0, **kwargs) -> GRPO:
-    defaults = dict(
-        n_envs=16,
-        group_size=4,
-        n_groups=4,
-        n_epochs=1,
-        learning_rate=1e-3,
-        policy_kwargs=dict(model_config=dict(TINY)),
-        seed=seed,
-        device="cpu",
-    )
-    defaults.update(kwargs)
-    return GRPO("LMPolicy", ENV_ID, **defaults)
+@pytest.fixture
+def make_model(tiny_lm_grpo):
+    """The conftest's tiny-LM GRPO with this file's defaults: 16 slots, groups of 4, no EGSW unless asked."""
+
+    def make(seed: int = 0, **kwargs) -> GRPO:
+        defaults = dict(n_envs=16, group_size=4, n_groups=4, learning_rate=1e-3, ent_coef=0.0, egsw=None)
+        defaults.update(env_kwargs=None, device="cpu", seed=seed)
+        return tiny_lm_grpo(**{**defaults, **kwargs})
+
+    return make
 
 
 def collect(model: GRPO) -> GroupBatch:
@@ -56,7 +53,7 @@ def collect(model: GRPO) -> GroupBatch:
     return batch
 
 
-def test_id_string_builds_the_batched_vector_env():
+def test_id_string_builds_the_batched_vector_env(make_model):
     model = make_model()
     assert isinstance(model.env, VecMonitor)
     assert isinstance(model.env.venv, VectorEnvAdapter)
@@ -71,7 +68,7 @@ def test_control_ids_keep_the_dummy_vec_env():
     assert isinstance(model.env, DummyVecEnv)
 
 
-def test_learn_runs_and_logs_lm_metrics():
+def test_learn_runs_and_logs_lm_metrics(make_model):
     model = make_model(egsw=EGSW(alpha=0.1), beta=0.04)
     # log_interval=None: nothing is dumped, so the logger still holds the last update's values.
     model.learn(400, log_interval=None)
@@ -90,7 +87,7 @@ def test_learn_runs_and_logs_lm_metrics():
     assert 0.0 <= recorded["rollout/correct"] <= 1.0
 
 
-def test_groups_share_prompts_and_rewards_match_the_verifier(monkeypatch):
+def test_groups_share_prompts_and_rewards_match_the_verifier(monkeypatch, make_model):
     model = make_model(n_envs=16, group_size=4, n_groups=8)  # two rounds of four groups
     seeds_seen: list[list[int]] = []
     original = GRPO._set_reset_seeds
@@ -128,7 +125,7 @@ def test_groups_share_prompts_and_rewards_match_the_verifier(monkeypatch):
         assert float(returns[i]) == pytest.approx(expected)
 
 
-def test_same_seed_same_parameters():
+def test_same_seed_same_parameters(make_model):
     # The untrained model earns no reward (zero advantages); the entropy bonus makes every update
     # depend on what was sampled, so that a different seed must give different parameters.
     kwargs = dict(egsw=EGSW(), ent_coef=0.01)
@@ -149,7 +146,7 @@ def test_same_seed_same_parameters():
     )
 
 
-def test_the_seed_sets_the_tiny_models_initial_weights():
+def test_the_seed_sets_the_tiny_models_initial_weights(make_model):
     """As for SB3's own networks: same seed, same initial model; another seed, another model;
     model_config={"seed": s} pins the weights whatever the algorithm's seed."""
 
@@ -174,7 +171,7 @@ def greedy_completions(model: GRPO, n: int = 24) -> list[list[int]]:
     return generate_completions(model.policy, prompts, env.unwrapped.max_new_tokens, deterministic=True)
 
 
-def test_save_load_round_trip(tmp_path, monkeypatch):
+def test_save_load_round_trip(tmp_path, monkeypatch, make_model):
     model = make_model(egsw=EGSW(alpha=0.3, temperature=2.0, mode="trajectory"), beta=0.02)
     model.learn(300)
     path = tmp_path / "grpo_lm.zip"
@@ -196,7 +193,7 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
     loaded.learn(200, reset_num_timesteps=False)  # and it trains on
 
 
-def test_local_checkpoint_directory_as_model_and_tokenizer(tmp_path):
+def test_local_checkpoint_directory_as_model_and_tokenizer(tmp_path, make_model):
     base = make_model()
     ckpt = base.policy.save_pretrained(tmp_path / "ckpt")
     model = GRPO(
@@ -218,7 +215,7 @@ def test_local_checkpoint_directory_as_model_and_tokenizer(tmp_path):
     assert GRPO.load(path, device="cpu").policy.n_actions == model.policy.n_actions
 
 
-def test_sync_reference_policy_after_a_warm_start():
+def test_sync_reference_policy_after_a_warm_start(make_model):
     from egsw_gym.llm import warm_start
 
     model = make_model(beta=0.1)

@@ -10,7 +10,7 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import egsw_gym.algorithms.grpo as grpo_module
+import egsw_gym.algorithms.grpo.grpo as grpo_module
 from egsw_gym import EGSW, GRPO, PPO
 from egsw_gym.common.finite import NonFiniteError
 
@@ -198,7 +198,7 @@ def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(learning_rate=-1.0), "learning_rate must be a number > 0 or a schedule"),
+        (dict(learning_rate=-1.0), "learning_rate must be a finite number > 0"),
         (dict(scale_rewards="yes"), "scale_rewards must be True"),
         (dict(stats_window_size=0), "stats_window_size must be an integer >= 1"),
         (dict(env_kwargs=[1]), "env_kwargs must be a dict or None"),
@@ -226,25 +226,11 @@ def test_incompatible_spaces_explain_what_is_expected():
 # ------------------------------------------------------------------------------------ determinism
 
 
-def test_grpo_lm_same_seed_same_parameters():
+def test_grpo_lm_same_seed_same_parameters(tiny_lm_grpo, flat_params):
     # PPO: tests/test_ppo.py::test_egsw_none_is_bit_identical_to_sb3 and test_reliability's resume tests;
     # GRPO control: tests/test_grpo.py::test_same_seed_same_parameters_and_different_seed_differs.
     def run(seed: int) -> torch.Tensor:
-        model = GRPO(
-            "LMPolicy",
-            "egsw/Arithmetic-v0",
-            group_size=2,
-            n_groups=2,
-            env_kwargs=dict(max_new_tokens=4),
-            policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
-            learning_rate=1e-2,
-            n_epochs=1,
-            ent_coef=0.01,  # a gradient even when every reward is 0 (the untrained model never answers right)
-            egsw=EGSW(),
-            seed=seed,
-        )
-        model.learn(16)
-        return torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+        return flat_params(tiny_lm_grpo(seed=seed).learn(16))
 
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b)

@@ -86,27 +86,12 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exa
     )
 
 
-def test_grpo_lm_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
-    def make() -> GRPO:
-        return GRPO(
-            "LMPolicy",
-            "egsw/Arithmetic-v0",
-            group_size=2,
-            n_groups=2,
-            env_kwargs=dict(max_new_tokens=4),
-            policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
-            learning_rate=1e-2,
-            n_epochs=1,
-            ent_coef=0.01,
-            egsw=EGSW(),
-            seed=5,
-        )
-
+def test_grpo_lm_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_lm_grpo, tiny_lm_env):
     total = 48  # 3 updates of 4 episodes x 4 tokens
     callback = AtomicCheckpointCallback(1, str(tmp_path), name_prefix="lm", at_update_boundary=True)
-    uninterrupted = make().learn(total, callback=callback)
+    uninterrupted = tiny_lm_grpo(seed=5).learn(total, callback=callback)
     first = min(tmp_path.glob("lm_*_steps.zip"), key=lambda p: int(p.name.split("_")[1]))
-    resumed = GRPO.load(first, env=GRPO._make_vec_env("egsw/Arithmetic-v0", 4, dict(max_new_tokens=4)))
+    resumed = GRPO.load(first, env=tiny_lm_env(4))
     assert 0 < resumed.num_timesteps < uninterrupted.num_timesteps
     resumed.learn(total - resumed.num_timesteps, reset_num_timesteps=False)
     assert resumed.num_timesteps == uninterrupted.num_timesteps

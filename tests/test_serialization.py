@@ -31,7 +31,6 @@ torch.set_num_threads(1)
 
 LM_ENV = "egsw/Arithmetic-v0"
 LM_ENV_KWARGS = dict(max_new_tokens=4)
-TINY_LM = dict(model_config=dict(n_layer=1, n_embd=32, n_head=2))
 
 
 @pytest.fixture
@@ -47,25 +46,6 @@ def no_unpickling(monkeypatch):
 
 def flat_params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.policy.parameters()])
-
-
-def lm_model(seed: int = 0, **kwargs) -> GRPO:
-    return GRPO(
-        "LMPolicy",
-        LM_ENV,
-        group_size=2,
-        n_groups=2,
-        env_kwargs=LM_ENV_KWARGS,
-        policy_kwargs=TINY_LM,
-        learning_rate=1e-3,
-        n_epochs=1,
-        seed=seed,
-        **kwargs,
-    )
-
-
-def lm_env():
-    return GRPO._make_vec_env(LM_ENV, 4, LM_ENV_KWARGS)
 
 
 # ------------------------------------------------------------------------------------ round trips
@@ -102,21 +82,21 @@ def test_grpo_control_round_trip_without_unpickling(tmp_path, no_unpickling):
     )
 
 
-def test_grpo_lm_round_trip_without_unpickling(tmp_path, no_unpickling):
+def test_grpo_lm_round_trip_without_unpickling(tmp_path, no_unpickling, tiny_lm_grpo, tiny_lm_env):
     egsw = EGSW(alpha=0.05, mode="step")
-    model = lm_model(egsw=egsw).learn(8)
+    model = tiny_lm_grpo(learning_rate=1e-3, ent_coef=0.0, egsw=egsw, seed=0).learn(8)
     model.save(tmp_path / "lm.zip")
-    loaded = GRPO.load(tmp_path / "lm.zip", env=lm_env())
+    loaded = GRPO.load(tmp_path / "lm.zip", env=tiny_lm_env())
     assert loaded.egsw == egsw
     assert torch.equal(flat_params(model), flat_params(loaded))
-    obs = lm_env().reset()
+    obs = tiny_lm_env().reset()
     assert np.array_equal(
         model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0]
     )
     loaded.learn(8, reset_num_timesteps=False)
 
 
-def test_grpo_lm_with_a_model_object_saves_its_config_as_plain_data(tmp_path, no_unpickling):
+def test_grpo_lm_with_a_model_object_saves_its_config_as_plain_data(tmp_path, no_unpickling, tiny_lm_env):
     from egsw_gym.policies.lm import build_tiny_lm
 
     model_obj = build_tiny_lm(100, n_layer=1, n_embd=32, n_head=2, seed=3)
@@ -135,7 +115,7 @@ def test_grpo_lm_with_a_model_object_saves_its_config_as_plain_data(tmp_path, no
         data = json.loads(zf.read("data"))
     assert data["policy_kwargs"]["model"] is None and data["policy_kwargs"]["torch_dtype"] == "float32"
     assert data["policy_kwargs"]["model_config"]["model_type"] == "gpt2"  # plain JSON, not a pickle
-    loaded = GRPO.load(tmp_path / "lm_obj.zip", env=lm_env())
+    loaded = GRPO.load(tmp_path / "lm_obj.zip", env=tiny_lm_env())
     assert torch.equal(flat_params(model), flat_params(loaded))
 
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -24,6 +23,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
 
+from egsw_gym.common.env_util import build_vec_env, is_text_env
 from egsw_gym.experiments.presets import RunSpec
 
 __all__ = [
@@ -44,39 +44,22 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
 
 
-def is_text_env(env_id: str) -> bool:
-    """Whether ``env_id`` is one of our token-level text generation environments."""
-    import egsw_gym  # noqa: F401  (registers the egsw/ ids)
-
-    spec = gym.spec(env_id)
-    return "text_generation" in str(spec.entry_point)
-
-
 def make_env(
     spec: RunSpec, *, n_envs: int | None = None, seed: int | None = None, split: str | None = None
 ) -> VecEnv:
     """The vectorised training (or evaluation) environment of a run.
 
-    Text environments use their batched ``vector_entry_point`` behind the SB3 adapter (plus
-    ``VecMonitor``, so episode rewards and lengths are logged); everything else goes through SB3's
-    ``make_vec_env``.
+    Text environments (:func:`~egsw_gym.common.env_util.is_text_env`) are built by GRPO's factory,
+    :func:`~egsw_gym.common.env_util.build_vec_env` (the batched ``vector_entry_point`` behind the SB3
+    adapter and ``VecMonitor``); everything else goes through SB3's ``make_vec_env``.
     """
     n_envs = spec.n_envs if n_envs is None else n_envs
     seed = spec.seed if seed is None else seed
     env_kwargs = dict(spec.env_kwargs)
     if is_text_env(spec.env_id):
-        from stable_baselines3.common.vec_env import VecMonitor
-
-        from egsw_gym.common.vec_env import VectorEnvAdapter
-
         if split is not None:
             env_kwargs["split"] = split
-        venv = gym.make_vec(
-            spec.env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **env_kwargs
-        )
-        env: VecEnv = VecMonitor(VectorEnvAdapter(venv))
-        env.seed(seed)
-        return env
+        return build_vec_env(spec.env_id, n_envs, env_kwargs=env_kwargs, seed=seed)
     return make_vec_env(spec.env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
 
 

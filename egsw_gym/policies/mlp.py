@@ -1,9 +1,11 @@
-"""``"MlpPolicy"`` for GRPO: a critic-free actor assembled from SB3 building blocks.
+"""``"MlpPolicy"``, ``"CnnPolicy"`` and ``"MultiInputPolicy"`` for GRPO: critic-free actors from SB3 blocks.
 
-GRPO replaces the value function with group statistics, so this is SB3's ``ActorCriticPolicy``
-without the critic: ``FlattenExtractor -> create_mlp -> make_proba_distribution``. Categorical for
-``Discrete`` (and SB3's other discrete spaces), diagonal Gaussian with a state-independent
-``log_std`` for ``Box``.
+GRPO replaces the value function with group statistics, so these are SB3's ``ActorCriticPolicy``,
+``ActorCriticCnnPolicy`` and ``MultiInputActorCriticPolicy`` without the critic:
+``features extractor -> create_mlp -> make_proba_distribution``, with SB3's ``FlattenExtractor``,
+``NatureCNN`` (image observations) and ``CombinedExtractor`` (``Dict`` observations) respectively.
+Categorical for ``Discrete`` (and SB3's other discrete spaces), diagonal Gaussian with a
+state-independent ``log_std`` for ``Box``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from stable_baselines3.common.distributions import (
     Distribution,
     make_proba_distribution,
 )
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, create_mlp
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+    create_mlp,
+)
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from egsw_gym.policies.base import GRPOPolicy
 
-__all__ = ["MlpPolicy"]
+__all__ = ["CnnPolicy", "MlpPolicy", "MultiInputPolicy"]
 
 
 class MlpPolicy(GRPOPolicy):
@@ -48,8 +56,9 @@ class MlpPolicy(GRPOPolicy):
         which starts the policy near uniform / near zero mean).
     log_std_init : float
         Initial log-std of the Gaussian for ``Box`` actions.
-    features_extractor_class : type of BaseFeaturesExtractor
-        Defaults to ``FlattenExtractor``; pass SB3's ``CombinedExtractor`` for ``Dict`` observations.
+    features_extractor_class : type of BaseFeaturesExtractor or None
+        ``None`` uses the class's :attr:`default_features_extractor_class`: ``FlattenExtractor`` here,
+        ``NatureCNN`` for :class:`CnnPolicy`, ``CombinedExtractor`` for :class:`MultiInputPolicy`.
     features_extractor_kwargs : dict or None
         Keyword arguments of the extractor.
     normalize_images : bool
@@ -61,6 +70,8 @@ class MlpPolicy(GRPOPolicy):
     """
 
     uses_step_observations = True
+    #: The features extractor used when ``features_extractor_class`` is not given.
+    default_features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor
 
     def __init__(
         self,
@@ -71,12 +82,14 @@ class MlpPolicy(GRPOPolicy):
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         log_std_init: float = 0.0,
-        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if features_extractor_class is None:
+            features_extractor_class = self.default_features_extractor_class
         if optimizer_kwargs is None:
             optimizer_kwargs = {"eps": 1e-5} if optimizer_class == torch.optim.Adam else {}
         super().__init__(
@@ -167,3 +180,24 @@ class MlpPolicy(GRPOPolicy):
         log_probs = log_probs.masked_scatter(mask, dist.log_prob(flat_actions).float())
         entropies = entropies.masked_scatter(mask, dist.entropy().float())
         return log_probs, entropies
+
+
+
+class CnnPolicy(MlpPolicy):
+    """:class:`MlpPolicy` on image observations: SB3's ``NatureCNN`` features extractor by default.
+
+    Same parameters as :class:`MlpPolicy`; images are channel-first or channel-last ``uint8`` boxes
+    (SB3's ``is_image_space``), divided by 255 when ``normalize_images``. ``GRPO("CnnPolicy", env)``.
+    """
+
+    default_features_extractor_class = NatureCNN
+
+
+class MultiInputPolicy(MlpPolicy):
+    """:class:`MlpPolicy` on ``Dict`` observations: SB3's ``CombinedExtractor`` by default.
+
+    Same parameters as :class:`MlpPolicy`; image entries go through a ``NatureCNN``, the others are
+    flattened, and the features are concatenated. ``GRPO("MultiInputPolicy", env)``.
+    """
+
+    default_features_extractor_class = CombinedExtractor
