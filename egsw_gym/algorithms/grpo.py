@@ -53,6 +53,7 @@ from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.finite import check_loss_finite, check_step_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW, egsw_statistics
+from egsw_gym.envs.vector import hold_finished_episodes
 from egsw_gym.policies.base import GRPOPolicy
 from egsw_gym.policies.mlp import MlpPolicy
 
@@ -617,6 +618,8 @@ class GRPO(SafeSerializationMixin, EGSWConfigMixin, BaseAlgorithm):
             # Group seeds come from NumPy's global RNG, which `seed` fixes, so runs are reproducible.
             group_seeds = np.random.randint(0, 2**31 - 1, size=groups_per_round)
         self._set_reset_seeds(env, np.repeat(group_seeds, G))
+        # A round uses each env's first episode only: batched text envs then skip the later ones.
+        hold_finished_episodes(env)
         obs = env.reset()
         check_step_finite("GRPO", None, obs, "at the reset that starts a round (the start observation)")
         first_obs = _clone_obs(obs_as_tensor(obs, self.device))
