@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_info", "env_report", "interleaved_medians", "peak_rss_mib", "print_env_report", "reset_peak_rss"]
+__all__ = [
+    "cpu_info",
+    "env_report",
+    "interleaved_medians",
+    "peak_rss_mib",
+    "print_env_report",
+    "reset_peak_rss",
+]
 
 #: /proc/cpuinfo flags that decide how fast float32 / bfloat16 matmuls run on a CPU.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
@@ -102,7 +109,9 @@ def print_env_report(precision: dict[str, str]) -> dict[str, Any]:
     return report
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Wall times of each function over ``reps`` rounds, timed in turn (A, B, A, B, ...).
 
     Interleaving makes a burst of load on a shared machine hit every side alike, so the ratio of

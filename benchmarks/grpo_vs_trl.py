@@ -76,7 +76,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warm-start-steps", type=int, default=330)
     p.add_argument("--problems", type=int, default=4096, help="train problems in TRL's dataset")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-steps", type=int, default=5, help="steps of each side's memory subprocess (0: skip)")
+    p.add_argument(
+        "--memory-steps", type=int, default=5, help="steps of each side's memory subprocess (0: skip)"
+    )
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for parity")
     p.add_argument("--quick", action="store_true", help="a few-minute run: 12 steps, 150 warm-start steps")
     p.add_argument("--memory-side", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -253,9 +255,8 @@ def measure_memory(args: argparse.Namespace) -> None:
     import datasets  # noqa: F401  (both sides import the same libraries, so baselines match)
     import transformers  # noqa: F401
     import trl  # noqa: F401
-    from transformers import TrainerCallback
-
     from _env_report import peak_rss_mib, reset_peak_rss
+    from transformers import TrainerCallback
 
     args.steps = args.memory_steps
     ckpt = args.checkpoint
@@ -281,8 +282,18 @@ def measure_memory(args: argparse.Namespace) -> None:
             trainer.train()
             before = marks["before"]
     peak = peak_rss_mib()
-    print("MEMORY " + json.dumps({"side": args.memory_side, "rss_before_mib": before, "peak_rss_mib": peak,
-                                  "step_peak_mib": peak - before}), flush=True)
+    print(
+        "MEMORY "
+        + json.dumps(
+            {
+                "side": args.memory_side,
+                "rss_before_mib": before,
+                "peak_rss_mib": peak,
+                "step_peak_mib": peak - before,
+            }
+        ),
+        flush=True,
+    )
 
 
 def memory_in_subprocesses(args: argparse.Namespace, ckpt: str) -> dict[str, dict[str, float]]:
@@ -292,16 +303,37 @@ def memory_in_subprocesses(args: argparse.Namespace, ckpt: str) -> dict[str, dic
 
     out = {}
     for side in ("ours", "trl"):
-        command = [sys.executable, __file__, "--task", args.task, "--memory-side", side, "--checkpoint", ckpt,
-                   "--memory-steps", str(args.memory_steps), "--threads", str(args.threads),
-                   "--group-size", str(args.group_size), "--batch", str(args.batch),
-                   "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
-                   "--seed", str(args.seed), "--problems", str(args.problems)]
+        command = [
+            sys.executable,
+            __file__,
+            "--task",
+            args.task,
+            "--memory-side",
+            side,
+            "--checkpoint",
+            ckpt,
+            "--memory-steps",
+            str(args.memory_steps),
+            "--threads",
+            str(args.threads),
+            "--group-size",
+            str(args.group_size),
+            "--batch",
+            str(args.batch),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--beta",
+            str(args.beta),
+            "--seed",
+            str(args.seed),
+            "--problems",
+            str(args.problems),
+        ]
         if args.trl_gradient_checkpointing:
             command.append("--trl-gradient-checkpointing")
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         line = next(x for x in done.stdout.splitlines() if x.startswith("MEMORY "))
-        out[side] = json.loads(line[len("MEMORY "):])
+        out[side] = json.loads(line[len("MEMORY ") :])
     return out
 
 
@@ -333,7 +365,9 @@ def main() -> None:
         f"lr={args.lr}, beta={args.beta}, {args.steps} steps per side, interleaved; "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}"
     )
-    print(f"{'':8s} {'s/step (median)':>16s} {'first step s':>13s} {'step peak RSS MiB':>18s} {'peak RSS MiB':>13s}")
+    print(
+        f"{'':8s} {'s/step (median)':>16s} {'first step s':>13s} {'step peak RSS MiB':>18s} {'peak RSS MiB':>13s}"
+    )
     for name, key, times in (("egsw", "ours", ours_t), ("TRL", "trl", trl_t)):
         mem = memory.get(key, {})
         print(

@@ -43,7 +43,9 @@ def play_round(env: TextGenerationVectorEnv, seed: int) -> list[dict]:
     records = [{"obs": obs}]
     for _ in range(env.max_new_tokens):
         # EOS often, so episodes end at different steps and autoreset has work to do.
-        actions = np.where(rng.random(env.num_envs) < 0.3, env.eos_token_id, rng.integers(4, 20, env.num_envs))
+        actions = np.where(
+            rng.random(env.num_envs) < 0.3, env.eos_token_id, rng.integers(4, 20, env.num_envs)
+        )
         obs, rewards, terminated, truncated, info = env.step(actions.astype(np.int64))
         records.append(dict(obs=obs, rewards=rewards, terminated=terminated, truncated=truncated, info=info))
     return records
@@ -95,8 +97,14 @@ def test_held_slots_give_the_same_first_episodes_with_fewer_samples(monkeypatch)
 
 def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
     model = GRPO(
-        "LMPolicy", "egsw/Arithmetic-v0", n_envs=4, group_size=4, n_groups=1,
-        policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)), device="cpu", seed=0,
+        "LMPolicy",
+        "egsw/Arithmetic-v0",
+        n_envs=4,
+        group_size=4,
+        n_groups=1,
+        policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
+        device="cpu",
+        seed=0,
     )
     inner = model.env.unwrapped.venv.unwrapped
     assert hold_finished_episodes(model.env) and inner.autoreset is False
@@ -108,8 +116,15 @@ def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
 def _round_batch(monkeypatch: pytest.MonkeyPatch, hold: bool):
     torch.set_num_threads(1)
     model = GRPO(
-        "LMPolicy", "egsw/Arithmetic-v0", n_envs=8, group_size=4, n_groups=4, n_epochs=1,
-        policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)), device="cpu", seed=3,
+        "LMPolicy",
+        "egsw/Arithmetic-v0",
+        n_envs=8,
+        group_size=4,
+        n_groups=4,
+        n_epochs=1,
+        policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
+        device="cpu",
+        seed=3,
     )
     if not hold:
         import egsw_gym.algorithms.grpo as grpo_module
