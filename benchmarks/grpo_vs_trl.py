@@ -32,8 +32,9 @@ Memory: peak RSS cannot be split between two sides of one process (``ru_maxrss``
 process-wide high-water mark, and ``tracemalloc`` does not see torch's C++ allocations), so each
 side also runs ``--memory-steps`` steps alone in a fresh subprocess that imports the same
 libraries (torch, transformers, trl, datasets) and loads the same checkpoint; it reports its RSS
-before the first step, its peak RSS over the steps (Linux ``VmHWM``, reset just before the first step) and the difference
-(the memory a GRPO step adds).
+before the first step, its peak RSS over the steps after a warm-up step (Linux ``VmHWM``, reset after the first step, whose
+one-off allocations and compilation are left out on both sides) and the difference (the memory a
+steady-state GRPO step adds).
 
 python benchmarks/grpo_vs_trl.py [--task arithmetic|countdown|gsm8k] [--steps 40] [--threads 1] [--beta 0.04] [--quick]
 """
@@ -80,12 +81,18 @@ def parse_args() -> argparse.Namespace:
         "--memory-steps", type=int, default=5, help="steps of each side's memory subprocess (0: skip)"
     )
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for parity")
+    p.add_argument(
+        "--compile-decode",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="our LMPolicy's compile_decode (true: compiled decode steps; its compile time is in our first step)",
+    )
     p.add_argument("--quick", action="store_true", help="a few-minute run: 12 steps, 150 warm-start steps")
     p.add_argument("--memory-side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.steps, args.warmup, args.warm_start_steps, args.memory_steps = 12, 2, 150, 3
+        args.steps, args.warmup, args.warm_start_steps, args.memory_steps = 12, 2, 150, 4
     if args.max_new_tokens is None:
         from egsw_gym.envs.tasks import make_task
 
@@ -103,7 +110,11 @@ def make_ours(args: argparse.Namespace, ckpt: str):
         "LMPolicy",
         ENV_IDS[args.task],
         env_kwargs=dict(tokenizer=ckpt, max_new_tokens=args.max_new_tokens, seed=args.seed),
-        policy_kwargs=dict(model=ckpt, optimizer_kwargs=dict(weight_decay=0.0, fused=True)),
+        policy_kwargs=dict(
+            model=ckpt,
+            optimizer_kwargs=dict(weight_decay=0.0, fused=True),
+            compile_decode={"auto": "auto", "true": True, "false": False}[args.compile_decode],
+        ),
         n_envs=args.batch,
         group_size=args.group_size,
         n_groups=args.batch // args.group_size,
@@ -265,16 +276,17 @@ def measure_memory(args: argparse.Namespace) -> None:
             ours = make_ours(args, ckpt)
             assert_ours_fp32(ours)
             _, callback = ours._setup_learn(10**9, None, True, "bench", False)
+            our_step(ours, callback)  # warm-up step (first allocations, compilation)
             before = _rss_mib()
             reset_peak_rss()
-            for _ in range(args.steps):
+            for _ in range(args.steps - 1):
                 our_step(ours, callback)
         else:
             marks: dict[str, float] = {}
 
             class Mark(TrainerCallback):
-                def on_step_begin(self, *a, **k):
-                    if "before" not in marks:
+                def on_step_begin(self, args_, state, control, **k):
+                    if state.global_step == 1:  # after the warm-up step, as on our side
                         marks["before"] = _rss_mib()
                         reset_peak_rss()
 
@@ -328,6 +340,8 @@ def memory_in_subprocesses(args: argparse.Namespace, ckpt: str) -> dict[str, dic
             str(args.seed),
             "--problems",
             str(args.problems),
+            "--compile-decode",
+            args.compile_decode,
         ]
         if args.trl_gradient_checkpointing:
             command.append("--trl-gradient-checkpointing")
@@ -363,7 +377,8 @@ def main() -> None:
         f"task {args.task}; tiny GPT-2 warm-started {args.warm_start_steps} steps; "
         f"G={args.group_size}, {args.batch} completions/step, {args.max_new_tokens} new tokens, "
         f"lr={args.lr}, beta={args.beta}, {args.steps} steps per side, interleaved; "
-        f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}"
+        f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
+        f"our compile_decode={args.compile_decode}"
     )
     print(
         f"{'':8s} {'s/step (median)':>16s} {'first step s':>13s} {'step peak RSS MiB':>18s} {'peak RSS MiB':>13s}"

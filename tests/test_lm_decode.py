@@ -8,6 +8,7 @@ compiles for real.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -205,3 +206,24 @@ def test_compiled_step_matches_eager():
     assert static._decoder.failure is None and state.static is not None
     assert static._decoder.compiled_buckets == 1 and static._decoder.compile_seconds > 0
     assert_same(ref, got)
+
+
+def test_guard_evaluation_is_skipped_only_while_nothing_guarded_changed(monkeypatch):
+    monkeypatch.setattr(decode_module, "_compile", lambda fn, device: fn)
+    skipped: list[int] = []
+    monkeypatch.setattr(decode_module, "_SKIP_GUARDS", lambda: contextlib.nullcontext(skipped.append(1)))
+    venv = make_env(4)
+    eager, static = policies(venv)
+    obs = first_obs(venv)
+    ref, _ = rollout(eager, obs, 5)
+    assert_same(ref, rollout(static, obs, 5)[0])
+    assert len(skipped) == 3  # 4 decode steps: the first runs the guards, the next 3 skip them
+    static.model.train()  # a guarded condition changed: the next call is guarded again
+    rollout(static, obs, 5)
+    assert len(skipped) == 6
+    with torch.no_grad():
+        for p in static.model.parameters():
+            p.mul_(1.01)  # in-place weight updates (an optimizer step) keep the guards valid
+    static.model.eval()
+    rollout(static, obs, 5)
+    assert len(skipped) == 9

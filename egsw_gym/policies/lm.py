@@ -398,7 +398,7 @@ class LMState:
 #: a compilation costs 15-50 s on a CPU (3 s with inductor's on-disk cache warm) and halves a tiny
 #: model's step, so paying for it after twice its cost in eager steps wastes at most about that much
 #: (ski rental), and short runs (the demo) never compile.
-AUTO_COMPILE_AFTER_S = 60.0
+AUTO_COMPILE_AFTER_S = 120.0
 
 
 def _resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
