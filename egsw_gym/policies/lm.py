@@ -394,10 +394,11 @@ class LMState:
     static: StaticRound | None = None
 
 
-#: ``compile_decode="auto"`` compiles once this many seconds have gone into eager decode steps:
-#: a compilation costs 15-50 s on a CPU (3 s with inductor's on-disk cache warm) and halves a tiny
-#: model's step, so paying for it after twice its cost in eager steps wastes at most about that much
-#: (ski rental), and short runs (the demo) never compile.
+#: ``compile_decode="auto"`` compiles once this many seconds of CPU time (``time.process_time``,
+#: which other processes' load does not inflate) have gone into eager decode steps: a compilation
+#: costs 10-50 s on a CPU (3-5 s with inductor's on-disk cache warm) and about halves a tiny model's
+#: step, so paying for it after about twice its cost in eager steps bounds the waste (ski rental),
+#: and short runs (the demo's arithmetic GRPO: ~25 s of decoding per run) never compile.
 AUTO_COMPILE_AFTER_S = 120.0
 
 
@@ -497,7 +498,7 @@ class LMPolicy(GRPOPolicy):
         single-token step (:mod:`egsw_gym.policies.lm_decode`): about 2x faster steps for small
         models once compiled, same tokens, log-probs and entropies (to float rounding), but the
         compilation costs 15-50 s per shape bucket on a CPU. ``True`` compiles at the first round;
-        ``False`` never; ``"auto"`` (default) compiles once :data:`AUTO_COMPILE_AFTER_S` seconds
+        ``False`` never; ``"auto"`` (default) compiles once :data:`AUTO_COMPILE_AFTER_S` CPU seconds
         have gone into eager decode steps, so short runs do not pay for it. Where compilation is
         unavailable or fails the policy warns and decodes eagerly.
     """
@@ -865,7 +866,7 @@ class LMPolicy(GRPOPolicy):
 
     def _eager_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...]:
         """A decode step on the model's dynamic KV cache (timed, for ``compile_decode="auto"``)."""
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         length = state.length + 1
         if length > state.mask_buffer.shape[1]:
             state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
@@ -883,7 +884,7 @@ class LMPolicy(GRPOPolicy):
         with self._autocast():
             state.cache, logits = self._forward_step(inputs, prefill=False)
         chosen = self._next_token(logits, deterministic)
-        self._eager_decode_seconds += time.perf_counter() - t0
+        self._eager_decode_seconds += time.process_time() - t0
         return chosen
 
     def _forward_step(self, inputs: dict[str, Any], prefill: bool) -> tuple[Any, torch.Tensor]:
