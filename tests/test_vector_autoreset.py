@@ -95,17 +95,23 @@ def test_held_slots_give_the_same_first_episodes_with_fewer_samples(monkeypatch)
     assert not held._held.any()
 
 
-def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
-    model = GRPO(
+def tiny_grpo(n_envs: int, n_groups: int, seed: int) -> GRPO:
+    """GRPO with a one-layer, 32-wide LMPolicy on the batched arithmetic env (groups of 4)."""
+    return GRPO(
         "LMPolicy",
         "egsw/Arithmetic-v0",
-        n_envs=4,
+        n_envs=n_envs,
         group_size=4,
-        n_groups=1,
+        n_groups=n_groups,
+        n_epochs=1,
         policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
         device="cpu",
-        seed=0,
+        seed=seed,
     )
+
+
+def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
+    model = tiny_grpo(n_envs=4, n_groups=1, seed=0)
     inner = model.env.unwrapped.venv.unwrapped
     assert hold_finished_episodes(model.env) and inner.autoreset is False
     from stable_baselines3.common.env_util import make_vec_env
@@ -115,17 +121,7 @@ def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
 
 def _round_batch(monkeypatch: pytest.MonkeyPatch, hold: bool):
     torch.set_num_threads(1)
-    model = GRPO(
-        "LMPolicy",
-        "egsw/Arithmetic-v0",
-        n_envs=8,
-        group_size=4,
-        n_groups=4,
-        n_epochs=1,
-        policy_kwargs=dict(model_config=dict(n_layer=1, n_embd=32, n_head=2)),
-        device="cpu",
-        seed=3,
-    )
+    model = tiny_grpo(n_envs=8, n_groups=4, seed=3)
     if not hold:
         import egsw_gym.algorithms.grpo as grpo_module
 
