@@ -853,12 +853,19 @@ class LMPolicy(GRPOPolicy):
                 self._decoder._fail(reason)
         return None if self._decoder.failure is not None else self._decoder
 
+    def _positions(self, state: LMState) -> torch.Tensor:
+        """``(B, 1)`` position ids of the tokens fed next, clamped to the model's last position.
+
+        A row's position counts its real tokens, at most ``state.length``; a round stays within the
+        position table (``_check_model``), so the clamp only runs for steps beyond it.
+        """
+        if self._max_position is not None and state.length > self._max_position:
+            return state.next_positions.clamp(max=self._max_position)
+        return state.next_positions
+
     def _static_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...] | None:
         """A compiled decode step; ``None`` (and the round continues eagerly) when the bucket is full or failed."""
-        positions = state.next_positions
-        if self._max_position is not None:
-            positions = positions.clamp(max=self._max_position)
-        chosen = self._decoder.step(state.static, state.last_actions, positions, deterministic)
+        chosen = self._decoder.step(state.static, state.last_actions, self._positions(state), deterministic)
         if chosen is None:
             state.cache = self._decoder.to_dynamic(state.static)
             state.static = None
@@ -870,13 +877,10 @@ class LMPolicy(GRPOPolicy):
         length = state.length + 1
         if length > state.mask_buffer.shape[1]:
             state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
-        positions = state.next_positions
-        if self._max_position is not None:
-            positions = positions.clamp(max=self._max_position)
         inputs = {
             "input_ids": state.last_actions,
             "attention_mask": state.mask_buffer[:, :length],
-            "position_ids": positions,
+            "position_ids": self._positions(state),
             self._cache_kw: state.cache,
         }
         if self._has_logits_to_keep:
