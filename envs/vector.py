@@ -13,8 +13,9 @@ reward/terminated/truncated, and in ``info`` (gymnasium's dict-of-arrays with ``
 (the finished episode's info, see the single env), while the top-level keys hold the new
 episode's reset info (``prompt``, ``answer``, ``prompt_index``, ``split``).
 
-With ``autoreset=False`` (attribute, or :func:`hold_finished_episodes` on a wrapped env) a finished
-slot is scored exactly as above (``final_obs``/``final_info`` in that step's info) but *not*
+With ``autoreset=False`` (attribute), or for the episodes of the next ``reset()`` only after
+:func:`hold_finished_episodes` (which finds the env under SB3/gymnasium wrappers), a finished slot
+is scored exactly as above (``final_obs``/``final_info`` in that step's info) but *not*
 reset: until the next ``reset()`` it keeps its last observation, ignores its actions, and returns
 reward 0 and ``terminated = truncated = False`` (so episode counters such as ``VecMonitor`` see one
 episode). A GRPO round plays one episode per slot and throws later episodes away, so this mode
@@ -126,8 +127,9 @@ class TextGenerationVectorEnv(VectorEnv):
     problems : list of Problem
         The current problem of each slot.
     autoreset : bool
-        ``True`` (default): SAME_STEP autoreset. ``False``: finished slots stay finished until the
-        next ``reset()`` (see the module docstring); takes effect from the next step.
+        ``True`` (default): SAME_STEP autoreset, unless :func:`hold_finished_episodes` asked to hold
+        the episodes of the latest ``reset()``. ``False``: finished slots always stay finished
+        until the next ``reset()`` (see the module docstring); takes effect from the next step.
     supports_per_env_options : bool
         ``True``: ``reset(options={"prompt_index": [k_0, ..., k_{n-1}]})`` gives each slot its own
         option (``None`` entries sample); :class:`egsw_gym.common.vec_env.VectorEnvAdapter`
@@ -184,6 +186,8 @@ class TextGenerationVectorEnv(VectorEnv):
         self._held = np.zeros(n, dtype=bool)  # slots finished and waiting for reset() (autoreset off)
         self._any_held = False
         self.autoreset = True
+        self._hold_pending = False  # hold_finished_episodes: hold the episodes of the next reset()
+        self._hold_episodes = False  # ...which reset() moves here
         self._started = False
         self.problems: list[Any] = [None] * n
         self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(n)]
@@ -264,6 +268,7 @@ class TextGenerationVectorEnv(VectorEnv):
         )
         self._held[:] = False
         self._any_held = False
+        self._hold_episodes, self._hold_pending = self._hold_pending, False
         self._started = True
         return self._obs(), infos
 
@@ -316,7 +321,7 @@ class TextGenerationVectorEnv(VectorEnv):
             final_obs = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
             rewards[i], final_info = self.core.finish(self.problems[i], self._ids[i, P : P + self._t[i]])
             entries.append((i, {"final_obs": final_obs, "final_info": final_info}))
-            if self.autoreset:
+            if self.autoreset and not self._hold_episodes:
                 entries.append((i, self._reset_slot(i, None)))
             else:
                 self._held[i] = self._any_held = True
@@ -333,19 +338,23 @@ class TextGenerationVectorEnv(VectorEnv):
 
 
 def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
-    """Turn autoreset off (``hold=True``) or back on for the :class:`TextGenerationVectorEnv` inside ``env``.
+    """Hold the episodes of the next ``reset()`` of the :class:`TextGenerationVectorEnv` inside ``env``.
 
+    After the next ``reset()`` every slot plays one episode and then waits (no autoreset) until the
+    reset after it, which restores the env's own ``autoreset`` setting unless this is called again.
     ``env`` may be the vector env itself, or that env under gymnasium vector wrappers, an SB3
     :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` and SB3 ``VecEnvWrapper`` s (``VecMonitor``...),
-    as ``GRPO`` builds it. GRPO calls it before each round: a round plays one episode per slot, so the
-    episodes an autoreset would start (sample, encode, later verify) are wasted work.
+    as ``GRPO`` builds it. GRPO calls it before each round's reset: a round uses one episode per slot,
+    so the episodes an autoreset would start (sample, encode, later verify) are wasted work. Scoping
+    it to one reset keeps the env safe for other users (``evaluate_policy`` on a held env would wait
+    forever for episodes that never end).
 
     Parameters
     ----------
     env : Any
         The environment.
     hold : bool
-        ``True``: finished slots wait for the next ``reset()``; ``False``: SAME_STEP autoreset.
+        ``True``: hold the next reset's episodes; ``False``: cancel a pending hold.
 
     Returns
     -------
@@ -357,5 +366,5 @@ def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
     inner = getattr(inner, "unwrapped", inner)  # gymnasium vector wrappers
     if not isinstance(inner, TextGenerationVectorEnv):
         return False
-    inner.autoreset = not hold
+    inner._hold_pending = bool(hold)
     return True

@@ -55,7 +55,7 @@ def test_held_slots_give_the_same_first_episodes_with_fewer_samples(monkeypatch)
     n = 12
     auto = TextGenerationVectorEnv(n, "arithmetic", max_new_tokens=6)
     held = TextGenerationVectorEnv(n, "arithmetic", max_new_tokens=6)
-    assert hold_finished_episodes(held) and not held.autoreset
+    assert hold_finished_episodes(held) and held._hold_pending
     counts_auto, counts_held = Counts(auto, monkeypatch), Counts(held, monkeypatch)
     a, h = play_round(auto, 7), play_round(held, 7)
 
@@ -89,10 +89,17 @@ def test_held_slots_give_the_same_first_episodes_with_fewer_samples(monkeypatch)
     assert (counts_held.samples, counts_held.verifications) == (n, n)
     assert counts_auto.samples > n and counts_auto.verifications > n
 
-    # reset() releases held slots; autoreset=True restores SAME_STEP resets.
-    assert hold_finished_episodes(held, hold=False) and held.autoreset
-    obs, _ = held.reset(seed=3)
-    assert not held._held.any()
+    # The hold covered that reset's episodes only: the next reset releases the slots and restores
+    # SAME_STEP autoreset (evaluate_policy on the env would otherwise wait forever).
+    samples = counts_held.samples
+    play_round(held, 7)
+    assert counts_held.samples > samples + n and held.autoreset and not held._hold_episodes
+    # autoreset=False holds every reset's episodes.
+    held.autoreset = False
+    samples = counts_held.samples
+    play_round(held, 7)
+    play_round(held, 8)
+    assert counts_held.samples == samples + 2 * n
 
 
 def tiny_grpo(n_envs: int, n_groups: int, seed: int) -> GRPO:
@@ -113,7 +120,8 @@ def tiny_grpo(n_envs: int, n_groups: int, seed: int) -> GRPO:
 def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
     model = tiny_grpo(n_envs=4, n_groups=1, seed=0)
     inner = model.env.unwrapped.venv.unwrapped
-    assert hold_finished_episodes(model.env) and inner.autoreset is False
+    assert hold_finished_episodes(model.env) and inner._hold_pending
+    assert hold_finished_episodes(model.env, hold=False) and not inner._hold_pending
     from stable_baselines3.common.env_util import make_vec_env
 
     assert not hold_finished_episodes(make_vec_env("CartPole-v1", n_envs=1))
