@@ -16,11 +16,27 @@ Same everything that defines a step:
   per-sequence-mean ``"grpo"`` loss, group-std reward scaling, ``beta``, AdamW with the same
   learning rate, no weight decay, a constant schedule, the same gradient-norm clip.
 
-Steady-state seconds per step = mean over the steps after ``--warmup`` (each side's first steps pay
-for allocations and caches). A step is rollout + update on our side, and TRL's
-``on_step_begin``..``on_step_end`` (generation, reward, reference log-probs, update) on theirs.
+- precision: both sides float32 (asserted). ``GRPOConfig`` defaults to ``bf16=True`` even on CPU,
+  where a CPU without native bf16 emulates it ~10x slower than fp32; the benchmark sets
+  ``bf16=False, fp16=False`` and checks that TRL's accelerator runs no mixed precision. TRL's
+  default ``gradient_checkpointing=True`` is also turned off (we do not checkpoint activations;
+  ``--trl-gradient-checkpointing`` turns it back on).
 
-python benchmarks/grpo_vs_trl.py [--task arithmetic|countdown|gsm8k] [--steps 40] [--threads 1] [--beta 0.04]
+Timing is interleaved in one process: TRL's trainer drives, and each TRL step's ``on_step_end``
+callback runs one of our steps (rollout + update), so the sides alternate A, B, A, B and load on a
+shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``.
+A step is rollout + update on our side, and TRL's ``on_step_begin``..``on_step_end``
+(generation, reward, reference log-probs, update) on theirs.
+
+Memory: peak RSS cannot be split between two sides of one process (``ru_maxrss`` is a
+process-wide high-water mark, and ``tracemalloc`` does not see torch's C++ allocations), so each
+side also runs ``--memory-steps`` steps alone in a fresh subprocess that imports the same
+libraries (torch, transformers, trl, datasets) and loads the same checkpoint; it reports its RSS
+before the first step, its peak RSS over the steps after a warm-up step (Linux ``VmHWM``, reset after the first step, whose
+one-off allocations and compilation are left out on both sides) and the difference (the memory a
+steady-state GRPO step adds).
+
+python benchmarks/grpo_vs_trl.py [--task arithmetic|countdown|gsm8k] [--steps 40] [--threads 1] [--beta 0.04] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_key] = "1"  # nothing may come from the hub
@@ -60,7 +77,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warm-start-steps", type=int, default=330)
     p.add_argument("--problems", type=int, default=4096, help="train problems in TRL's dataset")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--memory-steps", type=int, default=5, help="steps of each side's memory subprocess (0: skip)"
+    )
+    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for parity")
+    p.add_argument(
+        "--compile-decode",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="our LMPolicy's compile_decode (true: compiled decode steps; its compile time is in our first step)",
+    )
+    p.add_argument("--quick", action="store_true", help="a few-minute run: 12 steps, 150 warm-start steps")
+    p.add_argument("--memory-side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.warm_start_steps, args.memory_steps = 12, 2, 150, 4
     if args.max_new_tokens is None:
         from egsw_gym.envs.tasks import make_task
 
@@ -78,7 +110,11 @@ def make_ours(args: argparse.Namespace, ckpt: str):
         "LMPolicy",
         ENV_IDS[args.task],
         env_kwargs=dict(tokenizer=ckpt, max_new_tokens=args.max_new_tokens, seed=args.seed),
-        policy_kwargs=dict(model=ckpt, optimizer_kwargs=dict(weight_decay=0.0, fused=True)),
+        policy_kwargs=dict(
+            model=ckpt,
+            optimizer_kwargs=dict(weight_decay=0.0, fused=True),
+            compile_decode={"auto": "auto", "true": True, "false": False}[args.compile_decode],
+        ),
         n_envs=args.batch,
         group_size=args.group_size,
         n_groups=args.batch // args.group_size,
@@ -113,22 +149,10 @@ def prepare_checkpoint(args: argparse.Namespace, directory: Path) -> str:
     return base.policy.save_pretrained(directory)
 
 
-def run_ours(args: argparse.Namespace, ckpt: str) -> tuple[list[float], list[float]]:
-    model = make_ours(args, ckpt)
-    _, callback = model._setup_learn(10**9, None, True, "bench", False)
-    times, rewards = [], []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        batch = model.collect_groups(model.env, callback)  # rollout: groups share prompts
-        model.train(batch)  # one GRPO update (what learn() does per iteration)
-        times.append(time.perf_counter() - t0)
-        rewards.append(float((batch.rewards * batch.mask).sum(1).mean()))
-    return times, rewards
-
-
-def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[float], list[float]]:
+def make_trl(args: argparse.Namespace, ckpt: str, out_dir: str, callbacks: list) -> Any:
+    """TRL's ``GRPOTrainer`` on the same checkpoint, task, verifier and hyperparameters, in float32."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from egsw_gym.envs.tasks import make_task
@@ -137,7 +161,7 @@ def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[flo
     n = min(args.problems, task.num_problems("train"))
     dataset = Dataset.from_list([{"prompt": task.problem(i, "train").prompt, "index": i} for i in range(n)])
     tokenizer = AutoTokenizer.from_pretrained(ckpt, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, local_files_only=True, dtype=torch.float32)
     eos = tokenizer.eos_token
 
     def verifier_reward(prompts, completions, index, **kwargs):
@@ -147,18 +171,6 @@ def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[flo
             for c, i in zip(completions, index, strict=True)
         ]
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self._t0 = 0.0
-
-        def on_step_begin(self, *a, **k):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter() - self._t0)
-
-    timer = StepTimer()
     config = GRPOConfig(
         output_dir=out_dir,
         max_steps=args.steps,
@@ -177,6 +189,11 @@ def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[flo
         loss_type="grpo",
         num_iterations=1,
         use_cpu=True,
+        # GRPOConfig defaults to bf16=True even on CPU (emulated, ~10x slower than fp32 without
+        # native bf16): pin float32 like our side.
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=args.trl_gradient_checkpointing,
         report_to="none",
         logging_steps=1,
         save_strategy="no",
@@ -189,11 +206,149 @@ def run_trl(args: argparse.Namespace, ckpt: str, out_dir: str) -> tuple[list[flo
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[timer],
+        callbacks=callbacks,
     )
+    assert trainer.accelerator.mixed_precision == "no", trainer.accelerator.mixed_precision
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters()), "TRL's model is not fp32"
+    return trainer
+
+
+def assert_ours_fp32(model: Any) -> None:
+    """Our side computes in float32: fp32 parameters and no autocast on this device."""
+    import contextlib
+
+    policy = model.policy
+    assert all(p.dtype == torch.float32 for p in policy.parameters()), "our model is not fp32"
+    assert isinstance(policy._autocast(), contextlib.nullcontext), "our policy autocasts"
+
+
+def our_step(model: Any, callback: Any) -> tuple[float, float]:
+    """One of our GRPO steps (rollout + update, what ``learn`` does per iteration): seconds, mean reward."""
+    t0 = time.perf_counter()
+    batch = model.collect_groups(model.env, callback)  # rollout: groups share prompts
+    model.train(batch)
+    return time.perf_counter() - t0, float((batch.rewards * batch.mask).sum(1).mean())
+
+
+def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[str, list[float]]:
+    """TRL drives; after each TRL step its callback runs one of ours (A, B, A, B in one process)."""
+    from transformers import TrainerCallback
+
+    ours = make_ours(args, ckpt)
+    assert_ours_fp32(ours)
+    _, our_callback = ours._setup_learn(10**9, None, True, "bench", False)
+    result: dict[str, list[float]] = {"ours_t": [], "ours_r": [], "trl_t": []}
+
+    class Interleave(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            result["trl_t"].append(time.perf_counter() - self._t0)
+            seconds, reward = our_step(ours, our_callback)
+            result["ours_t"].append(seconds)
+            result["ours_r"].append(reward)
+
+    trainer = make_trl(args, ckpt, out_dir, [Interleave()])
     trainer.train()
-    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    return timer.times, rewards
+    result["trl_r"] = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    return result
+
+
+def _rss_mib() -> float:
+    """Current resident set size in MiB (``/proc/self/statm``)."""
+    with open("/proc/self/statm", encoding="utf-8") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_memory(args: argparse.Namespace) -> None:
+    """``--memory-side``: run one side alone for ``--memory-steps`` steps; print its RSS as ``MEMORY {json}``."""
+    import datasets  # noqa: F401  (both sides import the same libraries, so baselines match)
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    from _env_report import peak_rss_mib, reset_peak_rss
+    from transformers import TrainerCallback
+
+    args.steps = args.memory_steps
+    ckpt = args.checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.memory_side == "ours":
+            ours = make_ours(args, ckpt)
+            assert_ours_fp32(ours)
+            _, callback = ours._setup_learn(10**9, None, True, "bench", False)
+            our_step(ours, callback)  # warm-up step (first allocations, compilation)
+            before = _rss_mib()
+            reset_peak_rss()
+            for _ in range(args.steps - 1):
+                our_step(ours, callback)
+        else:
+            marks: dict[str, float] = {}
+
+            class Mark(TrainerCallback):
+                def on_step_begin(self, args_, state, control, **k):
+                    if state.global_step == 1:  # after the warm-up step, as on our side
+                        marks["before"] = _rss_mib()
+                        reset_peak_rss()
+
+            trainer = make_trl(args, ckpt, tmp, [Mark()])
+            trainer.train()
+            before = marks["before"]
+    peak = peak_rss_mib()
+    print(
+        "MEMORY "
+        + json.dumps(
+            {
+                "side": args.memory_side,
+                "rss_before_mib": before,
+                "peak_rss_mib": peak,
+                "step_peak_mib": peak - before,
+            }
+        ),
+        flush=True,
+    )
+
+
+def memory_in_subprocesses(args: argparse.Namespace, ckpt: str) -> dict[str, dict[str, float]]:
+    """Each side's :func:`measure_memory` in a fresh interpreter (see the module docstring)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for side in ("ours", "trl"):
+        command = [
+            sys.executable,
+            __file__,
+            "--task",
+            args.task,
+            "--memory-side",
+            side,
+            "--checkpoint",
+            ckpt,
+            "--memory-steps",
+            str(args.memory_steps),
+            "--threads",
+            str(args.threads),
+            "--group-size",
+            str(args.group_size),
+            "--batch",
+            str(args.batch),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--beta",
+            str(args.beta),
+            "--seed",
+            str(args.seed),
+            "--problems",
+            str(args.problems),
+            "--compile-decode",
+            args.compile_decode,
+        ]
+        if args.trl_gradient_checkpointing:
+            command.append("--trl-gradient-checkpointing")
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        line = next(x for x in done.stdout.splitlines() if x.startswith("MEMORY "))
+        out[side] = json.loads(line[len("MEMORY ") :])
+    return out
 
 
 def main() -> None:
@@ -201,25 +356,39 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     import transformers
-    import trl
 
+    transformers.logging.set_verbosity_error()
+    if args.memory_side:
+        measure_memory(args)
+        return
+    from _env_report import median, print_env_report
+
+    print_env_report({"egsw": "float32", "TRL": "float32 (bf16=False, fp16=False, asserted)"})
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         ckpt = prepare_checkpoint(args, tmp_path / "init")
-        ours_t, ours_r = run_ours(args, ckpt)
-        trl_t, trl_r = run_trl(args, ckpt, str(tmp_path / "trl_out"))
+        res = run_interleaved(args, ckpt, str(tmp_path / "trl_out"))
+        memory = memory_in_subprocesses(args, ckpt) if args.memory_steps > 0 else {}
 
     w = args.warmup
-    ours_s, trl_s = float(np.mean(ours_t[w:])), float(np.mean(trl_t[w:]))
+    ours_t, trl_t, ours_r, trl_r = res["ours_t"], res["trl_t"], res["ours_r"], res["trl_r"]
+    ours_s, trl_s = median(ours_t[w:]), median(trl_t[w:])
     print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-        f"task {args.task}; {args.threads} thread(s); tiny GPT-2 warm-started {args.warm_start_steps} steps; "
+        f"task {args.task}; tiny GPT-2 warm-started {args.warm_start_steps} steps; "
         f"G={args.group_size}, {args.batch} completions/step, {args.max_new_tokens} new tokens, "
-        f"lr={args.lr}, beta={args.beta}, {args.steps} steps"
+        f"lr={args.lr}, beta={args.beta}, {args.steps} steps per side, interleaved; "
+        f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
+        f"our compile_decode={args.compile_decode}"
     )
-    print(f"{'':8s} {'s/step (steady)':>16s} {'first step s':>13s}")
-    print(f"{'egsw':8s} {ours_s:16.3f} {ours_t[0]:13.3f}")
-    print(f"{'TRL':8s} {trl_s:16.3f} {trl_t[0]:13.3f}")
+    print(
+        f"{'':8s} {'s/step (median)':>16s} {'first step s':>13s} {'step peak RSS MiB':>18s} {'peak RSS MiB':>13s}"
+    )
+    for name, key, times in (("egsw", "ours", ours_t), ("TRL", "trl", trl_t)):
+        mem = memory.get(key, {})
+        print(
+            f"{name:8s} {median(times[w:]):16.3f} {times[0]:13.3f} "
+            f"{mem.get('step_peak_mib', float('nan')):18.1f} {mem.get('peak_rss_mib', float('nan')):13.1f}"
+        )
     print(f"ratio ours/TRL = {ours_s / trl_s:.3f}  (target <= 0.5)")
     print("learning curves, mean reward per step (fraction correct):")
     print("  step  " + " ".join(f"{i:5d}" for i in range(1, args.steps + 1)))
@@ -234,9 +403,11 @@ def main() -> None:
         "RESULT "
         + json.dumps(
             dict(
+                task=args.task,
                 ours_s_per_step=ours_s,
                 trl_s_per_step=trl_s,
                 ratio=ours_s / trl_s,
+                memory=memory,
                 ours_rewards=ours_r,
                 trl_rewards=trl_r,
             )

@@ -1,34 +1,42 @@
 """Rollout throughput: LMPolicy stepping the batched text env vs ``model.generate``, side by side.
 
 Same model, batch, prompts (the env's own left-padded prompts), prompt length and number of new
-tokens. Three rows per batch size:
+tokens, all float32 on the CPU threads given. Rows per batch size:
 
 - ``generate``: ``model.generate`` (sampling, KV cache, no early stop), the reference;
-- ``act``: the policy's KV-cached :meth:`LMPolicy.act` loop alone (no environment);
+- ``act``: the policy's KV-cached :meth:`LMPolicy.act` loop alone (no environment), eager;
 - ``env+act``: what GRPO's rollout does: ``gym.make_vec("egsw/Arithmetic-v0", n,
-  vectorization_mode="vector_entry_point")`` reset, then per step ``act`` on the observation and
-  ``env.step`` (with its SAME_STEP autoreset), for ``new_tokens`` steps.
+  vectorization_mode="vector_entry_point")`` reset with autoreset off (as in a GRPO round), then per
+  step ``act`` on the observation and ``env.step``, for ``new_tokens`` steps; eager;
+- ``act[compiled]`` / ``env+act[compiled]``: the same with ``compile_decode=True`` (static KV
+  cache, compiled single-token step); the compilation (first call) is timed separately and printed.
 
 Every row generates ``batch * new_tokens`` tokens; the ratio is tokens/s over ``generate``'s
-(target >= 0.9x). Timings are the best of ``--reps`` interleaved runs after a warm-up.
+(targets: env+act[compiled] >= 1.5x at batch 8 and 64, >= 1x at 256). All rows are timed in turn
+within each of ``--reps`` rounds (A, B, C, A, B, C, ...) after a warm-up, and the medians are
+reported, so load on a shared machine hits all alike.
 
-Usage: ``python benchmarks/lm_rollout_throughput.py [--threads 2] [--batch 8 64 256] [--new-tokens 32]
-[--size default|tiny4]``
+Usage: ``python benchmarks/lm_rollout_throughput.py [--threads 1] [--batch 8 64 256] [--new-tokens 32]
+[--size default|tiny4] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env_report import interleaved_medians, median, print_env_report  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=8, help="max_prompt_tokens of the env (P)")
@@ -39,36 +47,12 @@ def parse_args() -> argparse.Namespace:
         default="default",
         help="default: LMPolicy's tiny GPT-2 (2x128); tiny4: 4 layers x 256 as in lm_gen_bench.py",
     )
-    return p.parse_args()
-
-
-def best_times(fns: dict, reps: int) -> dict[str, float]:
-    """Best wall time of each function over ``reps`` rounds, after one warm-up call each.
-
-    The functions are timed in turn within every round (not one after the other), so a burst of load
-    on a shared machine hits all of them alike instead of skewing one.
-
-    Parameters
-    ----------
-    fns : dict of str to callable
-        The functions to time, by name.
-    reps : int
-        Rounds.
-
-    Returns
-    -------
-    dict of str to float
-        Best seconds per name.
-    """
-    for fn in fns.values():
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    p.add_argument("--quick", action="store_true", help="a few-minute run: 3 reps, 32 new tokens")
+    p.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
+    args = p.parse_args()
+    if args.quick:
+        args.reps = 3
+    return args
 
 
 def bench_batch(args: argparse.Namespace, batch: int) -> None:
@@ -101,6 +85,17 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
     )
     policy.set_training_mode(False)
     model = policy.model
+    compiled = None
+    if not args.no_compile:
+        compiled = LMPolicy(
+            venv.single_observation_space,
+            venv.single_action_space,
+            lambda _: 1e-3,
+            model=model,
+            compile_decode=True,
+        )
+        compiled.set_training_mode(False)
+    venv.unwrapped.autoreset = False  # a GRPO round's mode (finished slots wait for the reset)
     obs0, _ = venv.reset(seed=0)
     prompt_ids = torch.as_tensor(obs0["input_ids"][:, :P])
     prompt_mask = torch.as_tensor(obs0["attention_mask"][:, :P])
@@ -122,22 +117,39 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
             out = model.generate(prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
         assert out.shape == (batch, P + N)
 
-    def run_act() -> None:
+    def run_act(pol: LMPolicy) -> None:
         obs = {k: torch.as_tensor(v) for k, v in obs0.items()}
         state = None
         for _ in range(N):
-            _, _, _, state = policy.act(obs, state)
+            _, _, _, state = pol.act(obs, state)
 
-    def run_env_act() -> None:
-        # GRPO's round: reset, then act/step; finished slots auto-reset and keep going (masked
-        # in GRPO), so the model does batch * N token steps, like generate.
+    def run_env_act(pol: LMPolicy) -> None:
+        # GRPO's round: reset, then act/step; finished slots wait (autoreset off) while the model
+        # still steps every row (masked in GRPO), so it does batch * N token steps, like generate.
         obs, _ = venv.reset(seed=0)
         state = None
         for _ in range(N):
-            actions, _, _, state = policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, state)
+            actions, _, _, state = pol.act({k: torch.as_tensor(v) for k, v in obs.items()}, state)
             obs, *_ = venv.step(actions.numpy())
 
-    times = best_times({"generate": run_generate, "act": run_act, "env+act": run_env_act}, args.reps)
+    fns = {
+        "generate": run_generate,
+        "act": lambda: run_act(policy),
+        "env+act": lambda: run_env_act(policy),
+    }
+    if compiled is not None:
+        t0 = time.perf_counter()
+        run_env_act(compiled)  # compiles this shape bucket
+        compile_s = time.perf_counter() - t0
+        print(
+            f"batch {batch}: compiled decode: first round {compile_s:.1f} s, of which compilation "
+            f"{compiled._decoder.compile_seconds:.1f} s ({compiled._decoder.compiled_buckets} bucket(s)); "
+            f"failure: {compiled._decoder.failure}",
+            flush=True,
+        )
+        fns["act[compiled]"] = lambda: run_act(compiled)
+        fns["env+act[compiled]"] = lambda: run_env_act(compiled)
+    times = {name: median(ts) for name, ts in interleaved_medians(fns, args.reps).items()}
     results = {
         name: {"seconds": t, "tokens_per_s": batch * N / t, "ms_per_step": 1000 * t / N}
         for name, t in times.items()
@@ -154,12 +166,16 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
             "tokens_per_s": round(r["tokens_per_s"]),
             "ms_per_step": round(r["ms_per_step"], 3),
             "ratio_vs_generate": round(r["tokens_per_s"] / ref, 3),
+            "reps": args.reps,
         }
         print("RESULT " + json.dumps(row), flush=True)
     print(
-        f"batch {batch:4d}: generate {ref:9.0f} tok/s | act {results['act']['tokens_per_s']:9.0f} tok/s "
-        f"({results['act']['tokens_per_s'] / ref:.2f}x) | env+act {results['env+act']['tokens_per_s']:9.0f} "
-        f"tok/s ({results['env+act']['tokens_per_s'] / ref:.2f}x)",
+        f"batch {batch:4d}: generate {ref:9.0f} tok/s | "
+        + " | ".join(
+            f"{name} {r['tokens_per_s']:9.0f} tok/s ({r['tokens_per_s'] / ref:.2f}x)"
+            for name, r in results.items()
+            if name != "generate"
+        ),
         flush=True,
     )
 
@@ -170,9 +186,9 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    print_env_report({"generate": "float32", "LMPolicy": "float32"})
     for batch in args.batch:
         bench_batch(args, batch)
-    print("torch", torch.__version__, "transformers", transformers.__version__, "numpy", np.__version__)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/ppo_overhead.py                       # both tasks, seeds 0 and 1
     python benchmarks/ppo_overhead.py --tasks cartpole --seeds 0 1 --cartpole-steps 20000
+    python benchmarks/ppo_overhead.py --quick                # a few minutes
 """
 
 from __future__ import annotations
@@ -87,10 +88,19 @@ def main() -> None:
         default="auto",
         help="EGSW mode; auto: step with several envs, trajectory with one (step mode needs n_envs >= 2)",
     )
+    p.add_argument(
+        "--quick", action="store_true", help="a few-minute run: CartPole 20k, HalfCheetah 10k, seed 0"
+    )
     a = p.parse_args()
+    if a.quick:
+        a.cartpole_steps, a.halfcheetah_steps = 20_000, 10_000
+        a.seeds = [0]
     torch.set_num_threads(a.threads)
 
     import stable_baselines3 as sb3
+    from _env_report import print_env_report
+
+    print_env_report({"SB3 PPO": "float32", "EGSW-PPO": "float32"})
 
     import egsw_gym
 

@@ -13,6 +13,14 @@ reward/terminated/truncated, and in ``info`` (gymnasium's dict-of-arrays with ``
 (the finished episode's info, see the single env), while the top-level keys hold the new
 episode's reset info (``prompt``, ``answer``, ``prompt_index``, ``split``).
 
+With ``autoreset=False`` (attribute), or for the episodes of the next ``reset()`` only after
+:func:`hold_finished_episodes` (which finds the env under SB3/gymnasium wrappers), a finished slot
+is scored exactly as above (``final_obs``/``final_info`` in that step's info) but *not*
+reset: until the next ``reset()`` it keeps its last observation, ignores its actions, and returns
+reward 0 and ``terminated = truncated = False`` (so episode counters such as ``VecMonitor`` see one
+episode). A GRPO round plays one episode per slot and throws later episodes away, so this mode
+saves sampling, encoding and verifying them.
+
 Slot ``i`` is exactly a single environment reset with ``seed[i]``: stepping this environment
 gives the same trajectories as ``n`` single environments with the same seeds and actions (each
 single one calling ``reset()`` without a seed when its episode ends).
@@ -32,7 +40,7 @@ from gymnasium.vector.utils import batch_space
 from .tasks import Task
 from .text_generation import _OPTION_KEYS, TextGenerationCore, check_render_mode, render_text_rgb
 
-__all__ = ["TextGenerationVectorEnv", "merge_infos"]
+__all__ = ["TextGenerationVectorEnv", "hold_finished_episodes", "merge_infos"]
 
 
 def merge_infos(entries: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -> dict[str, Any]:
@@ -119,6 +127,10 @@ class TextGenerationVectorEnv(VectorEnv):
         Prompt encoding and scoring, as for the single environment.
     problems : list of Problem
         The current problem of each slot.
+    autoreset : bool
+        ``True`` (default): SAME_STEP autoreset, unless :func:`hold_finished_episodes` asked to hold
+        the episodes of the latest ``reset()``. ``False``: finished slots always stay finished
+        until the next ``reset()`` (see the module docstring); takes effect from the next step.
     supports_per_env_options : bool
         ``True``: ``reset(options={"prompt_index": [k_0, ..., k_{n-1}]})`` gives each slot its own
         option (``None`` entries sample); :class:`egsw_gym.common.vec_env.VectorEnvAdapter`
@@ -172,6 +184,11 @@ class TextGenerationVectorEnv(VectorEnv):
         self._mask = np.zeros((n, L), dtype=np.int64)
         self._t = np.zeros(n, dtype=np.int64)
         self._rows = np.arange(n)
+        self._held = np.zeros(n, dtype=bool)  # slots finished and waiting for reset() (autoreset off)
+        self._any_held = False
+        self.autoreset = True
+        self._hold_pending = False  # hold_finished_episodes: hold the episodes of the next reset()
+        self._hold_episodes = False  # ...which reset() moves here
         self._started = False
         self.problems: list[Any] = [None] * n
         self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(n)]
@@ -250,6 +267,9 @@ class TextGenerationVectorEnv(VectorEnv):
         infos = merge_infos(
             [(i, self._reset_slot(i, slot_options[i])) for i in range(self.num_envs)], self.num_envs
         )
+        self._held[:] = False
+        self._any_held = False
+        self._hold_episodes, self._hold_pending = self._hold_pending, False
         self._started = True
         return self._obs(), infos
 
@@ -280,12 +300,19 @@ class TextGenerationVectorEnv(VectorEnv):
             )
         if actions.min() < 0 or actions.max() >= self.vocab_size:
             raise ValueError(f"actions must be token ids in [0, {self.vocab_size}), got {actions}")
-        pos = self.max_prompt_tokens + self._t
-        self._ids[self._rows, pos] = actions
-        self._mask[self._rows, pos] = 1
-        self._t += 1
-        terminated = actions == self.eos_token_id
+        rows, acts = self._rows, actions
+        if self._any_held:  # slots waiting for reset() (autoreset off) ignore their actions
+            rows = np.flatnonzero(~self._held)
+            acts = actions[rows]
+        pos = self.max_prompt_tokens + self._t[rows]
+        self._ids[rows, pos] = acts
+        self._mask[rows, pos] = 1
+        self._t[rows] += 1
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        terminated[rows] = acts == self.eos_token_id
         truncated = ~terminated & (self._t >= self.max_new_tokens)
+        if self._any_held:
+            truncated &= ~self._held
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         done = np.flatnonzero(terminated | truncated)
         if len(done) == 0:
@@ -296,7 +323,10 @@ class TextGenerationVectorEnv(VectorEnv):
             final_obs = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
             rewards[i], final_info = self.core.finish(self.problems[i], self._ids[i, P : P + self._t[i]])
             entries.append((i, {"final_obs": final_obs, "final_info": final_info}))
-            entries.append((i, self._reset_slot(i, None)))
+            if self.autoreset and not self._hold_episodes:
+                entries.append((i, self._reset_slot(i, None)))
+            else:
+                self._held[i] = self._any_held = True
         return self._obs(), rewards, terminated, truncated, merge_infos(entries, self.num_envs)
 
     def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
@@ -309,3 +339,36 @@ class TextGenerationVectorEnv(VectorEnv):
             p.prompt + self.core.decode(self._ids[i, P : P + self._t[i]]) for i, p in enumerate(self.problems)
         )
         return texts if self.render_mode == "ansi" else tuple(render_text_rgb(t) for t in texts)
+
+
+def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
+    """Hold the episodes of the next ``reset()`` of the :class:`TextGenerationVectorEnv` inside ``env``.
+
+    After the next ``reset()`` every slot plays one episode and then waits (no autoreset) until the
+    reset after it, which restores the env's own ``autoreset`` setting unless this is called again.
+    ``env`` may be the vector env itself, or that env under gymnasium vector wrappers, an SB3
+    :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` and SB3 ``VecEnvWrapper`` s (``VecMonitor``...),
+    as ``GRPO`` builds it. GRPO calls it before each round's reset: a round uses one episode per slot,
+    so the episodes an autoreset would start (sample, encode, later verify) are wasted work. Scoping
+    it to one reset keeps the env safe for other users (``evaluate_policy`` on a held env would wait
+    forever for episodes that never end).
+
+    Parameters
+    ----------
+    env : Any
+        The environment.
+    hold : bool
+        ``True``: hold the next reset's episodes; ``False``: cancel a pending hold.
+
+    Returns
+    -------
+    bool
+        Whether a text vector env was found (``False``: nothing was changed, e.g. a ``DummyVecEnv``).
+    """
+    inner = getattr(env, "unwrapped", env)  # SB3 VecEnvWrapper chain -> innermost VecEnv
+    inner = getattr(inner, "venv", inner)  # VectorEnvAdapter -> gymnasium VectorEnv
+    inner = getattr(inner, "unwrapped", inner)  # gymnasium vector wrappers
+    if not isinstance(inner, TextGenerationVectorEnv):
+        return False
+    inner._hold_pending = bool(hold)
+    return True

@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from egsw_gym.algorithms.grpo.core import discounted_returns, group_normalize
 from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.finite import check_step_finite
+from egsw_gym.envs.vector import hold_finished_episodes
 
 __all__ = ["GroupBatch", "GroupRolloutMixin", "RoundPlan"]
 
@@ -287,6 +288,8 @@ class GroupRolloutMixin:
         """Every env plays one episode from its reset seed. ``None`` if a callback stops the run."""
         n_envs = env.num_envs
         self._set_reset_seeds(env, episode_seeds)
+        # A round uses each env's first episode only: batched text envs then skip the later ones.
+        hold_finished_episodes(env)
         obs = env.reset()
         check_step_finite("GRPO", None, obs, "at the reset that starts a round (the start observation)")
         first_obs = _clone_obs(obs_as_tensor(obs, self.device))
