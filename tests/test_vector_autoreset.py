@@ -131,7 +131,7 @@ def _round_batch(monkeypatch: pytest.MonkeyPatch, hold: bool):
     torch.set_num_threads(1)
     model = tiny_grpo(n_envs=8, n_groups=4, seed=3)
     if not hold:
-        import egsw_gym.algorithms.grpo as grpo_module
+        import egsw_gym.algorithms.grpo.rollout as grpo_module
 
         monkeypatch.setattr(grpo_module, "hold_finished_episodes", lambda env, hold=True: False)
     counts = Counts(model.env.unwrapped.venv.unwrapped, monkeypatch)

@@ -408,15 +408,17 @@ def test_cas_towers_hit_the_time_bound_not_the_rollout(tasks):
         pytest.skip("math-verify not installed")
     for name in names:
         task, problem = task_map[name], problems[name][0]
+        right = f"#### {problem.answer}" if "gsm8k" in name else f"\\boxed{{{problem.answer}}}"
         before = task._math_verify.scorer.timeouts
         for text in ("#### $10^{10^{10}}$", "\\boxed{$9^{9^{9^{9}}}$}"):
+            # A correct answer first: after a kill it starts the fresh worker (not the tower's time)
+            # and shows that the replacement verifies correctly.
+            good = task.score(right, problem)
+            assert good.correct, (name, good.breakdown)
             start = time.perf_counter()
             result = task.score(text, problem)
             elapsed = time.perf_counter() - start
             assert result.score == 0.0 and elapsed < THIRD_PARTY_LIMIT_S + CALL_LIMIT_S, (name, text, elapsed)
             COUNTS["CAS towers (timed)"] += 1
         assert task._math_verify.scorer.timeouts > before, name
-        good = task.score(
-            f"#### {problem.answer}" if "gsm8k" in name else f"\\boxed{{{problem.answer}}}", problem
-        )
-        assert good.correct, (name, good.breakdown)
+        assert task.score(right, problem).correct, name
