@@ -115,3 +115,23 @@ def test_grpo_trains_with_sr_grpo_and_keeps_tau_across_save_load(tmp_path):
     model.save(tmp_path / "sr")
     loaded = GRPO.load(tmp_path / "sr")
     assert loaded.advantage == "sr_grpo" and loaded.sr_temperature == 0.3
+
+
+def test_grpo_sr_is_a_preset_algorithm_and_overrides_still_win():
+    from egsw_gym.cli import build_parser
+    from egsw_gym.experiments.presets import ALGORITHMS, make_run_spec
+
+    spec = make_run_spec("grpo-sr", "CartPole-v1", 0)
+    plain = make_run_spec("grpo", "CartPole-v1", 0)
+    assert spec.base_algo == "grpo" and spec.egsw is None
+    assert spec.algo_kwargs == {**plain.algo_kwargs, "advantage": "sr_grpo"}
+    tuned = make_run_spec("grpo-sr", "CartPole-v1", 0, {"grpo": {"sr_temperature": 0.3}})
+    assert tuned.algo_kwargs["sr_temperature"] == 0.3 and tuned.algo_kwargs["advantage"] == "sr_grpo"
+    assert make_run_spec("grpo", "CartPole-v1", 0).algo_kwargs.get("advantage", "outcome") == "outcome"
+    assert "grpo-sr" in ALGORITHMS
+    # compare's default stays the four algorithms; grpo-sr is opt-in
+    args = build_parser().parse_args(["compare", "--suite", "classic", "--out", "x"])
+    assert args.algos == ["ppo", "ppo-egsw", "grpo", "grpo-egsw"]
+    assert build_parser().parse_args(["compare", "--suite", "classic", "--out", "x", "--algos", "grpo-sr"]).algos == [
+        "grpo-sr"
+    ]
