@@ -45,7 +45,9 @@ def test_weight_sum_one_is_the_softmax_and_the_default_divided_by_the_set_size(c
     adv, ent, ids, alpha, temp = case
     args = (t(adv), t(ent), t(ids, torch.long))
     one = egsw_weights(*args, alpha=alpha, temperature=temp, weight_sum="one")
-    np.testing.assert_allclose(one.numpy(), softmax_reference(adv, ent, ids, alpha, temp), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        one.numpy(), softmax_reference(adv, ent, ids, alpha, temp), rtol=1e-9, atol=1e-12
+    )
     assert torch.isfinite(one).all() and (one >= 0).all() and (one <= 1).all()
     full = egsw_weights(*args, alpha=alpha, temperature=temp)
     ids_np = np.asarray(ids)
@@ -87,7 +89,10 @@ def test_config_round_trip_and_old_configs_load_with_the_default():
 def test_sample_weights_in_both_modes_differ_by_the_set_size():
     g = torch.Generator().manual_seed(3)
     n = 24
-    adv, ent = torch.randn(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    adv, ent = (
+        torch.randn(n, generator=g, dtype=torch.float64),
+        torch.rand(n, generator=g, dtype=torch.float64),
+    )
     ids = dict(
         trajectory_ids=torch.arange(n) // 3,  # 8 trajectories of 3 steps
         step_ids=torch.arange(n) % 3,
@@ -153,5 +158,7 @@ def test_grpo_policy_term_with_one_is_set_size_over_n_and_one_times_n_is_identic
     l_full_kl, _ = loss_and_grad(w_full, **extra)
     l_one_kl, _ = loss_and_grad(w_one, **extra)
     l_kl_only, _ = loss_and_grad(torch.zeros_like(w_full), **extra)
-    torch.testing.assert_close(l_one_kl - l_kl_only, (l_full_kl - l_kl_only) / group_size, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        l_one_kl - l_kl_only, (l_full_kl - l_kl_only) / group_size, rtol=1e-10, atol=1e-14
+    )
     assert not torch.isclose(l_one_kl, l_full_kl / group_size, rtol=1e-3)

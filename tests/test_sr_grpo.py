@@ -31,7 +31,7 @@ def published_sr_grpo(returns, group_ids, tau, eps):
         z = [(x - mu) / (sd + eps) for x in r]
         m = max(zi / tau for zi in z)
         e = [math.exp(zi / tau - m) for zi in z]
-        soft = sum(ei / sum(e) * x for ei, x in zip(e, r))
+        soft = sum(ei / sum(e) * x for ei, x in zip(e, r, strict=True))
         for i in members:
             out[i] = soft
     return out
@@ -59,7 +59,9 @@ def test_matches_the_published_formula(case):
     got = sr_grpo_advantages(
         torch.tensor(returns, dtype=torch.float64), torch.tensor(ids), temperature=tau, eps=1e-5
     )
-    np.testing.assert_allclose(got.numpy(), published_sr_grpo(returns, ids, tau, 1e-5), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        got.numpy(), published_sr_grpo(returns, ids, tau, 1e-5), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_group_advantage_is_a_soft_maximum_of_the_returns():
@@ -67,8 +69,12 @@ def test_group_advantage_is_a_soft_maximum_of_the_returns():
     ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     sharp = sr_grpo_advantages(r, ids, temperature=1e-3)
     flat = sr_grpo_advantages(r, ids, temperature=1e6)
-    torch.testing.assert_close(sharp, torch.tensor([1.0] * 4 + [3.0] * 4, dtype=torch.float64))  # the best return
-    torch.testing.assert_close(flat, torch.tensor([0.25] * 4 + [1.125] * 4, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        sharp, torch.tensor([1.0] * 4 + [3.0] * 4, dtype=torch.float64)
+    )  # the best return
+    torch.testing.assert_close(
+        flat, torch.tensor([0.25] * 4 + [1.125] * 4, dtype=torch.float64), rtol=0, atol=1e-5
+    )
     mid = sr_grpo_advantages(r, ids, temperature=0.5)
     assert torch.all((flat <= mid) & (mid <= sharp))  # monotone in the temperature
     # Every member of a group shares one advantage (it is not a per-sample weight).
@@ -111,7 +117,9 @@ def test_grpo_trains_with_sr_grpo_and_keeps_tau_across_save_load(tmp_path):
     before = torch.cat([p.detach().flatten().clone() for p in model.policy.parameters()])
     model.learn(600)
     after = torch.cat([p.detach().flatten() for p in model.policy.parameters()])
-    assert not torch.equal(before, after)  # CartPole's returns are positive: SR-GRPO's advantage moves the policy
+    assert not torch.equal(
+        before, after
+    )  # CartPole's returns are positive: SR-GRPO's advantage moves the policy
     model.save(tmp_path / "sr")
     loaded = GRPO.load(tmp_path / "sr")
     assert loaded.advantage == "sr_grpo" and loaded.sr_temperature == 0.3
@@ -132,6 +140,6 @@ def test_grpo_sr_is_a_preset_algorithm_and_overrides_still_win():
     # compare's default stays the four algorithms; grpo-sr is opt-in
     args = build_parser().parse_args(["compare", "--suite", "classic", "--out", "x"])
     assert args.algos == ["ppo", "ppo-egsw", "grpo", "grpo-egsw"]
-    assert build_parser().parse_args(["compare", "--suite", "classic", "--out", "x", "--algos", "grpo-sr"]).algos == [
-        "grpo-sr"
-    ]
+    assert build_parser().parse_args(
+        ["compare", "--suite", "classic", "--out", "x", "--algos", "grpo-sr"]
+    ).algos == ["grpo-sr"]
