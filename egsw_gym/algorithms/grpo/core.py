@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from egsw_gym.common.checks import check_number
+from egsw_gym.egsw import MIN_TEMPERATURE, egsw_weights
 
 __all__ = [
     "ADVANTAGE_TYPES",
@@ -176,9 +177,10 @@ def group_normalize(
 
 
 def check_sr_temperature(name: str, value: object) -> object:
-    """SR-GRPO's ``tau``: a finite number > 0 (the rule :class:`GRPO` and :func:`sr_grpo_advantages` share)."""
+    """SR-GRPO's ``tau``: finite, ``>= 1e-6`` (EGSW's :data:`~egsw_gym.egsw.MIN_TEMPERATURE`; the rule
+    :class:`GRPO` and :func:`sr_grpo_advantages` share)."""
     return check_number(
-        name, value, low=0, low_open=True, hint="0.5 is SR-GRPO's default; smaller tends to the best return"
+        name, value, low=MIN_TEMPERATURE, hint="0.5 is SR-GRPO's default; smaller tends to the best return"
     )
 
 
@@ -212,7 +214,7 @@ def sr_grpo_advantages(
     group_ids : torch.Tensor
         1-D integer tensor of the same length; equal ids form one group.
     temperature : float
-        ``tau > 0``; 0.5 is the reference code's default.
+        ``tau``, finite and ``>= 1e-6``; 0.5 is the reference code's default.
     scale_by_std : bool
         Divide the centred returns by the group std in ``z`` (the reference code) or only centre them.
     eps : float
@@ -227,14 +229,17 @@ def sr_grpo_advantages(
     z, _ = group_normalize(returns, group_ids, scale_by_std=scale_by_std, eps=eps)
     if returns.numel() == 0:
         return returns.clone()
+    # The within-group softmax of z / tau is EGSW's weighting with alpha = 0 and weights summing to 1.
+    w = egsw_weights(
+        z.double(),
+        torch.zeros_like(z, dtype=torch.float64),
+        group_ids,
+        alpha=0.0,
+        temperature=temperature,
+        weight_sum="one",
+    )
     _, idx = torch.unique(group_ids, return_inverse=True)
-    n = int(idx.max()) + 1
-    score = z.double() / temperature
-    # Softmax within each group, shifted by the group max so that exp() never overflows.
-    group_max = score.new_full((n,), -torch.inf).scatter_reduce(0, idx, score, reduce="amax")
-    e = torch.exp(score - group_max[idx])
-    w = e / score.new_zeros(n).index_add_(0, idx, e)[idx]
-    soft = returns.double().new_zeros(n).index_add_(0, idx, w * returns.double())
+    soft = w.new_zeros(int(idx.max()) + 1).index_add_(0, idx, w * returns.double())
     return soft[idx].to(returns.dtype)
 
 
