@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from egsw_gym.experiments.presets import ALGORITHMS, SUITES, parse_overrides
+from egsw_gym.experiments.presets import ALGORITHMS, DEFAULT_ALGORITHMS, SUITES, parse_overrides
 
 __all__ = ["main", "build_parser", "DEMO"]
 
@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--suite", choices=list(SUITES))
     g.add_argument("--envs", help="comma-separated environment ids")
     c.add_argument(
-        "--algos", type=_algos, default=list(ALGORITHMS), help="comma-separated (default: all four)"
+        "--algos",
+        type=_algos,
+        default=list(DEFAULT_ALGORITHMS),
+        help=f"comma-separated, of {', '.join(ALGORITHMS)} (default: {','.join(DEFAULT_ALGORITHMS)})",
     )
     c.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (5) or a list (0,3,7); default 3")
     c.add_argument("--out", required=True)

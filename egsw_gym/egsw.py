@@ -5,6 +5,10 @@ The specification (``shared/EGSW.md``, after Vanlioglu, arXiv 2503.22456)::
     score_i = (A_i + alpha * H_i) / P
     w_i     = N * exp(score_i) / sum_{j in set} exp(score_j)        (N = size of the set)
 
+(``weight_sum="set_size"``, the default: mean weight 1). ``weight_sum="one"`` drops the factor
+``N`` (the weights sum to 1 in a set), the form a summary of the paper gives; see :class:`EGSW`
+for when the two are the same update.
+
 ``A_i`` is a sample's advantage, ``H_i`` the policy's entropy at that sample, ``alpha >= 0``
 how much uncertainty counts and ``P > 0`` the temperature. The comparison sets are named by
 integer ids, so one primitive serves both settings:
@@ -28,7 +32,15 @@ import torch
 
 from egsw_gym.common.checks import check_bool, check_choice, check_number
 
-__all__ = ["EGSW", "egsw_weights", "effective_sample_size", "egsw_statistics", "MAX_ALPHA", "MIN_TEMPERATURE"]
+__all__ = [
+    "EGSW",
+    "egsw_weights",
+    "effective_sample_size",
+    "egsw_statistics",
+    "MAX_ALPHA",
+    "MIN_TEMPERATURE",
+    "WEIGHT_SUMS",
+]
 
 #: Largest accepted ``alpha`` and smallest accepted ``temperature``. Beyond them a unit of entropy or
 #: of (standardised) advantage moves a score by more than a million, so the weights are a hard
@@ -59,6 +71,19 @@ def _check_alpha_temperature(alpha: Any, temperature: Any, prefix: str = "") -> 
     )
 
 
+#: What the weights of one comparison set sum to (:func:`egsw_weights`, :attr:`EGSW.weight_sum`).
+WEIGHT_SUMS = ("set_size", "one")
+
+
+def _check_weight_sum(weight_sum: Any, prefix: str = "") -> None:
+    check_choice(
+        f"{prefix}weight_sum",
+        weight_sum,
+        WEIGHT_SUMS,
+        hint="'set_size' (default) gives mean weight 1, 'one' the paper's softmax summing to 1 in a set",
+    )
+
+
 def _check_1d_finite(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -80,8 +105,11 @@ def egsw_weights(
     *,
     alpha: float,
     temperature: float,
+    weight_sum: Literal["set_size", "one"] = "set_size",
 ) -> torch.Tensor:
     """EGSW weights: set size times the softmax of ``(A + alpha * H) / P`` within each set.
+
+    With ``weight_sum="one"``, the softmax itself (weights summing to 1 within a set).
 
     Parameters
     ----------
@@ -97,12 +125,15 @@ def egsw_weights(
     temperature : float
         Softmax temperature ``P``, a finite number ``>= MIN_TEMPERATURE`` (``1e-6``); large values
         flatten the weights towards 1.
+    weight_sum : {"set_size", "one"}
+        What the weights of a set sum to: its size ``N`` (default; mean weight 1, uniform weights
+        are all 1) or 1 (uniform weights are ``1/N``). The two differ by exactly the factor ``N``.
 
     Returns
     -------
     torch.Tensor
         Weights (same dtype and device as ``advantages``, detached): finite, ``>= 0``, summing
-        to the set size within each set. Sets of size 1 get weight 1.
+        to the set size (or to 1) within each set. Sets of size 1 get weight 1 either way.
 
     Raises
     ------
@@ -122,6 +153,7 @@ def egsw_weights(
             f"{tuple(advantages.shape)}, {tuple(entropies.shape)} and {tuple(group_ids.shape)}"
         )
     _check_alpha_temperature(alpha, temperature)
+    _check_weight_sum(weight_sum)
     if advantages.numel() == 0:
         return advantages.new_ones(0)
 
@@ -141,7 +173,10 @@ def egsw_weights(
     set_max = z.new_full((n_sets,), -math.inf).scatter_reduce(0, set_index, z, reduce="amax")
     exp_scores = torch.exp((z - set_max[set_index]) / temperature)
     set_sum = z.new_zeros(n_sets).index_add_(0, set_index, exp_scores)
-    return (set_size.double()[set_index] * exp_scores / set_sum[set_index]).to(dtype)
+    weights = exp_scores / set_sum[set_index]
+    if weight_sum == "set_size":
+        weights = set_size.double()[set_index] * weights
+    return weights.to(dtype)
 
 
 def effective_sample_size(weights: torch.Tensor) -> float:
@@ -178,7 +213,8 @@ class EGSW:
     ----------
     alpha : float
         Weight of the entropy bonus in the score, in ``[0, 1e6]`` (:data:`MAX_ALPHA`). Default
-        ``0.1``. ``alpha=0`` is SR-GRPO's advantage softmax.
+        ``0.1``. ``alpha=0`` weights by advantage alone (a per-sample weight on the surrogate; it
+        is *not* SR-GRPO, whose softmax makes one group-level advantage: ``GRPO(advantage="sr_grpo")``).
     temperature : float
         Softmax temperature ``P``, finite and ``>= 1e-6`` (:data:`MIN_TEMPERATURE`). Default
         ``1.0``. Large values give uniform weights, i.e. the plain algorithm. The two bounds keep
@@ -206,6 +242,25 @@ class EGSW:
     entropy_reduction : {"mean", "sum"}
         How per-step entropies make the trajectory-wise ``H_i``: mean (default, length-neutral)
         or sum over the trajectory's steps (favours long, uncertain trajectories).
+    weight_sum : {"set_size", "one"}
+        What the weights of a set sum to. ``"set_size"`` (default): the set size ``N`` (mean
+        weight 1, so uniform weights leave the algorithm unchanged). ``"one"``: 1, the form a
+        summary of the paper gives (``w = softmax((A + alpha * H) / P)`` over the set); its
+        weights are exactly the default ones divided by ``N``.
+
+        When the two are the same update: where the weight *replaces* GRPO's ``1/G`` average over
+        the group. Our losses keep the mean (``loss_type="grpo"`` averages the sequences of a batch
+        of ``n_groups`` groups of ``G``), so ``"one"`` with its weights multiplied by ``N = G``
+        is ``"set_size"`` term for term: ``sum_i softmax_i * l_i`` over a group equals
+        ``(1/G) sum_i (G * softmax_i) * l_i``.
+
+        When they differ: used as is, *on top of* that mean, ``"one"`` scales the policy
+        (surrogate) term by ``1/N`` while the KL penalty (``beta``) and the entropy bonus
+        (``ent_coef``) keep their full size, so their balance shifts by the factor ``N``; the
+        gradient-norm clip (``max_grad_norm``) and Adam's step size see a policy gradient ``N``
+        times smaller, and with sets of varying size (step mode, episode segments in PPO) the sets
+        are no longer weighted alike. ``max_weight`` is refused with ``"one"`` (its weights are
+        at most 1, so a cap ``>= 1`` would never bind).
     """
 
     alpha: float = 0.1
@@ -214,6 +269,7 @@ class EGSW:
     standardize_advantages: bool = True
     max_weight: float | None = None
     entropy_reduction: Literal["mean", "sum"] = "mean"
+    weight_sum: Literal["set_size", "one"] = "set_size"
 
     def __post_init__(self) -> None:
         _check_alpha_temperature(self.alpha, self.temperature, prefix="EGSW.")
@@ -233,10 +289,20 @@ class EGSW:
             hint="None means no cap; a cap below 1 would shrink even uniform weights",
         )
         check_choice("EGSW.entropy_reduction", self.entropy_reduction, ("mean", "sum"))
+        _check_weight_sum(self.weight_sum, prefix="EGSW.")
+        if self.weight_sum == "one" and self.max_weight is not None:
+            raise ValueError(
+                f"EGSW.max_weight={self.max_weight!r} never binds with weight_sum='one' (its weights sum to 1 "
+                "in a set, so none exceeds 1); drop max_weight or use weight_sum='set_size'"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EGSW | None:
-        """Rebuild a config from :meth:`to_dict` output (plain data, safe to store in checkpoints)."""
+        """Rebuild a config from :meth:`to_dict` output (plain data, safe to store in checkpoints).
+
+        Fields missing from ``data`` take their defaults, so a config saved before a field existed
+        (e.g. ``weight_sum``) loads as the behaviour it was trained with.
+        """
         if data is None:
             return None
         if not isinstance(data, dict):
@@ -342,7 +408,14 @@ class EGSW:
         elif self.standardize_advantages and advantages.numel() > 1:
             # std floored so a constant batch maps to zeros instead of NaN.
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        w = egsw_weights(advantages, entropies, set_ids, alpha=self.alpha, temperature=self.temperature)
+        w = egsw_weights(
+            advantages,
+            entropies,
+            set_ids,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            weight_sum=self.weight_sum,
+        )
         if self.max_weight is not None:
             w = w.clamp_max(self.max_weight)
         return w

@@ -14,15 +14,18 @@ from hypothesis import strategies as st
 from egsw_gym import EGSW, effective_sample_size, egsw_statistics, egsw_weights
 
 
-def reference_weights(adv, ent, ids, alpha, temperature):
-    """Loop-per-set numpy transcription of the formula: w_i = N * softmax((A + alpha H) / P)_i."""
+def reference_weights(adv, ent, ids, alpha, temperature, weight_sum="set_size"):
+    """Loop-per-set numpy transcription of the formula: w_i = N * softmax((A + alpha H) / P)_i.
+
+    ``weight_sum="one"``: the paper's form, the softmax without the factor N.
+    """
     adv, ent, ids = np.asarray(adv, np.float64), np.asarray(ent, np.float64), np.asarray(ids)
     out = np.empty_like(adv)
     for g in np.unique(ids):
         m = ids == g
         s = (adv[m] + alpha * ent[m]) / temperature
         e = np.exp(s - s.max())
-        out[m] = m.sum() * e / e.sum()
+        out[m] = (m.sum() if weight_sum == "set_size" else 1.0) * e / e.sum()
     return out
 
 
@@ -53,6 +56,24 @@ def test_matches_numpy_reference_and_sums_to_set_size(case):
     ids_np = np.asarray(ids)
     for g in np.unique(ids_np):
         assert w.numpy()[ids_np == g].sum() == pytest.approx((ids_np == g).sum(), rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples)
+def test_weight_sum_one_is_the_softmax_and_the_default_divided_by_the_set_size(case):
+    adv, ent, ids, alpha, temp = case
+    args = (t(adv), t(ent), t(ids, torch.long))
+    one = egsw_weights(*args, alpha=alpha, temperature=temp, weight_sum="one")
+    ref = reference_weights(adv, ent, ids, alpha, temp, weight_sum="one")
+    np.testing.assert_allclose(one.numpy(), ref, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(one).all() and (one >= 0).all() and (one <= 1).all()
+    full = egsw_weights(*args, alpha=alpha, temperature=temp)
+    ids_np = np.asarray(ids)
+    for g in np.unique(ids_np):
+        m = ids_np == g
+        assert one.numpy()[m].sum() == pytest.approx(1.0, rel=1e-12)
+        # Exactly the set-size weights over N (same float64 softmax, one multiplication apart).
+        np.testing.assert_allclose(one.numpy()[m] * m.sum(), full.numpy()[m], rtol=1e-14, atol=0)
 
 
 def test_uniform_cases_give_weight_one():

@@ -66,7 +66,15 @@ def test_sensitivity_plan_is_the_alpha_temperature_grid_plus_modes():
         }
         assert grid >= {(a, t) for a in study.SENSITIVITY_ALPHAS for t in study.SENSITIVITY_TEMPERATURES}
         assert {r.spec.egsw.mode for r in rs if r.spec.egsw} == {"step", "trajectory"}
-        assert sum(r.spec.egsw is None for r in rs) == 1  # the plain GRPO reference
+        # the plain GRPO reference and the SR-GRPO baseline
+        plain = {r.variant: r.spec.algo_kwargs.get("advantage", "outcome") for r in rs if r.spec.egsw is None}
+        assert plain == {"grpo": "outcome", "grpo-sr": "sr_grpo"}
+        # The paper's weights summing to 1 per set: one row, at the preset's alpha, P and mode.
+        sum1 = [r for r in rs if r.spec.egsw and r.spec.egsw.weight_sum == "one"]
+        preset = study.make_run_spec("grpo-egsw", env_id, 0).egsw
+        assert [r.variant for r in sum1] == [f"grpo-egsw-sum1-a{preset.alpha:g}-P{preset.temperature:g}"]
+        assert replace(sum1[0].spec.egsw, weight_sum="set_size") == preset
+        assert all(r.spec.egsw.weight_sum == "set_size" for r in rs if r.spec.egsw and r not in sum1)
     assert {r.spec.seed for r in plan} == {0, 1, 2}
 
 

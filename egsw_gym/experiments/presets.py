@@ -23,6 +23,8 @@ from egsw_gym.egsw import EGSW
 
 __all__ = [
     "ALGORITHMS",
+    "ALGORITHM_KWARGS",
+    "DEFAULT_ALGORITHMS",
     "SUITES",
     "RunSpec",
     "load_suite",
@@ -37,7 +39,17 @@ ALGORITHMS: dict[str, tuple[str, bool]] = {
     "ppo-egsw": ("ppo", True),
     "grpo": ("grpo", False),
     "grpo-egsw": ("grpo", True),
+    "grpo-sr": ("grpo", False),
 }
+#: constructor arguments an algorithm variant sets on its base block: they win over the preset file,
+#: and ``--set`` overrides win over them (``--set grpo.sr_temperature=0.3``)
+ALGORITHM_KWARGS: dict[str, dict[str, Any]] = {
+    # SR-GRPO (KAIST-AILab/SR-GRPO): softmax-weighted group return as the advantage (GRPO's
+    # sr_temperature, 0.5 by default as in the reference code).
+    "grpo-sr": {"advantage": "sr_grpo"},
+}
+#: what ``egsw-gym compare`` runs when ``--algos`` is not given (baselines such as grpo-sr are opt-in)
+DEFAULT_ALGORITHMS = ("ppo", "ppo-egsw", "grpo", "grpo-egsw")
 #: suite name -> preset file (also the environment family)
 SUITES = ("classic", "mujoco", "llm")
 
@@ -195,7 +207,7 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     Parameters
     ----------
     algo : str
-        ``ppo``, ``ppo-egsw``, ``grpo`` or ``grpo-egsw``.
+        ``ppo``, ``ppo-egsw``, ``grpo``, ``grpo-egsw`` or ``grpo-sr`` (:data:`ALGORITHMS`).
     env_id : str
         Environment id with a preset.
     seed : int
@@ -205,8 +217,11 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     """
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {algo!r}")
-    preset = _merge(find_env_preset(env_id), copy.deepcopy(overrides or {}))
+    preset = find_env_preset(env_id)
     base, use_egsw = ALGORITHMS[algo]
+    if base in preset and algo in ALGORITHM_KWARGS:
+        _merge(preset[base], copy.deepcopy(ALGORITHM_KWARGS[algo]))
+    preset = _merge(preset, copy.deepcopy(overrides or {}))
     if base not in preset:
         raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
     algo_kwargs = dict(preset[base])

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from egsw_gym.egsw import EGSW
 from egsw_gym.experiments.compare import run_parallel
 from egsw_gym.experiments.presets import RunSpec, _merge, make_run_spec
 
@@ -105,7 +104,9 @@ EVAL_S: dict[str, float] = {
 _DEFAULT_SPEED, _DEFAULT_EVAL_S, _STARTUP_S = 1000.0, 5.0, 5.0
 
 # The sensitivity suite: GRPO+EGSW's alpha x temperature grid (the preset's mode), the other mode at
-# the preset's alpha and temperature, and plain GRPO as the reference, on one control and one LM task.
+# the preset's alpha and temperature, the paper's weights summing to 1 per set (EGSW(weight_sum="one"))
+# at the same setting, plain GRPO as the reference and SR-GRPO (GRPO(advantage="sr_grpo")) as a
+# baseline, on one control and one LM task.
 SENSITIVITY_ENVS = ["CartPole-v1", "egsw/Arithmetic-v0"]
 SENSITIVITY_ALPHAS = (0.0, 0.05, 0.1, 0.3)
 SENSITIVITY_TEMPERATURES = (0.5, 1.0, 2.0, 4.0)
@@ -191,7 +192,8 @@ def _fmt(x: float) -> str:
 
 def _variants_sensitivity(env_id: str, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
     preset = make_run_spec("grpo-egsw", env_id, seed).egsw
-    rows: list[tuple[str, str, dict[str, Any]]] = [("grpo", "grpo", {})]
+    # Plain GRPO, and SR-GRPO (softmax-weighted group return as the advantage) as a baseline.
+    rows: list[tuple[str, str, dict[str, Any]]] = [("grpo", "grpo", {}), ("grpo-sr", "grpo-sr", {})]
     for alpha in SENSITIVITY_ALPHAS:
         for temp in SENSITIVITY_TEMPERATURES:
             rows.append(
@@ -209,15 +211,15 @@ def _variants_sensitivity(env_id: str, seed: int) -> list[tuple[str, str, dict[s
             {"mode": other},
         )
     )
-    # The paper's normalisation (weights summing to 1 in a set) where this EGSW has it (issue 12, item 4).
-    if "weight_sum" in EGSW.__dataclass_fields__:
-        rows.append(
-            (
-                f"grpo-egsw-sum1-a{_fmt(preset.alpha)}-P{_fmt(preset.temperature)}",
-                "grpo-egsw",
-                {"weight_sum": "one"},
-            )
+    # The paper's normalisation (weights summing to 1 in a set, EGSW(weight_sum="one")) at the
+    # preset's alpha, P and mode: on top of GRPO's mean it scales the policy term by 1/G.
+    rows.append(
+        (
+            f"grpo-egsw-sum1-a{_fmt(preset.alpha)}-P{_fmt(preset.temperature)}",
+            "grpo-egsw",
+            {"weight_sum": "one"},
         )
+    )
     return rows
 
 

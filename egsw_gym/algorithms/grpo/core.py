@@ -8,6 +8,7 @@ The pieces, in the order an update uses them::
 
     outcome advantage   A_i     = (R_i - mean_g R) / (std_g R + eps)       R_i = sum_t gamma^t r_it
     process advantage   A_it    = (G_it - mean_{g,t} G) / (std_{g,t} G + eps)  G_it = sum_{k>=t} gamma^(k-t) r_ik
+    SR-GRPO advantage   A_i     = sum_{j in g} softmax_j(z / tau) R_j,   z = (R - mean_g R) / (std_g R + eps)
     ratio               rho_it  = exp(log pi(a_it) - log pi_old(a_it))
     clipped surrogate   l_it    = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)
     k3 KL to reference  kl_it   = exp(q - p) - (q - p) - 1,   p = log pi, q = log pi_ref
@@ -25,6 +26,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from egsw_gym.common.checks import check_number
+from egsw_gym.egsw import MIN_TEMPERATURE, egsw_weights
+
 __all__ = [
     "ADVANTAGE_TYPES",
     "LOSS_TYPES",
@@ -38,9 +42,11 @@ __all__ = [
     "grpo_loss",
     "k3_kl",
     "reward_to_go",
+    "sr_grpo_advantages",
+    "check_sr_temperature",
 ]
 
-ADVANTAGE_TYPES = ("outcome", "process")
+ADVANTAGE_TYPES = ("outcome", "process", "sr_grpo")
 LOSS_TYPES = ("grpo", "dr_grpo", "token")
 
 
@@ -170,6 +176,73 @@ def group_normalize(
     return out, zero_std[idx]
 
 
+def check_sr_temperature(name: str, value: object) -> object:
+    """SR-GRPO's ``tau``: finite, ``>= 1e-6`` (EGSW's :data:`~egsw_gym.egsw.MIN_TEMPERATURE`; the rule
+    :class:`GRPO` and :func:`sr_grpo_advantages` share)."""
+    return check_number(
+        name, value, low=MIN_TEMPERATURE, hint="0.5 is SR-GRPO's default; smaller tends to the best return"
+    )
+
+
+def sr_grpo_advantages(
+    returns: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    scale_by_std: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """SR-GRPO's soft-reward advantage: one softmax-weighted mean return per group, given to every member.
+
+    Soft Reward GRPO (KAIST-AILab, https://github.com/KAIST-AILab/SR-GRPO,
+    ``module/sr_grpo_trainer.py``, ``SRGRPOTrainer.compute_loss``)::
+
+        z_i = (R_i - mean_g R) / (std_g R + eps)        (unbiased std, as torch's ``std``)
+        w_i = exp(z_i / tau) / sum_{j in g} exp(z_j / tau)
+        A_g = sum_{j in g} w_j R_j                       (the same advantage for every member of g)
+
+    Unlike EGSW it is not a per-sample weight on the surrogate: the softmax only forms the group's
+    one advantage, a soft maximum of its returns (``tau -> 0``: the best return; ``tau -> inf``:
+    the mean). A group whose returns are all equal (or a group of one) has ``z = 0``, uniform
+    ``w``, and gets its (common) return, as in the reference code (which adds ``eps = 1e-5``; we
+    use ``eps`` like the other advantages, and exactly 0 for zero-spread groups).
+
+    Parameters
+    ----------
+    returns : torch.Tensor
+        1-D float tensor, the episode return ``R_i`` of every sequence.
+    group_ids : torch.Tensor
+        1-D integer tensor of the same length; equal ids form one group.
+    temperature : float
+        ``tau``, finite and ``>= 1e-6``; 0.5 is the reference code's default.
+    scale_by_std : bool
+        Divide the centred returns by the group std in ``z`` (the reference code) or only centre them.
+    eps : float
+        Added to the std in ``z``.
+
+    Returns
+    -------
+    torch.Tensor
+        1-D advantages, like ``returns``.
+    """
+    check_sr_temperature("sr_temperature", temperature)
+    z, _ = group_normalize(returns, group_ids, scale_by_std=scale_by_std, eps=eps)
+    if returns.numel() == 0:
+        return returns.clone()
+    # The within-group softmax of z / tau is EGSW's weighting with alpha = 0 and weights summing to 1.
+    w = egsw_weights(
+        z.double(),
+        torch.zeros_like(z, dtype=torch.float64),
+        group_ids,
+        alpha=0.0,
+        temperature=temperature,
+        weight_sum="one",
+    )
+    _, idx = torch.unique(group_ids, return_inverse=True)
+    soft = w.new_zeros(int(idx.max()) + 1).index_add_(0, idx, w * returns.double())
+    return soft[idx].to(returns.dtype)
+
+
 class GroupAdvantages(NamedTuple):
     """Output of :func:`group_advantages`."""
 
@@ -186,10 +259,11 @@ def group_advantages(
     mask: torch.Tensor,
     group_ids: torch.Tensor,
     *,
-    advantage: Literal["outcome", "process"] = "outcome",
+    advantage: Literal["outcome", "process", "sr_grpo"] = "outcome",
     gamma: float = 1.0,
     scale_by_std: bool = True,
     eps: float = 1e-8,
+    sr_temperature: float = 0.5,
 ) -> GroupAdvantages:
     """Group-normalised advantages on padded sequences.
 
@@ -201,16 +275,19 @@ def group_advantages(
         ``(B, T)`` bool, ``True`` on real steps.
     group_ids : torch.Tensor
         ``(B,)`` integer group of every sequence (its start state or prompt).
-    advantage : {"outcome", "process"}
+    advantage : {"outcome", "process", "sr_grpo"}
         ``"outcome"``: the episode return ``R_i`` normalised within the group, repeated on each
         step. ``"process"``: the reward-to-go ``G_it`` normalised at each step ``t`` across the
-        group's members still running at ``t`` (a member alone at ``t`` gets 0).
+        group's members still running at ``t`` (a member alone at ``t`` gets 0). ``"sr_grpo"``:
+        SR-GRPO's soft-reward group advantage (:func:`sr_grpo_advantages`), repeated on each step.
     gamma : float
         Discount in ``(0, 1]`` for ``R_i`` / ``G_it``.
     scale_by_std : bool
         Divide by the std (GRPO) or only centre (Dr. GRPO).
     eps : float
         Added to the std.
+    sr_temperature : float
+        SR-GRPO's softmax temperature ``tau`` (only used by ``"sr_grpo"``).
 
     Returns
     -------
@@ -234,6 +311,11 @@ def group_advantages(
     n_zero = int(torch.unique(group_ids[zero_std]).numel())
     if advantage == "outcome":
         adv = outcome_adv[:, None].expand_as(rewards) * mask
+    elif advantage == "sr_grpo":
+        sr = sr_grpo_advantages(
+            returns, group_ids, temperature=sr_temperature, scale_by_std=scale_by_std, eps=eps
+        )
+        adv = sr[:, None].expand_as(rewards) * mask
     else:
         rtg = reward_to_go(rewards, mask, gamma)
         T = rewards.shape[1]

@@ -89,9 +89,13 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         creates no reference copy.
     loss_type : {"grpo", "dr_grpo", "token"}
         Loss aggregation over steps, see :func:`~egsw_gym.algorithms.grpo.core.aggregate_loss`.
-    advantage : {"outcome", "process"}
-        Episode return normalised in the group, or reward-to-go normalised per step across the
-        group's running members.
+    advantage : {"outcome", "process", "sr_grpo"}
+        Episode return normalised in the group, reward-to-go normalised per step across the
+        group's running members, or SR-GRPO's soft-reward group advantage (one softmax-weighted
+        mean return per group, :func:`~egsw_gym.algorithms.grpo.core.sr_grpo_advantages`).
+    sr_temperature : float
+        SR-GRPO's softmax temperature ``tau > 0`` (default 0.5, the reference code's); used only
+        with ``advantage="sr_grpo"``.
     gamma : float
         Discount in ``(0, 1]`` for the return / reward-to-go. Default 1 (plain sum, as GRPO).
     scale_rewards : bool
@@ -151,7 +155,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         clip_range_high: float | None = None,
         beta: float = 0.0,
         loss_type: Literal["grpo", "dr_grpo", "token"] = "grpo",
-        advantage: Literal["outcome", "process"] = "outcome",
+        advantage: Literal["outcome", "process", "sr_grpo"] = "outcome",
+        sr_temperature: float = 0.5,
         gamma: float = 1.0,
         scale_rewards: bool = True,
         ent_coef: float = 0.0,
@@ -371,6 +376,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
             advantage=self.advantage,
             gamma=self.gamma,
             scale_by_std=self.scale_rewards,
+            sr_temperature=getattr(self, "sr_temperature", 0.5),  # checkpoints saved before it: 0.5
         )
         # The update batch as the union of every rank's sequences (trivial for one process).
         plan = dist_utils.GlobalBatch(mask, self._dist_info, self.loss_type)

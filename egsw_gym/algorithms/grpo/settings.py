@@ -15,7 +15,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from egsw_gym.algorithms.grpo.core import ADVANTAGE_TYPES, LOSS_TYPES
+from egsw_gym.algorithms.grpo.core import ADVANTAGE_TYPES, LOSS_TYPES, check_sr_temperature
 from egsw_gym.common.checks import (
     check_bool,
     check_choice,
@@ -67,6 +67,7 @@ HYPERPARAMETER_CHECKS: dict[str, Any] = {
     "beta": lambda n, v: check_number(n, v, low=0),
     "loss_type": lambda n, v: check_choice(n, v, LOSS_TYPES),
     "advantage": lambda n, v: check_choice(n, v, ADVANTAGE_TYPES),
+    "sr_temperature": check_sr_temperature,
     "gamma": lambda n, v: check_number(n, v, low=0, high=1, low_open=True),
     "scale_rewards": lambda n, v: check_bool(n, v, hint="True is GRPO, False is Dr. GRPO"),
     "ent_coef": lambda n, v: check_number(n, v),
