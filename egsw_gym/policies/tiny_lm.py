@@ -2,7 +2,7 @@
 
 It stands in for the "base model" of RLVR on a CPU: a couple of layers, randomly initialised from a
 seed, with the special-token ids of the tokenizer the environment uses (by default the built-in
-character tokenizer, ``egsw_gym.envs.tokenizer``). A short supervised warm start
+character tokenizer, ``egsw_gym.common.tokenizer``). A short supervised warm start
 (:func:`egsw_gym.llm.warm_start`) then gives it the task's answer format.
 """
 
@@ -62,7 +62,7 @@ def build_tiny_lm(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if tokenizer is None:
-        from egsw_gym.envs.tokenizer import build_char_tokenizer
+        from egsw_gym.common.tokenizer import build_char_tokenizer
 
         tokenizer = build_char_tokenizer()
     special = {
