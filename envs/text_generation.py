@@ -45,9 +45,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from egsw_gym.common.tokenizer import load_tokenizer
+
 from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
-from .tokenizer import load_tokenizer
 
 __all__ = [
     "TextGenerationEnv",

@@ -8,6 +8,8 @@ swap in the tokenizer of a real checkpoint by passing its local directory instea
 
 from __future__ import annotations
 
+import copy
+import os
 import string
 from functools import lru_cache
 
@@ -20,6 +22,7 @@ CHARACTERS = tuple(c for c in string.printable if c not in "\t\r\x0b\x0c")
 
 @lru_cache(maxsize=1)
 def _build():
+    # lazy: tokenizers/transformers are the optional [llm] extra, and slow to import
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,8 +49,6 @@ def build_char_tokenizer():
     transformers.PreTrainedTokenizerFast
         ``pad_token_id == 0``, ``eos_token_id == 1``, left padding (what batched generation wants).
     """
-    import copy
-
     return copy.deepcopy(_build())
 
 
@@ -63,9 +64,7 @@ def load_tokenizer(tokenizer=None):
     if tokenizer is None:
         return build_char_tokenizer()
     if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
-        import os
-
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: transformers is the optional [llm] extra
 
         path = os.fspath(tokenizer)
         if not os.path.isdir(path):

@@ -184,7 +184,7 @@ def warm_start(
     if tokenizer is None:
         tokenizer = policy_tokenizer
     if tokenizer is None:
-        from egsw_gym.envs.tokenizer import build_char_tokenizer
+        from egsw_gym.common.tokenizer import build_char_tokenizer
 
         tokenizer = build_char_tokenizer()
     eos_id = tokenizer.eos_token_id
