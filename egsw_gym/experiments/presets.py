@@ -24,6 +24,7 @@ from egsw_gym.egsw import EGSW
 __all__ = [
     "ALGORITHMS",
     "SUITES",
+    "NoAlgorithmBlockError",
     "RunSpec",
     "load_suite",
     "find_env_preset",
@@ -189,6 +190,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+class NoAlgorithmBlockError(ValueError):
+    """An environment's preset has no block for the requested base algorithm (e.g. PPO on a text task).
+
+    A ``ValueError`` (the argument combination is invalid); grids such as
+    :func:`~egsw_gym.experiments.compare.plan_runs` catch it to skip the combination.
+    """
+
+
 def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | None = None) -> RunSpec:
     """Build the :class:`RunSpec` of one run from the presets plus ``overrides``.
 
@@ -202,13 +211,18 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
         Random seed.
     overrides : dict, optional
         Nested overrides, e.g. from :func:`parse_overrides`.
+
+    Raises
+    ------
+    NoAlgorithmBlockError
+        When the preset of ``env_id`` has no block for ``algo``'s base algorithm.
     """
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {algo!r}")
     preset = _merge(find_env_preset(env_id), copy.deepcopy(overrides or {}))
     base, use_egsw = ALGORITHMS[algo]
     if base not in preset:
-        raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
+        raise NoAlgorithmBlockError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
     algo_kwargs = dict(preset[base])
     run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
     # Precedence: the environment's `egsw` block < the algorithm block's `egsw` < the user's `--set egsw.*`.
