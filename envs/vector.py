@@ -37,8 +37,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from .core import RESET_OPTION_KEYS, TextGenerationCore
 from .tasks import Task
-from .text_generation import _OPTION_KEYS, TextGenerationCore, check_render_mode, render_text_rgb
+from .text_generation import check_render_mode, render_text_rgb
 
 __all__ = ["TextGenerationVectorEnv", "find_text_vector_env", "hold_finished_episodes", "merge_infos"]
 
@@ -256,9 +257,9 @@ class TextGenerationVectorEnv(VectorEnv):
         seeds = self._per_slot("seed", seed, self._check_seed, offset=True)
         slot_options: list[dict | None] = [None] * self.num_envs
         if options:
-            unknown = [k for k in options if k not in _OPTION_KEYS]
+            unknown = [k for k in options if k not in RESET_OPTION_KEYS]
             if unknown:
-                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {_OPTION_KEYS}")
+                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {RESET_OPTION_KEYS}")
             idx = self._per_slot("options['prompt_index']", options.get("prompt_index"), lambda v: v)
             slot_options = [None if k is None else {"prompt_index": k} for k in idx]
         for i, s in enumerate(seeds):
@@ -370,10 +371,10 @@ def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
 
     After the next ``reset()`` every slot plays one episode and then waits (no autoreset) until the
     reset after it, which restores the env's own ``autoreset`` setting unless this is called again.
-    ``env`` is anything :func:`find_text_vector_env` looks through. GRPO calls it before each round's reset: a round uses one episode per slot,
-    so the episodes an autoreset would start (sample, encode, later verify) are wasted work. Scoping
-    it to one reset keeps the env safe for other users (``evaluate_policy`` on a held env would wait
-    forever for episodes that never end).
+    ``env`` is anything :func:`find_text_vector_env` looks through. GRPO calls it before each round's
+    reset: a round uses one episode per slot, so the episodes an autoreset would start (sample, encode,
+    later verify) are wasted work. Scoping it to one reset keeps the env safe for other users
+    (``evaluate_policy`` on a held env would wait forever for episodes that never end).
 
     Parameters
     ----------
