@@ -14,6 +14,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 from egsw_gym import GRPO
+from egsw_gym.algorithms.grpo import rollout as grpo_rollout
 from egsw_gym.envs.vector import TextGenerationVectorEnv, find_text_vector_env, hold_finished_episodes
 
 
@@ -133,9 +134,7 @@ def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
 def _round_batch(monkeypatch: pytest.MonkeyPatch, hold: bool):
     model = tiny_grpo(n_envs=8, n_groups=4, seed=3)
     if not hold:
-        import egsw_gym.algorithms.grpo as grpo_module
-
-        monkeypatch.setattr(grpo_module, "hold_finished_episodes", lambda env, hold=True: False)
+        monkeypatch.setattr(grpo_rollout, "hold_finished_episodes", lambda env, hold=True: False)
     counts = Counts(find_text_vector_env(model.env), monkeypatch)
     _, callback = model._setup_learn(1, None, True, "test", False)
     batch = model.collect_groups(model.env, callback)
