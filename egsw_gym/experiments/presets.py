@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
+from stable_baselines3.common.utils import LinearSchedule
 
 from egsw_gym.egsw import EGSW
 
@@ -175,8 +176,6 @@ def _parse_value(text: str) -> Any:
 def _schedule(value: Any) -> Any:
     """RL Zoo's ``"lin_2e-3"``: a linear decay from 2e-3 to 0 over training (SB3 ``LinearSchedule``)."""
     if isinstance(value, str) and value.startswith("lin_"):
-        from stable_baselines3.common.utils import LinearSchedule
-
         return LinearSchedule(float(value[4:]), 0.0, 1.0)
     return value
 
@@ -222,7 +221,9 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     preset = _merge(find_env_preset(env_id), copy.deepcopy(overrides or {}))
     base, use_egsw = ALGORITHMS[algo]
     if base not in preset:
-        raise NoAlgorithmBlockError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
+        raise NoAlgorithmBlockError(
+            f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it"
+        )
     algo_kwargs = dict(preset[base])
     run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
     # Precedence: the environment's `egsw` block < the algorithm block's `egsw` < the user's `--set egsw.*`.

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from egsw_gym.common.tokenizer import build_char_tokenizer
+
 __all__ = ["build_tiny_lm"]
 
 
@@ -59,11 +61,9 @@ def build_tiny_lm(
         The model in eval mode, with its ``generation_config`` pad/eos/bos ids set so that
         ``model.generate`` works out of the box.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # lazy: the optional [llm] extra
 
     if tokenizer is None:
-        from egsw_gym.common.tokenizer import build_char_tokenizer
-
         tokenizer = build_char_tokenizer()
     special = {
         "pad_token_id": tokenizer.pad_token_id,

@@ -78,7 +78,7 @@ def compile_available(device: torch.device) -> str | None:
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile"
     try:
-        import torch._dynamo as dynamo
+        import torch._dynamo as dynamo  # lazy: loading dynamo costs about a second, only for compiling
 
         if not dynamo.is_dynamo_supported():
             return "torch.compile does not support this Python version"
@@ -189,7 +189,7 @@ class StaticDecoder:
         if bucket is not None:
             self.buckets.move_to_end(key)
             return bucket
-        from transformers import StaticCache
+        from transformers import StaticCache  # lazy: the optional [llm] extra
 
         rows, cache_len = key
         config = getattr(self.model, "config", None)
@@ -343,7 +343,7 @@ class StaticDecoder:
 
     def to_dynamic(self, state: StaticRound) -> Any:
         """A ``DynamicCache`` holding the round's cache so far (to continue eagerly)."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: the optional [llm] extra
 
         dynamic = DynamicCache()
         for index, layer in enumerate(state.bucket.cache.layers):

@@ -1,9 +1,10 @@
 """Pure input preparation for :class:`~egsw_gym.policies.lm.LMPolicy`: packing, positions, repeats.
 
 The sampling path (:meth:`LMPolicy.act`) and the training path
-(:func:`~egsw_gym.policies.lm.forward.sequence_log_probs`) build their inputs with the same functions, which is what makes their log-probs agree: prompts are
-left-padded, so positions must come from the attention mask, as ``generate`` does, or every padded
-prompt would be read at shifted positions. Nothing here calls a model.
+(:func:`~egsw_gym.policies.lm.forward.sequence_log_probs`) build their inputs with the same
+functions, which is what makes their log-probs agree: prompts are left-padded, so positions must
+come from the attention mask, as ``generate`` does, or every padded prompt would be read at shifted
+positions. Nothing here calls a model.
 """
 
 from __future__ import annotations

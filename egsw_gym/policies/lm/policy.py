@@ -443,8 +443,9 @@ class LMPolicy(GRPOPolicy):
         """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
 
         A prefill whose batch repeats prompts (a GRPO round: ``group_size`` rows per prompt) runs each
-        run of repeated prompts once (:func:`distinct_prompts`, :func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows'
-        caches and logits are the same as a full prefill's.
+        run of repeated prompts once (:func:`distinct_prompts`,
+        :func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows' caches and logits are the same
+        as a full prefill's.
         """
         shared = distinct_prompts(inputs["input_ids"], inputs["attention_mask"]) if prefill else None
         if shared is not None:
