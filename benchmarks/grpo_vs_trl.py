@@ -132,6 +132,7 @@ def make_ours(args: argparse.Namespace, ckpt: str):
 def prepare_checkpoint(args: argparse.Namespace, directory: Path) -> str:
     """Warm-start the default tiny model once and save it (model + tokenizer) for both sides."""
     from egsw_gym import GRPO
+    from egsw_gym.envs.vector import find_text_vector_env
     from egsw_gym.llm import warm_start
 
     base = GRPO(
@@ -144,7 +145,7 @@ def prepare_checkpoint(args: argparse.Namespace, directory: Path) -> str:
         seed=args.seed,
         device="cpu",
     )
-    venv = base.env.unwrapped.venv
+    venv = find_text_vector_env(base.env)
     warm_start(base.policy, venv.task, venv.tokenizer, steps=args.warm_start_steps, seed=args.seed, env=venv)
     return base.policy.save_pretrained(directory)
 

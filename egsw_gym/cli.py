@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from egsw_gym.experiments.presets import ALGORITHMS, DEFAULT_ALGORITHMS, SUITES, parse_overrides
+from egsw_gym.algorithms.grpo import GRPO
+from egsw_gym.algorithms.ppo import PPO
+from egsw_gym.egsw import EGSW
+from egsw_gym.experiments import study
+from egsw_gym.experiments.compare import compare, run_dir_of
+from egsw_gym.experiments.presets import ALGORITHMS, DEFAULT_ALGORITHMS, SUITES, RunSpec, make_run_spec, parse_overrides
+from egsw_gym.experiments.report import write_report
+from egsw_gym.experiments.runner import evaluate_model, train_run
+from egsw_gym.experiments.study_report import write_study_report
 
 __all__ = ["main", "build_parser", "DEMO"]
 
@@ -106,15 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_study_parsers(sub) -> None:
-    from egsw_gym.experiments.study import SUITES as STUDY_SUITES
-
     s = sub.add_parser(
         "study",
         help="the cross-domain study (control, MuJoCo, LMs): resumable, shardable, with rliable statistics",
         description="Train every run of a study suite that is not finished yet, then write its tables, "
         "CSV and figures. Runs are single-threaded processes, `--workers` at a time.",
     )
-    s.add_argument("--suite", choices=list(STUDY_SUITES), default="default")
+    s.add_argument("--suite", choices=list(study.SUITES), default="default")
     s.add_argument("--full", action="store_true", help="the presets' budgets and 1M MuJoCo steps")
     s.add_argument("--out", default=None, help="run directory (default runs/study or runs/study-sensitivity)")
     s.add_argument(
@@ -146,10 +153,6 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _run_study(args: argparse.Namespace) -> None:
-    import os
-
-    from egsw_gym.experiments import study
-
     sens = args.suite == "sensitivity"
     out = args.out or ("runs/study-sensitivity" if sens else "runs/study")
     results = args.results or ("docs/results/sensitivity" if sens else "docs/results")
@@ -184,16 +187,11 @@ def _run_study(args: argparse.Namespace) -> None:
         return
     if args.no_report:
         return
-    from egsw_gym.experiments.study_report import write_study_report
-
     for path in write_study_report([out], results, reps=args.reps):
         print(f"wrote {path}")
 
 
 def _load_spec(run_dir: Path):
-    from egsw_gym.egsw import EGSW
-    from egsw_gym.experiments.presets import RunSpec
-
     cfg = json.loads((run_dir / "config.json").read_text())
     cfg["egsw"] = EGSW.from_dict(cfg["egsw"])
     return RunSpec(**cfg)
@@ -212,18 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from egsw_gym.experiments.compare import run_dir_of
-        from egsw_gym.experiments.presets import make_run_spec
-        from egsw_gym.experiments.runner import train_run
-
         spec = make_run_spec(args.algo, args.env, args.seed, parse_overrides(args.set))
         run_dir = run_dir_of(args.out, spec.algo, spec.env_id, spec.seed)
         result = train_run(spec, run_dir, progress_bar=args.progress, torch_threads=args.threads)
         print(json.dumps(result, indent=2))
         print(f"run directory: {run_dir}")
     elif args.command == "compare":
-        from egsw_gym.experiments.compare import compare
-
         envs = [e.strip() for e in args.envs.split(",")] if args.envs else None
         table = compare(
             args.suite,
@@ -237,23 +229,16 @@ def _run(args: argparse.Namespace) -> int:
         print(table)
         print(f"\ncurves, plots and summary.md in {args.out}")
     elif args.command == "plot":
-        from egsw_gym.experiments.report import write_report
-
         table, plots = write_report(args.out)
         print(table)
         for p in plots:
             print(f"wrote {p}")
     elif args.command == "evaluate":
-        from egsw_gym.experiments.runner import evaluate_model
-
         run_dir = Path(args.run_dir)
         spec = _load_spec(run_dir)
         if args.episodes:
             spec.eval_episodes = args.episodes
-        if spec.base_algo == "ppo":
-            from egsw_gym import PPO as algo_cls
-        else:
-            from egsw_gym import GRPO as algo_cls
+        algo_cls = PPO if spec.base_algo == "ppo" else GRPO
         model = algo_cls.load(run_dir / "model.zip", device="cpu")
         # Observation statistics of normalised runs come back from the run's plain-JSON file.
         mean, std = evaluate_model(model, spec, normalization_path=run_dir / "vecnormalize.json")
@@ -273,13 +258,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "study":
         _run_study(args)
     elif args.command == "merge":
-        from egsw_gym.experiments.study import merge_runs
-
-        counts = merge_runs(args.sources, args.out)
+        counts = study.merge_runs(args.sources, args.out)
         print(f"merged into {args.out}: {counts}")
     elif args.command == "demo":
-        from egsw_gym.experiments.compare import compare
-
         t0 = time.perf_counter()
         for part in DEMO:
             table = compare(None, out_dir=args.out, jobs=args.jobs, **part)

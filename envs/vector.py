@@ -37,10 +37,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from .core import RESET_OPTION_KEYS, TextGenerationCore
 from .tasks import Task
-from .text_generation import _OPTION_KEYS, TextGenerationCore, check_render_mode, render_text_rgb
+from .text_generation import check_render_mode, render_text_rgb
 
-__all__ = ["TextGenerationVectorEnv", "hold_finished_episodes", "merge_infos"]
+__all__ = ["TextGenerationVectorEnv", "find_text_vector_env", "hold_finished_episodes", "merge_infos"]
 
 
 def merge_infos(entries: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -> dict[str, Any]:
@@ -256,9 +257,9 @@ class TextGenerationVectorEnv(VectorEnv):
         seeds = self._per_slot("seed", seed, self._check_seed, offset=True)
         slot_options: list[dict | None] = [None] * self.num_envs
         if options:
-            unknown = [k for k in options if k not in _OPTION_KEYS]
+            unknown = [k for k in options if k not in RESET_OPTION_KEYS]
             if unknown:
-                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {_OPTION_KEYS}")
+                raise ValueError(f"unknown reset option(s) {unknown}; allowed: {RESET_OPTION_KEYS}")
             idx = self._per_slot("options['prompt_index']", options.get("prompt_index"), lambda v: v)
             slot_options = [None if k is None else {"prompt_index": k} for k in idx]
         for i, s in enumerate(seeds):
@@ -341,17 +342,39 @@ class TextGenerationVectorEnv(VectorEnv):
         return texts if self.render_mode == "ansi" else tuple(render_text_rgb(t) for t in texts)
 
 
+def find_text_vector_env(env: Any) -> TextGenerationVectorEnv | None:
+    """The :class:`TextGenerationVectorEnv` inside ``env``, or ``None`` when there is none.
+
+    ``env`` may be the vector env itself, or that env under gymnasium vector wrappers, an SB3
+    :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` and SB3 ``VecEnvWrapper`` s (``VecMonitor``...),
+    as ``GRPO`` and :func:`~egsw_gym.common.env_util.build_vec_env` build it. Its ``task``,
+    ``tokenizer`` and prompt encoding are what ``warm_start`` and evaluation need.
+
+    Parameters
+    ----------
+    env : Any
+        The environment.
+
+    Returns
+    -------
+    TextGenerationVectorEnv or None
+        The batched text environment; ``None`` for any other env (a ``DummyVecEnv`` of single envs...).
+    """
+    inner = getattr(env, "unwrapped", env)  # SB3 VecEnvWrapper chain -> innermost VecEnv
+    inner = getattr(inner, "venv", inner)  # VectorEnvAdapter -> gymnasium VectorEnv
+    inner = getattr(inner, "unwrapped", inner)  # gymnasium vector wrappers
+    return inner if isinstance(inner, TextGenerationVectorEnv) else None
+
+
 def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
     """Hold the episodes of the next ``reset()`` of the :class:`TextGenerationVectorEnv` inside ``env``.
 
     After the next ``reset()`` every slot plays one episode and then waits (no autoreset) until the
     reset after it, which restores the env's own ``autoreset`` setting unless this is called again.
-    ``env`` may be the vector env itself, or that env under gymnasium vector wrappers, an SB3
-    :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` and SB3 ``VecEnvWrapper`` s (``VecMonitor``...),
-    as ``GRPO`` builds it. GRPO calls it before each round's reset: a round uses one episode per slot,
-    so the episodes an autoreset would start (sample, encode, later verify) are wasted work. Scoping
-    it to one reset keeps the env safe for other users (``evaluate_policy`` on a held env would wait
-    forever for episodes that never end).
+    ``env`` is anything :func:`find_text_vector_env` looks through. GRPO calls it before each round's
+    reset: a round uses one episode per slot, so the episodes an autoreset would start (sample, encode,
+    later verify) are wasted work. Scoping it to one reset keeps the env safe for other users
+    (``evaluate_policy`` on a held env would wait forever for episodes that never end).
 
     Parameters
     ----------
@@ -365,10 +388,8 @@ def hold_finished_episodes(env: Any, hold: bool = True) -> bool:
     bool
         Whether a text vector env was found (``False``: nothing was changed, e.g. a ``DummyVecEnv``).
     """
-    inner = getattr(env, "unwrapped", env)  # SB3 VecEnvWrapper chain -> innermost VecEnv
-    inner = getattr(inner, "venv", inner)  # VectorEnvAdapter -> gymnasium VectorEnv
-    inner = getattr(inner, "unwrapped", inner)  # gymnasium vector wrappers
-    if not isinstance(inner, TextGenerationVectorEnv):
+    inner = find_text_vector_env(env)
+    if inner is None:
         return False
     inner._hold_pending = bool(hold)
     return True

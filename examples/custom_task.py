@@ -27,6 +27,7 @@ import torch
 
 from egsw_gym import EGSW, GRPO
 from egsw_gym.envs.tasks import GeneratedTask, Problem
+from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.llm import evaluate_accuracy, warm_start
 
 
@@ -104,7 +105,7 @@ def main() -> None:
         seed=args.seed,
         device="cpu",
     )
-    venv = model.env.unwrapped.venv  # the batched text env (its task, tokenizer, prompt encoding)
+    venv = find_text_vector_env(model.env)  # the batched text env (its task, tokenizer, prompt encoding)
     t0 = time.perf_counter()
     warm_start(model.policy, task, venv.tokenizer, steps=args.warm_start_steps, seed=args.seed, env=venv)
     before = evaluate_accuracy(model.policy, "egsw/Arithmetic-v0", n=100, k=0, env_kwargs=env_kwargs)

@@ -17,6 +17,7 @@ import time
 import torch
 
 from egsw_gym import GRPO
+from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.experiments.presets import make_run_spec
 from egsw_gym.llm import evaluate_accuracy, warm_start
 
@@ -52,7 +53,7 @@ def main() -> None:
         device="cpu",
         **spec.algorithm_kwargs(),  # the preset's values, schedules such as lin_2e-4 resolved
     )
-    venv = model.env.unwrapped.venv  # the batched text env: task, tokenizer and prompt encoding
+    venv = find_text_vector_env(model.env)  # the batched text env: task, tokenizer and prompt encoding
     t0 = time.perf_counter()
     stats = warm_start(
         model.policy,

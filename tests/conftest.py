@@ -4,11 +4,13 @@
 32-wide GPT-2 and 4-token completions, small enough for a handful of updates in a second; the
 defaults give a gradient even when every reward is 0 (``ent_coef``) and turn EGSW on, so a test
 exercises the whole update. ``tiny_lm_env(n_envs)`` is the matching vectorised env (for ``load``).
+``one_thread`` runs a test on one torch thread and restores the count after it (the machine's cores
+are shared by the xdist workers; use it with ``pytest.mark.usefixtures``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -55,3 +57,12 @@ def tiny_lm_env() -> Callable[..., Any]:
 def flat_params() -> Callable[[Any], torch.Tensor]:
     """``flat_params(model)``: all policy parameters as one detached vector (for exact comparisons)."""
     return lambda model: torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test on one torch thread, restoring the previous thread count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

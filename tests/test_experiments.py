@@ -10,7 +10,13 @@ import pytest
 
 from egsw_gym import EGSW
 from egsw_gym.experiments.compare import plan_runs, run_dir_of
-from egsw_gym.experiments.presets import SUITES, load_suite, make_run_spec, parse_overrides
+from egsw_gym.experiments.presets import (
+    SUITES,
+    NoAlgorithmBlockError,
+    load_suite,
+    make_run_spec,
+    parse_overrides,
+)
 from egsw_gym.experiments.report import summary_table, write_report
 
 
@@ -72,6 +78,16 @@ def test_plan_leaves_out_ppo_on_text_tasks_and_covers_the_grid():
     assert sorted((s.algo, s.seed) for s in plan) == sorted(
         (a, s) for a in ("ppo", "ppo-egsw") for s in range(3)
     )
+
+
+def test_missing_algorithm_block_is_a_typed_error_the_plan_skips_but_other_errors_surface():
+    with pytest.raises(NoAlgorithmBlockError, match="has no 'ppo' block"):
+        make_run_spec("ppo", "egsw/Arithmetic-v0", 0)
+    assert issubclass(NoAlgorithmBlockError, ValueError)
+    # Any other bad input is not mistaken for a skippable combination, whatever its message says.
+    with pytest.raises(ValueError, match="no preset for env") as info:
+        plan_runs(None, ["NoSuchEnv-v0"], ["ppo"], [0])
+    assert not isinstance(info.value, NoAlgorithmBlockError)
 
 
 def _fake_run(out, algo, env_id, seed, finals):

@@ -18,19 +18,14 @@ from egsw_gym import EGSW, GRPO
 from egsw_gym.algorithms.grpo import GroupBatch
 from egsw_gym.common.vec_env import VectorEnvAdapter
 from egsw_gym.envs.tasks import Problem
-from egsw_gym.envs.vector import TextGenerationVectorEnv
+from egsw_gym.envs.vector import TextGenerationVectorEnv, find_text_vector_env
 
 ENV_ID = "egsw/Arithmetic-v0"
 #: a tiny model: fast enough for many updates in a test, still a real transformers GPT-2
 TINY = dict(n_layer=1, n_embd=32, n_head=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -219,7 +214,7 @@ def test_sync_reference_policy_after_a_warm_start(make_model):
     from egsw_gym.llm import warm_start
 
     model = make_model(beta=0.1)
-    venv = model.env.unwrapped.venv
+    venv = find_text_vector_env(model.env)
     warm_start(model.policy, venv.task, venv.tokenizer, steps=3, batch_size=8, env=venv)
     assert any(
         not torch.equal(p, r)
@@ -260,7 +255,7 @@ def test_learning_sanity_accuracy_rises():
         seed=0,
         device="cpu",
     )
-    venv = model.env.unwrapped.venv
+    venv = find_text_vector_env(model.env)
     warm_start(model.policy, venv.task, venv.tokenizer, steps=45, seed=0, env=venv)
     before = evaluate_accuracy(model.policy, ENV_ID, n=100, k=0, env_kwargs=env_kwargs)["accuracy"]
     model.learn(30_000)

@@ -19,18 +19,13 @@ import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 import egsw_gym.policies.lm as lm_module
-import egsw_gym.policies.lm_decode as decode_module
+import egsw_gym.policies.lm.decode as decode_module
 from egsw_gym.policies.lm import LMPolicy
 
 SMALL = dict(n_layer=2, n_embd=32, n_head=2, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

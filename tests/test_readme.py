@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
@@ -15,7 +14,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 @pytest.fixture(scope="module")
 def local_checkpoint(tmp_path_factory):
     """A tiny model + tokenizer saved the way a user's real local checkpoint would be."""
-    from egsw_gym.envs.tokenizer import build_char_tokenizer
+    from egsw_gym.common.tokenizer import build_char_tokenizer
     from egsw_gym.policies.tiny_lm import build_tiny_lm
 
     path = tmp_path_factory.mktemp("ckpt")
@@ -30,9 +29,9 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.usefixtures("one_thread")
 def test_readme_block_runs(index, local_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples save files
-    torch.set_num_threads(1)
     code = re.sub(r"learn\(\s*[\d_]+", "learn(256", BLOCKS[index])
     code = code.replace("/path/to/checkpoint", local_checkpoint)
     exec(compile(code, f"README block {index}", "exec"), {"__name__": "readme"})

@@ -15,6 +15,7 @@ import egsw_gym  # noqa: F401
 from egsw_gym import GRPO
 from egsw_gym.envs.tasks import ArithmeticTask
 from egsw_gym.envs.text_generation import TextGenerationEnv
+from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.llm.warm_start import evaluate_accuracy
 
 #: Qwen2.5's ChatML template, simplified (no tools): a default system message, then turns.
@@ -151,7 +152,7 @@ def test_grpo_learn_save_load_evaluate_with_a_local_checkpoint(checkpoint, tmp_p
         device="cpu",
     )
     assert type(model.policy.base_model).__name__ == "Qwen2ForCausalLM"
-    venv = model.env.unwrapped.venv
+    venv = find_text_vector_env(model.env)
     assert venv.core.use_chat_template and "<think>" in venv.core.task.system_prompt
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(3 * 8 * 12)  # a few updates

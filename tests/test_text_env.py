@@ -15,10 +15,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import egsw_gym  # noqa: F401  (registers the ids)
+from egsw_gym.common.tokenizer import build_char_tokenizer
 from egsw_gym.common.vec_env import VectorEnvAdapter
 from egsw_gym.envs.tasks import ArithmeticTask
 from egsw_gym.envs.text_generation import TextGenerationEnv
-from egsw_gym.envs.tokenizer import build_char_tokenizer
 from egsw_gym.envs.vector import TextGenerationVectorEnv, merge_infos
 
 IDS = ["egsw/Arithmetic-v0", "egsw/Countdown-v0", "egsw/GSM8K-v0"]

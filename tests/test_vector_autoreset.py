@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.env_util import make_vec_env
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 from egsw_gym import GRPO
-from egsw_gym.envs.vector import TextGenerationVectorEnv, hold_finished_episodes
+from egsw_gym.algorithms.grpo import rollout as grpo_rollout
+from egsw_gym.envs.vector import TextGenerationVectorEnv, find_text_vector_env, hold_finished_episodes
 
 
 class Counts:
@@ -119,27 +121,27 @@ def tiny_grpo(n_envs: int, n_groups: int, seed: int) -> GRPO:
 
 def test_hold_finished_episodes_finds_the_env_under_sb3_wrappers():
     model = tiny_grpo(n_envs=4, n_groups=1, seed=0)
-    inner = model.env.unwrapped.venv.unwrapped
+    inner = find_text_vector_env(model.env)  # under VecMonitor and the VectorEnvAdapter
+    assert isinstance(inner, TextGenerationVectorEnv) and find_text_vector_env(inner) is inner
+    assert inner.num_envs == 4
     assert hold_finished_episodes(model.env) and inner._hold_pending
     assert hold_finished_episodes(model.env, hold=False) and not inner._hold_pending
-    from stable_baselines3.common.env_util import make_vec_env
-
-    assert not hold_finished_episodes(make_vec_env("CartPole-v1", n_envs=1))
+    cartpole = make_vec_env("CartPole-v1", n_envs=1)
+    assert find_text_vector_env(cartpole) is None
+    assert not hold_finished_episodes(cartpole)
 
 
 def _round_batch(monkeypatch: pytest.MonkeyPatch, hold: bool):
-    torch.set_num_threads(1)
     model = tiny_grpo(n_envs=8, n_groups=4, seed=3)
     if not hold:
-        import egsw_gym.algorithms.grpo.rollout as grpo_module
-
-        monkeypatch.setattr(grpo_module, "hold_finished_episodes", lambda env, hold=True: False)
-    counts = Counts(model.env.unwrapped.venv.unwrapped, monkeypatch)
+        monkeypatch.setattr(grpo_rollout, "hold_finished_episodes", lambda env, hold=True: False)
+    counts = Counts(find_text_vector_env(model.env), monkeypatch)
     _, callback = model._setup_learn(1, None, True, "test", False)
     batch = model.collect_groups(model.env, callback)
     return batch, counts, [dict(e) for e in model.ep_info_buffer]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_grpo_round_same_batch_fewer_verifier_calls(monkeypatch):
     with monkeypatch.context() as patch:
         batch_auto, counts_auto, episodes_auto = _round_batch(patch, hold=False)

@@ -26,6 +26,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
+import egsw_gym.envs  # noqa: F401  (registers the egsw/ ids that is_text_env looks up)
 from egsw_gym.common.vec_env import VectorEnvAdapter
 
 __all__ = ["build_vec_env", "is_text_env"]
@@ -49,8 +50,6 @@ def is_text_env(env_id: str) -> bool:
     bool
         ``True`` for an id whose batched vector env :func:`build_vec_env` uses.
     """
-    import egsw_gym.envs  # noqa: F401  (registers the egsw/ ids)
-
     try:
         spec = gym.spec(env_id)
     except gym.error.Error:

@@ -12,7 +12,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from egsw_gym.experiments.presets import ALGORITHMS, load_suite, make_run_spec
+from tqdm.auto import tqdm
+
+from egsw_gym.experiments.presets import ALGORITHMS, NoAlgorithmBlockError, load_suite, make_run_spec
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.runner import train_run
 
@@ -45,10 +47,8 @@ def plan_runs(
             for seed in seeds:
                 try:
                     plan.append(make_run_spec(algo, env_id, seed, overrides))
-                except ValueError as err:
-                    if "has no" in str(err):
-                        continue
-                    raise
+                except NoAlgorithmBlockError:
+                    continue
     return plan
 
 
@@ -73,8 +73,6 @@ def run_parallel(
     if not work:
         return []
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
-    from tqdm.auto import tqdm
-
     results = []
     bar = tqdm(total=len(work), desc="runs", disable=not progress, unit="run")
 

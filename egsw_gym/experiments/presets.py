@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
+from stable_baselines3.common.utils import LinearSchedule
 
 from egsw_gym.egsw import EGSW
 
@@ -26,6 +27,7 @@ __all__ = [
     "ALGORITHM_KWARGS",
     "DEFAULT_ALGORITHMS",
     "SUITES",
+    "NoAlgorithmBlockError",
     "RunSpec",
     "load_suite",
     "find_env_preset",
@@ -186,8 +188,6 @@ def _parse_value(text: str) -> Any:
 def _schedule(value: Any) -> Any:
     """RL Zoo's ``"lin_2e-3"``: a linear decay from 2e-3 to 0 over training (SB3 ``LinearSchedule``)."""
     if isinstance(value, str) and value.startswith("lin_"):
-        from stable_baselines3.common.utils import LinearSchedule
-
         return LinearSchedule(float(value[4:]), 0.0, 1.0)
     return value
 
@@ -199,6 +199,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             base[k] = v
     return base
+
+
+class NoAlgorithmBlockError(ValueError):
+    """An environment's preset has no block for the requested base algorithm (e.g. PPO on a text task).
+
+    A ``ValueError`` (the argument combination is invalid); grids such as
+    :func:`~egsw_gym.experiments.compare.plan_runs` catch it to skip the combination.
+    """
 
 
 def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] | None = None) -> RunSpec:
@@ -214,6 +222,11 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
         Random seed.
     overrides : dict, optional
         Nested overrides, e.g. from :func:`parse_overrides`.
+
+    Raises
+    ------
+    NoAlgorithmBlockError
+        When the preset of ``env_id`` has no block for ``algo``'s base algorithm.
     """
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {algo!r}")
@@ -223,7 +236,9 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
         _merge(preset[base], copy.deepcopy(ALGORITHM_KWARGS[algo]))
     preset = _merge(preset, copy.deepcopy(overrides or {}))
     if base not in preset:
-        raise ValueError(f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it")
+        raise NoAlgorithmBlockError(
+            f"the preset of {env_id!r} has no {base!r} block, so {algo!r} cannot run on it"
+        )
     algo_kwargs = dict(preset[base])
     run = {k: algo_kwargs.pop(k) for k in _ALGO_RUN_KEYS if k in algo_kwargs}
     # Precedence: the environment's `egsw` block < the algorithm block's `egsw` < the user's `--set egsw.*`.

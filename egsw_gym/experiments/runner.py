@@ -21,10 +21,16 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
 
+from egsw_gym.algorithms.grpo import GRPO
+from egsw_gym.algorithms.ppo import PPO
+from egsw_gym.common.checkpoints import save_atomic
 from egsw_gym.common.env_util import build_vec_env, is_text_env
+from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.experiments.presets import RunSpec
+from egsw_gym.llm import evaluate_accuracy, warm_start
 
 __all__ = [
     "is_text_env",
@@ -72,10 +78,7 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
         env = VecNormalize(
             env, gamma=spec.algo_kwargs.get("gamma", 0.99), norm_reward=spec.base_algo == "ppo"
         )
-    if spec.base_algo == "ppo":
-        from egsw_gym import PPO as algo_cls
-    else:
-        from egsw_gym import GRPO as algo_cls
+    algo_cls = PPO if spec.base_algo == "ppo" else GRPO
     model = algo_cls(
         spec.policy,
         env,
@@ -87,9 +90,11 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
         **spec.algorithm_kwargs(),
     )
     if spec.warm_start_steps and spec.policy == "LMPolicy":
-        from egsw_gym.llm import warm_start
-
-        venv = env.unwrapped.venv  # the batched text env: its task, tokenizer and prompt encoding
+        venv = find_text_vector_env(env)  # the batched text env: its task, tokenizer and prompt encoding
+        if venv is None:
+            raise ValueError(
+                f"warm_start_steps needs a text-generation environment (egsw/*), got env_id={spec.env_id!r}"
+            )
         model.warm_start_result = warm_start(
             model.policy,
             venv.task,
@@ -114,8 +119,6 @@ def evaluate_model(
     for a loaded model without one, from ``normalization_path`` (see :func:`save_normalization`).
     """
     if is_text_env(spec.env_id):
-        from egsw_gym.llm import evaluate_accuracy
-
         # Greedy accuracy only (k=0): sampled pass@k would double the cost of every curve point.
         acc = evaluate_accuracy(
             model.policy, spec.env_id, n=spec.eval_episodes, greedy=True, k=0, env_kwargs=spec.env_kwargs
@@ -267,14 +270,10 @@ def train_run(
     # The warm start's summary belongs in result.json, not in the model's checkpoint (SB3 saves
     # every attribute it is not told to exclude).
     warm_start_result = model.__dict__.pop("warm_start_result", None)
-    from stable_baselines3.common.logger import configure
-
     model.set_logger(configure(str(run_dir / "logs"), ["csv"]))
     callback = EvalCurveCallback(spec, run_dir / "curve.csv")
     model.learn(total_timesteps=spec.n_timesteps, callback=callback, progress_bar=progress_bar)
     callback.evaluate_now()
-    from egsw_gym.common.checkpoints import save_atomic
-
     save_atomic(model, run_dir / "model.zip")
     if model.get_vec_normalize_env() is not None:
         save_normalization(model.get_vec_normalize_env(), run_dir / "vecnormalize.json")

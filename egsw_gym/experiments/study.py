@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from egsw_gym.experiments.compare import run_parallel
-from egsw_gym.experiments.presets import RunSpec, _merge, make_run_spec
+from egsw_gym.experiments.presets import RunSpec, _merge, load_suite, make_run_spec
 
 __all__ = [
     "DOMAINS",
@@ -155,8 +155,6 @@ def domain_of(env_id: str) -> str:
     for domain, envs in DOMAINS.items():
         if env_id in envs:
             return domain
-    from egsw_gym.experiments.presets import load_suite
-
     for family, domain in (("classic", "control"), ("mujoco", "mujoco"), ("llm", "llm")):
         if env_id in load_suite(family):
             return domain

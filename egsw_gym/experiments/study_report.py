@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from egsw_gym.experiments import figures
 from egsw_gym.experiments.aggregate import (
     REFERENCE_SCORES,
     aggregate_scores,
@@ -206,8 +207,6 @@ def write_study_report(
     list of pathlib.Path
         The files written.
     """
-    from egsw_gym.experiments import figures
-
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
     runs = collect_study(out_dirs)

@@ -16,8 +16,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+
+from egsw_gym.common.tokenizer import build_char_tokenizer
+from egsw_gym.policies.lm import sequence_log_probs
 
 __all__ = ["warm_start", "evaluate_accuracy", "generate_completions", "encode_prompts"]
 
@@ -89,6 +93,67 @@ def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
 
 
 # --------------------------------------------------------------------------- warm start
+def _check_accuracy_target(policy_or_model: Any, env: Any, target_accuracy: float, eval_every: Any) -> None:
+    """Clear errors for a ``target_accuracy`` warm start that cannot run (see :func:`warm_start`)."""
+    if not 0.0 < float(target_accuracy) <= 1.0:
+        raise ValueError(f"target_accuracy must be in (0, 1] or None, got {target_accuracy!r}")
+    if env is None or not hasattr(policy_or_model, "act"):
+        raise ValueError(
+            "target_accuracy needs the LMPolicy (not a bare model) and env=<the text environment>, "
+            "which provide the sampling and the verifier of the accuracy checks"
+        )
+    if not (isinstance(eval_every, int) and eval_every > 0):
+        raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
+
+
+def _warm_start_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer``, or the built-in one for ``None``; it must have an EOS (completions learn to stop)."""
+    if tokenizer is None:
+        tokenizer = build_char_tokenizer()
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "warm_start needs a tokenizer with an eos_token_id (the completion must learn to stop)"
+        )
+    return tokenizer
+
+
+def _completion_nll(
+    model: torch.nn.Module,
+    task: Any,
+    problems: list[Any],
+    tokenizer: Any,
+    env: Any,
+    n_actions: int | None,
+    temperature: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """Mean negative log-likelihood of the reference completions (plus EOS) of ``problems``, with gradients.
+
+    The prompt is context only; the pass is :meth:`~egsw_gym.policies.lm.LMPolicy.evaluate_sequences`'s
+    (:func:`~egsw_gym.policies.lm.sequence_log_probs`).
+    """
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    fill_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos_id
+    prompts = encode_prompts(tokenizer, problems, env)
+    completions = tokenizer([task.reference_completion(p) for p in problems], add_special_tokens=False)[
+        "input_ids"
+    ]
+    prompt_ids, prompt_mask = _left_pad(prompts, pad_id)
+    actions, mask = _right_pad([list(c) + [eos_id] for c in completions], pad_id)
+    log_probs, _ = sequence_log_probs(
+        model,
+        prompt_ids.to(device),
+        prompt_mask.to(device),
+        actions.to(device),
+        n_actions=n_actions,
+        temperature=temperature,
+        fill_token_id=fill_id,
+    )
+    mask = mask.to(device)
+    return -(log_probs * mask).sum() / mask.sum()
+
+
 def warm_start(
     policy_or_model: Any,
     task: Any,
@@ -163,8 +228,6 @@ def warm_start(
         ``target_accuracy`` also ``accuracy`` (the last check's sampled accuracy) and
         ``reached`` (whether it met the target).
     """
-    from egsw_gym.policies.lm import sequence_log_probs
-
     model, n_actions, policy_temperature, policy_tokenizer = _unwrap_model(policy_or_model)
     # By default the likelihood is that of the policy's sampling distribution. A different value
     # fits the raw model at another temperature, e.g. fit at 1.0 and let RL sample sharper (0.7).
@@ -172,28 +235,8 @@ def warm_start(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 or None (the policy's), got {temperature!r}")
     if target_accuracy is not None:
-        if not 0.0 < float(target_accuracy) <= 1.0:
-            raise ValueError(f"target_accuracy must be in (0, 1] or None, got {target_accuracy!r}")
-        if env is None or not hasattr(policy_or_model, "act"):
-            raise ValueError(
-                "target_accuracy needs the LMPolicy (not a bare model) and env=<the text environment>, "
-                "which provide the sampling and the verifier of the accuracy checks"
-            )
-        if not (isinstance(eval_every, int) and eval_every > 0):
-            raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
-    if tokenizer is None:
-        tokenizer = policy_tokenizer
-    if tokenizer is None:
-        from egsw_gym.envs.tokenizer import build_char_tokenizer
-
-        tokenizer = build_char_tokenizer()
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError(
-            "warm_start needs a tokenizer with an eos_token_id (the completion must learn to stop)"
-        )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    fill_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos_id
+        _check_accuracy_target(policy_or_model, env, target_accuracy, eval_every)
+    tokenizer = _warm_start_tokenizer(tokenizer if tokenizer is not None else policy_tokenizer)
 
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,23 +256,7 @@ def warm_start(
     try:
         for step in range(steps):
             problems = [task.sample(rng, split) for _ in range(batch_size)]
-            prompts = encode_prompts(tokenizer, problems, env)
-            completions = tokenizer(
-                [task.reference_completion(p) for p in problems], add_special_tokens=False
-            )["input_ids"]
-            prompt_ids, prompt_mask = _left_pad(prompts, pad_id)
-            actions, mask = _right_pad([list(c) + [eos_id] for c in completions], pad_id)
-            log_probs, _ = sequence_log_probs(
-                model,
-                prompt_ids.to(device),
-                prompt_mask.to(device),
-                actions.to(device),
-                n_actions=n_actions,
-                temperature=temperature,
-                fill_token_id=fill_id,
-            )
-            mask = mask.to(device)
-            loss = -(log_probs * mask).sum() / mask.sum()
+            loss = _completion_nll(model, task, problems, tokenizer, env, n_actions, temperature, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -366,8 +393,6 @@ def evaluate_accuracy(
         ``accuracy`` (if ``greedy``), ``pass@k`` (if ``k > 0``), ``mean_length`` (completion tokens
         without EOS, of the greedy completions if any) and ``n``.
     """
-    import gymnasium as gym
-
     env = gym.make(env_id_or_env, **(env_kwargs or {})) if isinstance(env_id_or_env, str) else env_id_or_env
     unwrapped = getattr(env, "unwrapped", env)
     task, tokenizer = unwrapped.task, unwrapped.tokenizer

@@ -2,7 +2,7 @@
 
 It stands in for the "base model" of RLVR on a CPU: a couple of layers, randomly initialised from a
 seed, with the special-token ids of the tokenizer the environment uses (by default the built-in
-character tokenizer, ``egsw_gym.envs.tokenizer``). A short supervised warm start
+character tokenizer, ``egsw_gym.common.tokenizer``). A short supervised warm start
 (:func:`egsw_gym.llm.warm_start`) then gives it the task's answer format.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from egsw_gym.common.tokenizer import build_char_tokenizer
 
 __all__ = ["build_tiny_lm"]
 
@@ -59,11 +61,9 @@ def build_tiny_lm(
         The model in eval mode, with its ``generation_config`` pad/eos/bos ids set so that
         ``model.generate`` works out of the box.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # lazy: the optional [llm] extra
 
     if tokenizer is None:
-        from egsw_gym.envs.tokenizer import build_char_tokenizer
-
         tokenizer = build_char_tokenizer()
     special = {
         "pad_token_id": tokenizer.pad_token_id,

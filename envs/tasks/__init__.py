@@ -6,6 +6,7 @@ any reasoning-gym dataset (:class:`ReasoningGymTask`).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .arithmetic import ArithmeticTask
@@ -86,7 +87,5 @@ def make_task(task: str | Task = "arithmetic", data_path: Any = None, **kwargs: 
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        import inspect
-
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ValueError(f"unknown keyword argument for task {task!r} ({exc}); allowed: {allowed}") from None

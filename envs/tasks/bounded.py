@@ -31,6 +31,8 @@ kill waits for that restart too (about 0.1 s), but no scorer work runs past ``ti
 
 from __future__ import annotations
 
+import logging
+import math
 import multiprocessing
 import signal
 import threading
@@ -194,8 +196,6 @@ class BoundedScorer:
     """
 
     def __init__(self, name: str, time_limit: float, isolation: str = "signal", warmup: tuple | None = None):
-        import math
-
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
         self.isolation = isolation
@@ -218,8 +218,6 @@ class BoundedScorer:
             ``scorer_error`` (the exception's type and message, or ``None``), ``scorer_timeout``
             (bool), ``scorer_errors_total`` and ``scorer_timeouts_total``.
         """
-        import logging
-
         self.calls += 1
         error, timed_out, result = None, False, None
         start = time.monotonic()

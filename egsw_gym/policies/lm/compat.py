@@ -1,0 +1,54 @@
+"""``transformers`` version shims: the KV-cache keyword and output field, cache row gathers.
+
+Newer ``transformers`` releases renamed the KV-cache keyword of ``forward`` and the output field
+(``past_key_values`` -> ``cache``), and changed the ``Cache`` classes' internals. Everything that
+depends on those names lives here, so the forward passes (:mod:`egsw_gym.policies.lm.forward`),
+the policy and the compiled decoder read one answer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+__all__ = ["checkpoints_activations", "forward_kwargs", "gather_cache", "output_cache", "unwrap_peft"]
+
+
+def unwrap_peft(model: Any) -> Any:
+    """The ``transformers`` model inside a peft wrapper (its ``config``, ``forward``...), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
+    """Name of the KV-cache keyword (``cache`` in transformers >= 5.2x, else ``past_key_values``) and
+    whether ``logits_to_keep`` is accepted, read from the signature of the underlying model."""
+    params = inspect.signature(unwrap_peft(model).forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a model output, whichever name this transformers version uses."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def checkpoints_activations(model: torch.nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on: ``transformers`` then refuses ``use_cache``."""
+    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else None
+    return bool(getattr(model, name or "is_gradient_checkpointing", False))
+
+
+def gather_cache(cache: Any, index: torch.Tensor) -> bool:
+    """Gather the batch rows ``index`` of a ``transformers`` KV cache in place; ``False`` if unsupported."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not hasattr(cache, "reorder_cache"):
+        return False
+    # Only plain key/value layers (DynamicLayer and friends): sliding-window or recurrent layers keep
+    # other state that a row gather would have to follow.
+    if not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        return False
+    cache.reorder_cache(index)  # index_select per layer: differentiable, not in place on the tensors
+    return True
