@@ -28,7 +28,14 @@ from egsw_gym.algorithms.ppo import PPO
 from egsw_gym.egsw import EGSW
 from egsw_gym.experiments import study
 from egsw_gym.experiments.compare import compare, run_dir_of
-from egsw_gym.experiments.presets import ALGORITHMS, DEFAULT_ALGORITHMS, SUITES, RunSpec, make_run_spec, parse_overrides
+from egsw_gym.experiments.presets import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHMS,
+    SUITES,
+    RunSpec,
+    make_run_spec,
+    parse_overrides,
+)
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.runner import evaluate_model, train_run
 from egsw_gym.experiments.study_report import write_study_report
