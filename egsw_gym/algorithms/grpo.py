@@ -434,6 +434,15 @@ class GRPO(SafeSerializationMixin, EGSWConfigMixin, BaseAlgorithm):
         if cap is not None and (not is_int(cap) or cap < 1):
             raise ValueError(f"dynamic_sampling_max_rounds must be None or an integer >= 1, got {cap!r}")
 
+    @classmethod
+    def _validate_loaded_params(cls, data: dict[str, Any]) -> None:
+        """The constructor's checks, applied to a checkpoint's values (see SafeSerializationMixin)."""
+        super()._validate_loaded_params(data)
+        names = ("group_size", "n_groups", "n_envs", "n_epochs", "batch_size", "clip_range", "clip_range_high",
+                 "beta", "loss_type", "advantage", "gamma", "ent_coef", "max_grad_norm", "dr_grpo_max_len",
+                 "dynamic_sampling", "dynamic_sampling_max_rounds")  # fmt: skip
+        cls._check_hyperparameters(**cls._loaded_settings(data, names))
+
     @staticmethod
     def _make_vec_env(env: gym.Env | str, n_envs: int, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
         """An id string or a single env -> an SB3 ``VecEnv`` of ``n_envs`` environments.

@@ -344,6 +344,14 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
 
     # ------------------------------------------------------------------ setup, save, load
 
+    @classmethod
+    def _validate_loaded_params(cls, data: dict[str, Any]) -> None:
+        """The constructor's checks, applied to a checkpoint's values (see SafeSerializationMixin)."""
+        super()._validate_loaded_params(data)
+        names = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
+                 "ent_coef", "vf_coef", "max_grad_norm", "target_kl", "normalize_advantage")  # fmt: skip
+        _check_ppo_settings(**cls._loaded_settings(data, names))
+
     def _setup_model(self) -> None:
         self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
         self._check_egsw_env(self.n_envs)
