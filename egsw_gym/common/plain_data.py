@@ -282,6 +282,10 @@ def _int(value: Any, ctx: DecodeContext, path: str, minimum: int = 0) -> int:
     return value
 
 
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _float(value: Any, ctx: DecodeContext, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ctx.error(path, f"expected a number, got {value!r}")
@@ -334,7 +338,10 @@ def _decode_space(d: Any, ctx: DecodeContext, path: str) -> spaces.Space:
             high = _numeric_array(d.get("high"), d.get("dtype"), shape, ctx, path + ".high")
             return spaces.Box(low, high, tuple(low.shape), low.dtype)
         if kind == "Discrete":
-            return spaces.Discrete(_int(d.get("n"), ctx, path + ".n", 1), start=int(_float(d.get("start", 0), ctx, path)))
+            n, start = _int(d.get("n"), ctx, path + ".n", 1), d.get("start", 0)
+            if n >= 2**62 or not (_is_plain_int(start) and abs(start) < 2**62):
+                raise ctx.error(path, f"Discrete(n={n}, start={start!r}) does not fit int64")
+            return spaces.Discrete(n, start=start)
         if kind == "MultiDiscrete":
             nvec = d.get("nvec")
             shape = [len(nvec)] if isinstance(nvec, list) and all(not isinstance(v, list) for v in nvec) else None
@@ -351,7 +358,7 @@ def _decode_space(d: Any, ctx: DecodeContext, path: str) -> spaces.Space:
             return spaces.Dict({k: _decode_space(s, ctx, f"{path}.{k}") for k, s in d["spaces"].items()})
         if kind == "Tuple" and isinstance(d.get("spaces"), list):
             return spaces.Tuple([_decode_space(s, ctx, f"{path}.{i}") for i, s in enumerate(d["spaces"])])
-    except (TypeError, ValueError, AssertionError) as err:
+    except (TypeError, ValueError, AssertionError, OverflowError) as err:
         if isinstance(err, UnsafeCheckpointError):
             raise
         raise ctx.error(path, f"invalid {kind} space: {err}") from err
