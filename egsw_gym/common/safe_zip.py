@@ -73,7 +73,7 @@ def open_checkpoint(path_or_file: Any) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(source)
     except ZIP_ERRORS as err:
-        raise UnsafeCheckpointError(f"checkpoint {_name(path_or_file)} is not a readable zip: {err}") from err
+        raise UnsafeCheckpointError(f"checkpoint {_name(path_or_file)} wasn't a zip-file ({err})") from err
 
 
 def check_archive(archive: zipfile.ZipFile, limits: ZipLimits | None = None) -> None:
