@@ -138,13 +138,18 @@ def _load_spec(run_dir: Path):
         raise ValueError(f"{path} is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    unknown, missing = set(cfg) - set(_SPEC_TYPES), {"algo", "env_id", "seed", "n_timesteps", "n_envs", "policy"} - set(cfg)
+    unknown, missing = (
+        set(cfg) - set(_SPEC_TYPES),
+        {"algo", "env_id", "seed", "n_timesteps", "n_envs", "policy"} - set(cfg),
+    )
     if unknown or missing:
         raise ValueError(f"{path}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
     for name, types in _SPEC_TYPES.items():
         value = cfg.get(name)
         if name in cfg and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
-            raise ValueError(f"{path}: field {name!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
+            raise ValueError(
+                f"{path}: field {name!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
     if cfg["algo"] not in ALGORITHMS:
         raise ValueError(f"{path}: field 'algo' must be one of {sorted(ALGORITHMS)}, got {cfg['algo']!r}")
     if cfg.get("eval_episodes", 1) < 1 or cfg["n_envs"] < 1:
@@ -172,15 +177,22 @@ def _evaluate(args: argparse.Namespace) -> dict:
         from egsw_gym import GRPO as algo_cls
     model_path = run_dir / "model.zip"
     if not model_path.is_file():
-        raise ValueError(f"{model_path} not found: the run has no saved model (train it, or pass its directory)")
+        raise ValueError(
+            f"{model_path} not found: the run has no saved model (train it, or pass its directory)"
+        )
     model = algo_cls.load(model_path, device="cpu")
     try:
         # Observation statistics of normalised runs come back from the run's plain-JSON file.
         mean, std = evaluate_model(model, spec, normalization_path=run_dir / "vecnormalize.json")
-    except (OSError, gym.error.Error) as err:  # an env id the installed packages do not know, unreadable files
+    except (
+        OSError,
+        gym.error.Error,
+    ) as err:  # an env id the installed packages do not know, unreadable files
         raise ValueError(f"evaluating {run_dir}: {err}") from err
     if not (np.isfinite(mean) and np.isfinite(std)):
-        raise ValueError(f"evaluating {run_dir} gave a non-finite score ({mean}, {std}); the run files are damaged")
+        raise ValueError(
+            f"evaluating {run_dir} gave a non-finite score ({mean}, {std}); the run files are damaged"
+        )
     return dict(env_id=spec.env_id, algo=spec.algo, seed=spec.seed, episodes=spec.eval_episodes,
                 eval_mean=mean, eval_std=std)  # fmt: skip
 

@@ -17,9 +17,14 @@ def run_dirs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("runs")
     common = ["--seed", "0", "--out", str(out), "--set", "n_timesteps=256", "--set", "eval_freq=1000000",
               "--set", "eval_episodes=2"]  # fmt: skip
-    assert main(["train", "--algo", "ppo", "--env", "CartPole-v1", *common, "--set", "ppo.normalize=true"]) == 0
+    assert (
+        main(["train", "--algo", "ppo", "--env", "CartPole-v1", *common, "--set", "ppo.normalize=true"]) == 0
+    )
     assert main(["train", "--algo", "ppo", "--env", "Pendulum-v1", *common]) == 0
-    return {"cartpole": out / "CartPole-v1" / "ppo" / "seed0", "pendulum": out / "Pendulum-v1" / "ppo" / "seed0"}
+    return {
+        "cartpole": out / "CartPole-v1" / "ppo" / "seed0",
+        "pendulum": out / "Pendulum-v1" / "ppo" / "seed0",
+    }
 
 
 def _config(run: Path) -> dict:

@@ -31,11 +31,10 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import HumanOutputFormat
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 
 from egsw_gym import EGSW, GRPO, PPO
-from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER, UnsafeCheckpointError
+from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER
 
 torch.set_num_threads(1)
 
@@ -133,7 +132,9 @@ def spies(monkeypatch, tmp_path):
     return tmp_path / "sentinel"
 
 
-def attack(category: str, algo: str, path: Path, sentinel: Path, match: str, *, time_limit=5.0, **load_kwargs):
+def attack(
+    category: str, algo: str, path: Path, sentinel: Path, match: str, *, time_limit=5.0, **load_kwargs
+):
     """Load a hostile file; assert a clear refusal, nothing run, and the time and memory bounds."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
@@ -148,14 +149,18 @@ def attack(category: str, algo: str, path: Path, sentinel: Path, match: str, *, 
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rss_growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
-    RESULTS.append(dict(category=category, error=type(error).__name__, elapsed=elapsed, peak=max(peak, rss_growth)))
+    RESULTS.append(
+        dict(category=category, error=type(error).__name__, elapsed=elapsed, peak=max(peak, rss_growth))
+    )
     assert error is not None, "the hostile file loaded"
     assert isinstance(error, ValueError), f"raw {type(error).__name__}: {error}"
     assert match in str(error), f"{match!r} not in: {error}"
     assert not SPIED, f"called while loading: {SPIED}"
     assert not sentinel.exists()
     assert elapsed < time_limit, f"{elapsed:.2f} s"
-    assert peak < 100 * MB and rss_growth < 100 * MB, f"peak {peak / MB:.0f} MB, rss growth {rss_growth / MB:.0f} MB"
+    assert peak < 100 * MB and rss_growth < 100 * MB, (
+        f"peak {peak / MB:.0f} MB, rss growth {rss_growth / MB:.0f} MB"
+    )
     return error
 
 
@@ -190,7 +195,10 @@ NON_SLOTS = ["policy_kwargs.features_extractor_kwargs.x", "policy_kwargs.optimiz
 PAYLOADS = {
     "walk_to_process": cls_ref("stable_baselines3.common.vec_env.subproc_vec_env", "mp.Process"),
     "walk_to_os_system": cls_ref("stable_baselines3.common.utils", "os.system"),
-    "walk_legacy_path": {"__kind__": "class", "path": "stable_baselines3.common.vec_env.subproc_vec_env.mp.Process"},
+    "walk_legacy_path": {
+        "__kind__": "class",
+        "path": "stable_baselines3.common.vec_env.subproc_vec_env.mp.Process",
+    },
     "reexport_outside": cls_ref("torch.nn.modules.module", "OrderedDict"),
     "outside_allow_list": cls_ref("subprocess", "Popen"),
     "main_module": cls_ref("egsw_gym.__main__", "X"),
@@ -209,7 +217,9 @@ def _slot_cases():
 
 @pytest.mark.parametrize(("algo", "slot", "payload"), list(_slot_cases()))
 def test_class_slot_attacks_in_the_plain_data_member(saved, tmp_path, spies, algo, slot, payload):
-    bad = tamper(saved[algo], tmp_path / "bad.zip", safe=lambda s: set_path(s, slot, copy.deepcopy(PAYLOADS[payload])))
+    bad = tamper(
+        saved[algo], tmp_path / "bad.zip", safe=lambda s: set_path(s, slot, copy.deepcopy(PAYLOADS[payload]))
+    )
     if "." in slot:  # the entry must be in SB3's data as a pickle so that our member is read for it
         bad = tamper(bad, tmp_path / "bad2.zip", data=lambda d: d.__setitem__(
             "policy_kwargs", {":type:": "<class 'dict'>", ":serialized:": "gAR9lC4="}))  # fmt: skip
@@ -244,11 +254,19 @@ def _payload_pickle(sentinel: Path) -> str:
 @pytest.mark.parametrize(
     ("entry", "value", "match"),
     [
-        ("policy_kwargs", {"features_extractor_kwargs": {"x": cls_ref("subprocess", "Popen")}}, "policy_kwargs"),
+        (
+            "policy_kwargs",
+            {"features_extractor_kwargs": {"x": cls_ref("subprocess", "Popen")}},
+            "policy_kwargs",
+        ),
         ("policy_kwargs", {"activation_fn": "subprocess.Popen"}, "policy_kwargs.activation_fn"),
         ("policy_kwargs", {"optimizer_class": cls_ref("torch.optim.adam", "Adam")}, "policy_kwargs"),
         ("policy_kwargs", {"optimizer_kwargs": {"lr": {":serialized:": "x"}}}, "policy_kwargs"),
-        ("rollout_buffer_kwargs", {"x": cls_ref("torch.nn.modules.activation", "Tanh")}, "rollout_buffer_kwargs"),
+        (
+            "rollout_buffer_kwargs",
+            {"x": cls_ref("torch.nn.modules.activation", "Tanh")},
+            "rollout_buffer_kwargs",
+        ),
         ("policy_class", "stable_baselines3.common.utils.os.system", "policy_class"),
         ("policy_class", "GLOBAL:os.system", "policy_class"),
         ("policy_class", "GLOBAL:subprocess.Popen", "policy_class"),
@@ -269,7 +287,9 @@ def test_classes_smuggled_through_sb3_data_member(saved, tmp_path, spies, algo, 
     def edit_safe(s):
         s.pop(entry, None)
 
-    bad = tamper(saved[algo], tmp_path / "bad.zip", data=lambda d: d.__setitem__(entry, value), safe=edit_safe)
+    bad = tamper(
+        saved[algo], tmp_path / "bad.zip", data=lambda d: d.__setitem__(entry, value), safe=edit_safe
+    )
     attack("data_member", algo, bad, spies, match)
 
 
@@ -352,7 +372,9 @@ def test_giant_plain_data_claims_are_refused_before_allocating(saved, tmp_path, 
     ("algo", "net_arch"),
     [("ppo", {"pi": [2**20, 2**20], "vf": [16]}), ("grpo", [100_000, 100_000]), ("grpo", [2**40])],
 )
-def test_a_network_larger_than_its_saved_weights_is_refused_before_building(saved, tmp_path, spies, algo, net_arch):
+def test_a_network_larger_than_its_saved_weights_is_refused_before_building(
+    saved, tmp_path, spies, algo, net_arch
+):
     def edit(s):
         set_path(s, "policy_kwargs.net_arch", json.loads(json.dumps(net_arch)))
 
@@ -377,8 +399,17 @@ DEEP = 100_000
         ("data", "[1, 2]"),
         ("data", '{"num_timesteps": '),
     ],
-    ids=["deep_data", "deep_safe", "deep_objects", "deep_rng", "huge_int_data", "huge_int_safe", "not_utf8",
-         "not_object", "truncated_json"],  # fmt: skip
+    ids=[
+        "deep_data",
+        "deep_safe",
+        "deep_objects",
+        "deep_rng",
+        "huge_int_data",
+        "huge_int_safe",
+        "not_utf8",
+        "not_object",
+        "truncated_json",
+    ],  # fmt: skip
 )
 def test_deep_nesting_huge_ints_and_bad_json_are_refused(saved, tmp_path, spies, member, text):
     raw = text if isinstance(text, bytes) else text.encode()
@@ -442,20 +473,28 @@ TAMPERED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("algo", "entry", "value"), TAMPERED, ids=[f"{a}-{e}-{v!r}"[:60] for a, e, v in TAMPERED])
+@pytest.mark.parametrize(
+    ("algo", "entry", "value"), TAMPERED, ids=[f"{a}-{e}-{v!r}"[:60] for a, e, v in TAMPERED]
+)
 def test_tampered_values_fail_the_constructor_checks(saved, tmp_path, spies, algo, entry, value):
     bad = tamper(saved[algo], tmp_path / "bad.zip", data=lambda d: d.__setitem__(entry, value))
     attack("tampered_value", algo, bad, spies, entry)
 
 
-@pytest.mark.parametrize(("algo", "entry"), [("ppo", "n_steps"), ("grpo", "group_size"), ("grpo", "observation_space")])
+@pytest.mark.parametrize(
+    ("algo", "entry"), [("ppo", "n_steps"), ("grpo", "group_size"), ("grpo", "observation_space")]
+)
 def test_a_deleted_entry_is_named(saved, tmp_path, spies, algo, entry):
-    bad = tamper(saved[algo], tmp_path / "bad.zip", data=lambda d: d.pop(entry), safe=lambda s: s.pop(entry, None))
+    bad = tamper(
+        saved[algo], tmp_path / "bad.zip", data=lambda d: d.pop(entry), safe=lambda s: s.pop(entry, None)
+    )
     attack("tampered_value", algo, bad, spies, entry)
 
 
 def test_a_saved_tensorboard_log_is_not_reused(saved, tmp_path):
-    bad = tamper(saved["grpo"], tmp_path / "t.zip", data=lambda d: d.__setitem__("tensorboard_log", "/etc/evil"))
+    bad = tamper(
+        saved["grpo"], tmp_path / "t.zip", data=lambda d: d.__setitem__("tensorboard_log", "/etc/evil")
+    )
     assert GRPO.load(bad).tensorboard_log is None
     assert GRPO.load(bad, tensorboard_log=str(tmp_path / "tb")).tensorboard_log == str(tmp_path / "tb")
 
@@ -481,7 +520,9 @@ class UserExtractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: gym.Space, width: int = 8) -> None:
         super().__init__(observation_space, width)
-        self.net = torch.nn.Sequential(torch.nn.Linear(int(np.prod(observation_space.shape)), width), torch.nn.ReLU())
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(int(np.prod(observation_space.shape)), width), torch.nn.ReLU()
+        )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
@@ -505,7 +546,9 @@ def test_callable_schedules_load_for_predict_and_learn_asks_for_them(tmp_path, s
     model.save(tmp_path / "lambda.zip")
     with pytest.warns(UserWarning, match="custom_objects"):
         loaded = PPO.load(tmp_path / "lambda.zip", env=env)
-    assert np.array_equal(model.predict(_obs(), deterministic=True)[0], loaded.predict(_obs(), deterministic=True)[0])
+    assert np.array_equal(
+        model.predict(_obs(), deterministic=True)[0], loaded.predict(_obs(), deterministic=True)[0]
+    )
     with pytest.raises(ValueError, match=r"(learning_rate|clip_range).*custom_objects"):
         loaded.learn(32)
     fixed = PPO.load(tmp_path / "lambda.zip", env=env, custom_objects={
@@ -521,10 +564,15 @@ def test_user_features_extractor_needs_trusted_classes_or_custom_objects(tmp_pat
     model.save(tmp_path / "user.zip")
     err = attack("user_class", "ppo", tmp_path / "user.zip", spies, "policy_kwargs.features_extractor_class")
     assert "trusted_classes" in str(err)
-    for load_kwargs in (dict(trusted_classes=[UserExtractor]), dict(custom_objects={"policy_kwargs": kwargs})):
+    for load_kwargs in (
+        dict(trusted_classes=[UserExtractor]),
+        dict(custom_objects={"policy_kwargs": kwargs}),
+    ):
         loaded = PPO.load(tmp_path / "user.zip", **load_kwargs)
         assert isinstance(loaded.policy.features_extractor, UserExtractor)
-        assert np.array_equal(model.predict(_obs(), deterministic=True)[0], loaded.predict(_obs(), deterministic=True)[0])
+        assert np.array_equal(
+            model.predict(_obs(), deterministic=True)[0], loaded.predict(_obs(), deterministic=True)[0]
+        )
     # trusted, but in a slot whose base it does not have: still refused
     bad = tamper(tmp_path / "user.zip", tmp_path / "bad.zip", safe=lambda s: set_path(
         s, "policy_kwargs.optimizer_class", cls_ref(__name__, "UserExtractor")))  # fmt: skip

@@ -46,8 +46,12 @@ def test_a_50_mb_prompt_line_is_refused_unread(tmp_path):
         ('"1,234"', "1,234", ["1234", "1,234"], ["1,23"]),
     ],
 )
-def test_numeric_answers_are_stored_as_written_and_compared_as_numbers(tmp_path, answer, stored, right, wrong):
-    task = JSONLTask(write(tmp_path / "n.jsonl", ['{"prompt": "q", "answer": %s}' % answer]), test_fraction=0.0)
+def test_numeric_answers_are_stored_as_written_and_compared_as_numbers(
+    tmp_path, answer, stored, right, wrong
+):
+    task = JSONLTask(
+        write(tmp_path / "n.jsonl", [f'{{"prompt": "q", "answer": {answer}}}']), test_fraction=0.0
+    )
     problem = task.problem(0)
     assert problem.answer == stored
     assert all(task.score(c, problem).correct for c in right)
@@ -63,11 +67,26 @@ def test_numeric_answers_are_stored_as_written_and_compared_as_numbers(tmp_path,
         ('{"prompt": "q", "answer": 1e999}', "line 2: 'answer' 1e999 has no plain decimal form"),
         ('{"prompt": "q", "answer": ' + "9" * 5000 + "}", "line 2: 'answer' is a 5000-character number"),
         ('{"prompt": "q", "answer": ' + "9" * 60 + "}", "line 2: 'answer' 9999.* can never be matched"),
-        ('{"prompt": "q", "answer": "1", "metadata": {"n": ' + "7" * 5000 + "}}", "line 2: a 5000-digit integer"),
-        ('{"prompt": "q", "answer": "1", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}", "line 2: JSON nested too deeply"),
+        (
+            '{"prompt": "q", "answer": "1", "metadata": {"n": ' + "7" * 5000 + "}}",
+            "line 2: a 5000-digit integer",
+        ),
+        (
+            '{"prompt": "q", "answer": "1", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "line 2: JSON nested too deeply",
+        ),
         (b'{"prompt": "q\xff\xfe", "answer": "1"}', "line 2: not valid UTF-8"),
     ],
-    ids=["empty", "blank", "exponent_overflow", "digits_5000", "digits_60", "metadata_int", "deep", "undecodable"],
+    ids=[
+        "empty",
+        "blank",
+        "exponent_overflow",
+        "digits_5000",
+        "digits_60",
+        "metadata_int",
+        "deep",
+        "undecodable",
+    ],
 )
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path / "bad.jsonl", [GOOD, line])
@@ -86,7 +105,9 @@ def test_characters_the_tokenizer_cannot_represent_are_reported_once_with_a_coun
     tokenizer = load_tokenizer(None)
     path = write(tmp_path / "u.jsonl", [GOOD, json.dumps({"prompt": "Prix: 5€ ou 7€?", "answer": "12€"})])
     task = JSONLTask(path, test_fraction=0.0)
-    with pytest.warns(UserWarning, match=r"u\.jsonl: 3 characters \(1 distinct: '€'; first at line 2\).*<unk>"):
+    with pytest.warns(
+        UserWarning, match=r"u\.jsonl: 3 characters \(1 distinct: '€'; first at line 2\).*<unk>"
+    ):
         assert task.check_tokenizer(tokenizer) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")

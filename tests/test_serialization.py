@@ -324,4 +324,4 @@ def test_crafted_rng_state_is_refused(saved_grpo, tmp_path):
     _rewrite_zip(saved_grpo, bad, {RNG_STATE_MEMBER: json.dumps(state).encode()})
     with pytest.raises(UnsafeCheckpointError, match="rng_state.json.*torch"):
         GRPO.load(bad, restore_rng=True)
-    GRPO.load(bad, )  # the model itself is fine (the RNG state is only read on request)
+    GRPO.load(bad)  # the model itself is fine (the RNG state is only read on request)

@@ -260,8 +260,8 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
     ``save``/``load`` never unpickle (:class:`~egsw_gym.common.serialization.SafeSerializationMixin`;
     ``load(..., allow_pickle=True)`` is the opt-in for trusted files). A NaN or inf reward,
     observation or loss raises :class:`~egsw_gym.common.finite.NonFiniteError` naming the env and step.
-    Resuming (``load`` then ``learn(n, reset_num_timesteps=False)``) restores the RNG states, so it
-    is bit-exact when the environment's state is restored too; otherwise it is statistically
+    Resuming (``load(..., restore_rng=True)`` then ``learn(n, reset_num_timesteps=False)``) restores
+    the RNG states, so it is bit-exact when the environment's state is restored too; otherwise it is statistically
     equivalent (see ``docs/RESUME.md``).
     """
 

@@ -149,9 +149,7 @@ def _base(spec: str) -> type:
     return getattr(importlib.import_module(module), qualname)
 
 
-def resolve_class(
-    module: Any, qualname: Any, base: type, ctx: DecodeContext, path: str
-) -> type:
+def resolve_class(module: Any, qualname: Any, base: type, ctx: DecodeContext, path: str) -> type:
     """The class ``module``.``qualname``, accepted only when it is safe and subclasses ``base``.
 
     Raises
@@ -234,12 +232,19 @@ def encode_plain(obj: Any, path: str = "") -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _ARRAY_KINDS:
             raise TypeError(f"{path}: arrays of dtype {obj.dtype} have no plain encoding")
-        return {"__kind__": "ndarray", "dtype": obj.dtype.str, "shape": list(obj.shape), "data": obj.ravel().tolist()}
+        return {
+            "__kind__": "ndarray",
+            "dtype": obj.dtype.str,
+            "shape": list(obj.shape),
+            "data": obj.ravel().tolist(),
+        }
     if isinstance(obj, collections.deque):
         return {"__kind__": "deque", "maxlen": obj.maxlen, "items": [encode_plain(x, path) for x in obj]}
     if isinstance(obj, type):
         if path not in CLASS_SLOTS:
-            raise TypeError(f"{path}: a class outside a class slot ({sorted(CLASS_SLOTS)}) has no plain encoding")
+            raise TypeError(
+                f"{path}: a class outside a class slot ({sorted(CLASS_SLOTS)}) has no plain encoding"
+            )
         return {"__kind__": "class", "module": obj.__module__, "qualname": obj.__qualname__}
     if isinstance(obj, FloatSchedule):
         return {"__kind__": "float_schedule", "inner": encode_plain(obj.value_schedule, path)}
@@ -252,7 +257,11 @@ def encode_plain(obj: Any, path: str = "") -> Any:
         return {"__kind__": "space", "space": _encode_space(obj)}
     if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
         return {"__kind__": "torch_dtype", "name": str(obj).removeprefix("torch.")}
-    if path in CONFIG_SLOTS and hasattr(obj, "to_json_string") and type(obj).__module__.startswith("transformers."):
+    if (
+        path in CONFIG_SLOTS
+        and hasattr(obj, "to_json_string")
+        and type(obj).__module__.startswith("transformers.")
+    ):
         return {"__kind__": "hf_config", "module": type(obj).__module__, "qualname": type(obj).__qualname__,
                 "config": json.loads(obj.to_json_string(use_diff=False))}  # fmt: skip
     raise TypeError(f"{path}: no plain-data encoding for {type(obj).__module__}.{type(obj).__qualname__}")
@@ -344,10 +353,14 @@ def _decode_space(d: Any, ctx: DecodeContext, path: str) -> spaces.Space:
             return spaces.Discrete(n, start=start)
         if kind == "MultiDiscrete":
             nvec = d.get("nvec")
-            shape = [len(nvec)] if isinstance(nvec, list) and all(not isinstance(v, list) for v in nvec) else None
+            shape = (
+                [len(nvec)] if isinstance(nvec, list) and all(not isinstance(v, list) for v in nvec) else None
+            )
             if shape is None:
                 raise ctx.error(path, "MultiDiscrete nvec must be a flat list of integers")
-            return spaces.MultiDiscrete(_numeric_array(nvec, d.get("dtype", "int64"), shape, ctx, path + ".nvec"))
+            return spaces.MultiDiscrete(
+                _numeric_array(nvec, d.get("dtype", "int64"), shape, ctx, path + ".nvec")
+            )
         if kind == "MultiBinary":
             n = d.get("n")
             dims = [_int(x, ctx, path + ".n", 1) for x in (n if isinstance(n, list) else [n])]
@@ -372,13 +385,17 @@ def _decode_schedule(d: dict[str, Any], kind: str, ctx: DecodeContext, path: str
         raise ctx.error(path, "schedules are only allowed in the top-level schedule entries")
     if kind == "float_schedule":
         inner = d.get("inner")
-        if not (isinstance(inner, dict) and inner.get("__kind__") in ("constant_schedule", "linear_schedule")):
+        if not (
+            isinstance(inner, dict) and inner.get("__kind__") in ("constant_schedule", "linear_schedule")
+        ):
             raise ctx.error(path, "float_schedule must wrap a constant or linear schedule")
         return FloatSchedule(_decode_schedule(inner, inner["__kind__"], ctx, path))
     if kind == "constant_schedule":
         return ConstantSchedule(_float(d.get("val"), ctx, path))
     return LinearSchedule(
-        _float(d.get("start"), ctx, path), _float(d.get("end"), ctx, path), _float(d.get("end_fraction"), ctx, path)
+        _float(d.get("start"), ctx, path),
+        _float(d.get("end"), ctx, path),
+        _float(d.get("end_fraction"), ctx, path),
     )
 
 

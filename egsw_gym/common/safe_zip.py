@@ -96,7 +96,9 @@ def check_archive(archive: zipfile.ZipFile, limits: ZipLimits | None = None) -> 
             )
         total += size
     if total > limits.max_total_bytes:
-        raise UnsafeCheckpointError(f"checkpoint members total {total} bytes, more than {limits.max_total_bytes}")
+        raise UnsafeCheckpointError(
+            f"checkpoint members total {total} bytes, more than {limits.max_total_bytes}"
+        )
 
 
 def read_text_member(archive: zipfile.ZipFile, name: str, limits: ZipLimits | None = None) -> str | None:

@@ -10,11 +10,11 @@ printed attributes (or from the ``env`` passed to ``load``), a schedule from its
 from __future__ import annotations
 
 import base64
+import pickletools
 import re
 from typing import Any
 
 import numpy as np
-import pickletools
 from gymnasium import spaces
 
 from egsw_gym.common.plain_data import CLASS_SLOTS, DecodeContext, UnsafeCheckpointError, decode_plain
@@ -48,7 +48,9 @@ def _class_from_pickle_opcodes(serialized: Any, key: str, ctx: DecodeContext) ->
         elif op.name in ("STACK_GLOBAL", "GLOBAL"):
             if module is not None or (op.name == "STACK_GLOBAL" and len(strings) < 2):
                 return None
-            module, qualname = (strings[-2], strings[-1]) if op.name == "STACK_GLOBAL" else str(arg).split(" ", 1)
+            module, qualname = (
+                (strings[-2], strings[-1]) if op.name == "STACK_GLOBAL" else str(arg).split(" ", 1)
+            )
     if module is None:
         return None
     return decode_plain({"__kind__": "class", "module": module, "qualname": qualname}, ctx, key)
@@ -109,14 +111,20 @@ def _space_from_description(desc: dict[str, Any]) -> spaces.Space | None:
             if low is None or high is None:
                 return None
             return spaces.Box(low, high, shape, dtype)
-        if kind.endswith("spaces.multi_binary.MultiBinary'>") and 0 < len(shape) and int(np.prod(shape)) < 10**7:
+        if (
+            kind.endswith("spaces.multi_binary.MultiBinary'>")
+            and 0 < len(shape)
+            and int(np.prod(shape)) < 10**7
+        ):
             return spaces.MultiBinary(list(shape) if len(shape) > 1 else int(shape[0]))
     except (KeyError, TypeError, ValueError, OverflowError, AssertionError):
         return None
     return None
 
 
-def rebuild_from_description(key: str, value: dict[str, Any], env: Any, ctx: DecodeContext) -> tuple[bool, Any]:
+def rebuild_from_description(
+    key: str, value: dict[str, Any], env: Any, ctx: DecodeContext
+) -> tuple[bool, Any]:
     """Rebuild an SB3-pickled entry from the description SB3 writes next to it. ``(ok, object)``."""
     from stable_baselines3.common.utils import FloatSchedule
 

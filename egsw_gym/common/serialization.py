@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 import math
 import os
@@ -74,7 +75,13 @@ _FORBIDDEN_ENTRIES = frozenset(
      "_logger", "_custom_logger", "ref_policy", "_dist", "egsw"}
 )  # fmt: skip
 #: run-time state that the next learn() rebuilds: dropped with a warning when it has no safe form
-_RUNTIME_ENTRIES = {"_last_obs", "_last_episode_starts", "_last_original_obs", "ep_info_buffer", "ep_success_buffer"}
+_RUNTIME_ENTRIES = {
+    "_last_obs",
+    "_last_episode_starts",
+    "_last_original_obs",
+    "ep_info_buffer",
+    "ep_success_buffer",
+}
 _MAX_NET_WIDTH = 2**20
 #: what rebuilding entries from a tampered file could raise besides our own errors
 _BOUNDARY_ERRORS = (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError,
@@ -154,7 +161,12 @@ class SafeSerializationMixin:
     """Mix into an SB3 algorithm (before the SB3 class) to make ``load`` pickle-free. See module docs."""
 
     #: entries a model cannot be built without: refused (not set to None) when they cannot be rebuilt safely
-    _safe_required_entries: tuple[str, ...] = ("policy_class", "observation_space", "action_space", "policy_kwargs")
+    _safe_required_entries: tuple[str, ...] = (
+        "policy_class",
+        "observation_space",
+        "action_space",
+        "policy_kwargs",
+    )
     _zip_limits = ZipLimits()
     _plain_limits = PlainDataLimits()
 
@@ -209,7 +221,9 @@ class SafeSerializationMixin:
 
     # ------------------------------------------------------------------ load
     @classmethod
-    def _safe_entries(cls, archive: zipfile.ZipFile, env: Any, custom: dict[str, Any], trusted: tuple[type, ...]):
+    def _safe_entries(
+        cls, archive: zipfile.ZipFile, env: Any, custom: dict[str, Any], trusted: tuple[type, ...]
+    ):
         """Every entry of ``data`` rebuilt from plain data and checked: ``(entries, missing callables)``."""
         limits = cls._plain_limits
         data_text = read_text_member(archive, "data", cls._zip_limits)
@@ -234,7 +248,9 @@ class SafeSerializationMixin:
                 entries[key] = _plain_entry(value, data_ctx, key)
                 continue
             encoded = safe.get(key)
-            if encoded is not None and not (isinstance(encoded, dict) and encoded.get("__kind__") == "unencodable"):
+            if encoded is not None and not (
+                isinstance(encoded, dict) and encoded.get("__kind__") == "unencodable"
+            ):
                 entries[key] = decode_plain(encoded, safe_ctx, key)
                 continue
             ok, rebuilt = rebuild_from_description(key, value, env, data_ctx)
@@ -250,7 +266,9 @@ class SafeSerializationMixin:
         if "tensorboard_log" in entries:
             entries["tensorboard_log"] = None  # a file does not choose where we write
         if dropped:
-            note = " (run-time state that the next learn() rebuilds)" if set(dropped) <= _RUNTIME_ENTRIES else ""
+            note = (
+                " (run-time state that the next learn() rebuilds)" if set(dropped) <= _RUNTIME_ENTRIES else ""
+            )
             warnings.warn(
                 f"checkpoint entries {dropped} have no plain-data form and are not unpickled; they are set to "
                 f"None{note}. Pass allow_pickle=True to restore them from a file you trust.",
@@ -356,7 +374,9 @@ class SafeSerializationMixin:
                     ) from err
                 custom = {**entries, **custom}
             rng_text = read_text_member(archive, RNG_STATE_MEMBER, cls._zip_limits) if restore_rng else None
-        rng_state = parse_json(rng_text, RNG_STATE_MEMBER, cls._plain_limits) if rng_text is not None else None
+        rng_state = (
+            parse_json(rng_text, RNG_STATE_MEMBER, cls._plain_limits) if rng_text is not None else None
+        )
         model = cls._sb3_load(path, env, device, custom, print_system_info, force_reset, kwargs)
         for stand_in in missing.values():
             stand_in.loading = False
@@ -441,7 +461,9 @@ def _net_widths(net_arch: Any) -> list[list[int]]:
     lists = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
     widths = []
     for layers in lists:
-        if not isinstance(layers, (list, tuple)) or not all(_is_int(w) and 0 < w <= _MAX_NET_WIDTH for w in layers):
+        if not isinstance(layers, (list, tuple)) or not all(
+            _is_int(w) and 0 < w <= _MAX_NET_WIDTH for w in layers
+        ):
             raise UnsafeCheckpointError(
                 f"checkpoint member 'data', entry 'policy_kwargs.net_arch': expected lists of layer widths in "
                 f"[1, {_MAX_NET_WIDTH}], got {_short(net_arch)}"
@@ -461,7 +483,7 @@ def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None
         raise UnsafeCheckpointError("checkpoint has no 'policy.pth' member") from None
     claims = []
     if kwargs.get("net_arch") is not None:
-        lower = sum(sum(a * b for a, b in zip(w, w[1:])) for w in _net_widths(kwargs["net_arch"]))
+        lower = sum(sum(a * b for a, b in itertools.pairwise(w)) for w in _net_widths(kwargs["net_arch"]))
         claims.append(("policy_kwargs.net_arch", lower))
     config = kwargs.get("model_config")
     config = config.to_dict() if hasattr(config, "to_dict") else config
@@ -469,7 +491,9 @@ def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None
         ints = {k: v for k, v in config.items() if _is_int(v) and v > 0}
         hidden = next((ints[k] for k in ("n_embd", "hidden_size", "d_model") if k in ints), 0)
         layers = next((ints[k] for k in ("n_layer", "num_hidden_layers") if k in ints), 0)
-        claims.append(("policy_kwargs.model_config", hidden * ints.get("vocab_size", 0) + 4 * layers * hidden**2))
+        claims.append(
+            ("policy_kwargs.model_config", hidden * ints.get("vocab_size", 0) + 4 * layers * hidden**2)
+        )
     for entry, params in claims:
         if 2 * params > stored + 2**16:  # at least 2 bytes a parameter (float16) must be in policy.pth
             raise UnsafeCheckpointError(

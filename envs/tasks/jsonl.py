@@ -56,12 +56,16 @@ def _answer_text(answer: Any, where: str) -> str:
     """The answer as stored: strings stripped of nothing, numbers exactly as written (exponents expanded)."""
     if isinstance(answer, _NumberLiteral):
         if len(answer) > _MAX_INT_DIGITS:
-            raise ValueError(f"{where}: 'answer' is a {len(answer)}-character number; at most {MAX_NUMBER_CHARS} can match")
+            raise ValueError(
+                f"{where}: 'answer' is a {len(answer)}-character number; at most {MAX_NUMBER_CHARS} can match"
+            )
         text = str(answer)
         if "e" in text or "E" in text:  # 1e-05 -> 0.00001: a form a model can write
             value = Decimal(text)
             if abs(value.adjusted()) > MAX_NUMBER_CHARS:
-                raise ValueError(f"{where}: 'answer' {text} has no plain decimal form of at most {MAX_NUMBER_CHARS} characters")
+                raise ValueError(
+                    f"{where}: 'answer' {text} has no plain decimal form of at most {MAX_NUMBER_CHARS} characters"
+                )
             text = format(value, "f")
         if parse_number(text) is None:
             raise ValueError(
@@ -84,7 +88,9 @@ def _plain_numbers(value: Any, where: str) -> Any:
         if any(c in value for c in ".eE"):
             return float(value)
         if len(value.lstrip("-")) > _MAX_INT_DIGITS:
-            raise ValueError(f"{where}: a {len(value)}-digit integer in 'metadata' (at most {_MAX_INT_DIGITS})")
+            raise ValueError(
+                f"{where}: a {len(value)}-digit integer in 'metadata' (at most {_MAX_INT_DIGITS})"
+            )
         return int(value)
     if isinstance(value, dict):
         return {k: _plain_numbers(v, where) for k, v in value.items()}
