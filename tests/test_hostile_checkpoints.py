@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import collections
 import copy
+import importlib
 import json
 import multiprocessing
 import os
@@ -60,6 +61,9 @@ GRPO_KWARGS = dict(activation_fn=torch.nn.ReLU, net_arch=[16], optimizer_class=t
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("saved")
+    # Allowed modules that payloads walk through are imported here, so the timed loads measure the
+    # checks and not transformers' cold import (seconds; an LM load pays it anyway).
+    importlib.import_module("transformers.utils.import_utils")
     ppo = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), n_steps=16, batch_size=16,
               n_epochs=1, policy_kwargs=PPO_KWARGS, egsw=EGSW(mode="trajectory"), seed=0)  # fmt: skip
     ppo.learn(32).save(folder / "ppo.zip")
@@ -195,6 +199,8 @@ NON_SLOTS = ["policy_kwargs.features_extractor_kwargs.x", "policy_kwargs.optimiz
 PAYLOADS = {
     "walk_to_process": cls_ref("stable_baselines3.common.vec_env.subproc_vec_env", "mp.Process"),
     "walk_to_os_system": cls_ref("stable_baselines3.common.utils", "os.system"),
+    "walk_to_popen": cls_ref("transformers.utils.import_utils", "subprocess.Popen"),
+    "walk_to_popen_legacy": {"__kind__": "class", "path": "transformers.utils.import_utils.subprocess.Popen"},
     "walk_legacy_path": {
         "__kind__": "class",
         "path": "stable_baselines3.common.vec_env.subproc_vec_env.mp.Process",

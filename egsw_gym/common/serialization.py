@@ -272,7 +272,7 @@ class SafeSerializationMixin:
             warnings.warn(
                 f"checkpoint entries {dropped} have no plain-data form and are not unpickled; they are set to "
                 f"None{note}. Pass allow_pickle=True to restore them from a file you trust.",
-                stacklevel=4,
+                stacklevel=3,
             )
         return entries, missing
 
