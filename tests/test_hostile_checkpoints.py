@@ -374,6 +374,25 @@ def test_giant_plain_data_claims_are_refused_before_allocating(saved, tmp_path, 
     attack("giant_claim", "grpo", bad, spies, entry, time_limit=1.0)
 
 
+@pytest.mark.parametrize(("n_steps", "n_envs"), [(10**9, 2), (2**40, 2), (1024, 2**20)])
+def test_a_rollout_buffer_claiming_gigabytes_is_refused_before_allocating(
+    saved, tmp_path, spies, n_steps, n_envs
+):
+    def edit(d):
+        d.update(n_steps=n_steps, n_envs=n_envs)
+
+    bad = tamper(saved["ppo"], tmp_path / "bad.zip", data=edit)
+    attack("giant_claim", "ppo", bad, spies, "n_steps", time_limit=1.0)
+
+
+def test_a_features_extractor_wider_than_its_saved_weights_is_refused(saved, tmp_path, spies):
+    def edit(s):
+        set_path(s, "policy_kwargs.features_extractor_kwargs.features_dim", 10**9)
+
+    bad = tamper(saved["ppo"], tmp_path / "bad.zip", safe=edit)
+    attack("giant_claim", "ppo", bad, spies, "policy_kwargs.features_extractor_kwargs", time_limit=1.0)
+
+
 @pytest.mark.parametrize(
     ("algo", "net_arch"),
     [("ppo", {"pi": [2**20, 2**20], "vf": [16]}), ("grpo", [100_000, 100_000]), ("grpo", [2**40])],

@@ -169,6 +169,8 @@ class SafeSerializationMixin:
     )
     _zip_limits = ZipLimits()
     _plain_limits = PlainDataLimits()
+    #: largest rollout buffer a file may make ``load`` allocate (``n_steps`` x ``n_envs`` x observation)
+    _max_buffer_bytes = 16 * 2**30
 
     def save(self, path, exclude=None, include=None) -> None:  # noqa: D102 (SB3's docstring applies)
         rng_state = get_rng_state()  # before anything else runs: the state of the training loop
@@ -304,6 +306,7 @@ class SafeSerializationMixin:
         except (ValueError, TypeError) as err:
             raise UnsafeCheckpointError(f"checkpoint member 'data': {err}") from err
         _check_net_budget(entries, archive)
+        _check_buffer_budget(entries, cls._max_buffer_bytes)
 
     @classmethod
     def load(
@@ -472,6 +475,24 @@ def _net_widths(net_arch: Any) -> list[list[int]]:
     return widths
 
 
+def _check_buffer_budget(entries: dict[str, Any], max_bytes: int) -> None:
+    """``n_steps`` x ``n_envs`` x the observation size must fit the rollout buffer bound (allocated at load)."""
+    from gymnasium import spaces
+    from stable_baselines3.common.preprocessing import get_obs_shape
+
+    n_steps, n_envs, space = entries.get("n_steps"), entries.get("n_envs"), entries.get("observation_space")
+    if not (_is_int(n_steps) and _is_int(n_envs) and isinstance(space, spaces.Space)):
+        return
+    shapes = get_obs_shape(space)
+    per_step = sum(math.prod(s) for s in (shapes.values() if isinstance(shapes, dict) else [shapes])) + 8
+    needed = 4 * n_steps * n_envs * per_step  # float32 observations plus actions, rewards, values, ...
+    if needed > max_bytes:
+        raise UnsafeCheckpointError(
+            f"checkpoint member 'data', entry 'n_steps': a rollout buffer of n_steps={n_steps} x n_envs={n_envs} "
+            f"x {per_step} values needs {needed / 2**30:.1f} GiB, more than {max_bytes / 2**30:.0f} GiB"
+        )
+
+
 def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None:
     """A ``net_arch`` (or LM config) cannot claim more parameters than ``policy.pth`` holds bytes for."""
     kwargs = entries.get("policy_kwargs")
@@ -494,6 +515,10 @@ def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None
         claims.append(
             ("policy_kwargs.model_config", hidden * ints.get("vocab_size", 0) + 4 * layers * hidden**2)
         )
+    extractor_kwargs = kwargs.get("features_extractor_kwargs")
+    if isinstance(extractor_kwargs, dict):  # a width (features_dim, ...) means at least that many weights
+        widest = max((v for v in extractor_kwargs.values() if _is_int(v)), default=0)
+        claims.append(("policy_kwargs.features_extractor_kwargs", widest))
     for entry, params in claims:
         if 2 * params > stored + 2**16:  # at least 2 bytes a parameter (float16) must be in policy.pth
             raise UnsafeCheckpointError(
