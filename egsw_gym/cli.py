@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
+
 from egsw_gym.algorithms.grpo import GRPO
 from egsw_gym.algorithms.ppo import PPO
 from egsw_gym.egsw import EGSW
@@ -109,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a trained run directory")
     e.add_argument("run_dir", help="a directory written by train/compare (holds config.json and model.zip)")
-    e.add_argument("--episodes", type=int, default=None, help="evaluation episodes / problems")
+    e.add_argument("--episodes", type=_episodes, default=None, help="evaluation episodes / problems (>= 1)")
 
     _add_study_parsers(sub)
 
@@ -198,10 +201,92 @@ def _run_study(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _episodes(text: str) -> int:
+    """``--episodes``: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+#: config.json fields of a run and what each must be (bool is not accepted where an int is meant)
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "algo": (str,), "env_id": (str,), "seed": (int,), "n_timesteps": (int,), "n_envs": (int,),
+    "policy": (str,), "algo_kwargs": (dict,), "egsw": (dict, type(None)), "eval_freq": (int,),
+    "eval_episodes": (int,), "normalize": (bool,), "env_kwargs": (dict,), "warm_start_steps": (int,),
+    "warm_start_kwargs": (dict,),
+}  # fmt: skip
+_MAX_CONFIG_BYTES = 1_000_000
+
+
 def _load_spec(run_dir: Path):
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["egsw"] = EGSW.from_dict(cfg["egsw"])
+    """The run's ``config.json`` as a RunSpec; any damage is a ValueError naming the file and field."""
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {str(run_dir)!r} does not exist or is not a directory")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: not a run directory written by 'egsw-gym train'")
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is larger than {_MAX_CONFIG_BYTES} bytes: not a run config")
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    unknown, missing = (
+        set(cfg) - set(_SPEC_TYPES),
+        {"algo", "env_id", "seed", "n_timesteps", "n_envs", "policy"} - set(cfg),
+    )
+    if unknown or missing:
+        raise ValueError(f"{path}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
+    for name, types in _SPEC_TYPES.items():
+        value = cfg.get(name)
+        if name in cfg and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise ValueError(
+                f"{path}: field {name!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
+    if cfg["algo"] not in ALGORITHMS:
+        raise ValueError(f"{path}: field 'algo' must be one of {sorted(ALGORITHMS)}, got {cfg['algo']!r}")
+    if cfg.get("eval_episodes", 1) < 1 or cfg["n_envs"] < 1:
+        raise ValueError(f"{path}: fields 'eval_episodes' and 'n_envs' must be >= 1")
+    try:
+        cfg["egsw"] = EGSW.from_dict(cfg.get("egsw"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: field 'egsw': {err}") from None
     return RunSpec(**cfg)
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    """``egsw-gym evaluate``: the run's saved model on its evaluation episodes (never unpickles)."""
+    run_dir = Path(args.run_dir)
+    spec = _load_spec(run_dir)
+    if args.episodes:
+        spec.eval_episodes = args.episodes
+    algo_cls = PPO if spec.base_algo == "ppo" else GRPO
+    model_path = run_dir / "model.zip"
+    if not model_path.is_file():
+        raise ValueError(
+            f"{model_path} not found: the run has no saved model (train it, or pass its directory)"
+        )
+    model = algo_cls.load(model_path, device="cpu")
+    try:
+        # Observation statistics of normalised runs come back from the run's plain-JSON file.
+        mean, std = evaluate_model(model, spec, normalization_path=run_dir / "vecnormalize.json")
+    except (
+        OSError,
+        gym.error.Error,
+    ) as err:  # an env id the installed packages do not know, unreadable files
+        raise ValueError(f"evaluating {run_dir}: {err}") from err
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise ValueError(
+            f"evaluating {run_dir} gave a non-finite score ({mean}, {std}); the run files are damaged"
+        )
+    return dict(env_id=spec.env_id, algo=spec.algo, seed=spec.seed, episodes=spec.eval_episodes,
+                eval_mean=mean, eval_std=std)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,27 +326,7 @@ def _run(args: argparse.Namespace) -> int:
         for p in plots:
             print(f"wrote {p}")
     elif args.command == "evaluate":
-        run_dir = Path(args.run_dir)
-        spec = _load_spec(run_dir)
-        if args.episodes:
-            spec.eval_episodes = args.episodes
-        algo_cls = PPO if spec.base_algo == "ppo" else GRPO
-        model = algo_cls.load(run_dir / "model.zip", device="cpu")
-        # Observation statistics of normalised runs come back from the run's plain-JSON file.
-        mean, std = evaluate_model(model, spec, normalization_path=run_dir / "vecnormalize.json")
-        print(
-            json.dumps(
-                dict(
-                    env_id=spec.env_id,
-                    algo=spec.algo,
-                    seed=spec.seed,
-                    episodes=spec.eval_episodes,
-                    eval_mean=mean,
-                    eval_std=std,
-                ),
-                indent=2,
-            )
-        )
+        print(json.dumps(_evaluate(args), indent=2))
     elif args.command == "study":
         _run_study(args)
     elif args.command == "merge":

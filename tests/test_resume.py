@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exa
         for path in checkpoints:  # every checkpoint on disk is complete and loads
             GRPO.load(path)
         latest = latest_checkpoint(folder, "grpo")
-        resumed = GRPO.load(latest, env=make_vec_env("CartPole-v1", n_envs=4))
+        resumed = GRPO.load(latest, env=make_vec_env("CartPole-v1", n_envs=4), restore_rng=True)
         resumed.learn(TOTAL - resumed.num_timesteps, reset_num_timesteps=False)
         assert torch.equal(flat(resumed), flat(reference)), f"resume from {latest.name} differs"
         report.append((run, round(delay, 2), proc.returncode, len(checkpoints), latest.name, leftovers))
@@ -91,7 +91,7 @@ def test_grpo_lm_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path,
     callback = AtomicCheckpointCallback(1, str(tmp_path), name_prefix="lm", at_update_boundary=True)
     uninterrupted = tiny_lm_grpo(seed=5).learn(total, callback=callback)
     first = min(tmp_path.glob("lm_*_steps.zip"), key=lambda p: int(p.name.split("_")[1]))
-    resumed = GRPO.load(first, env=tiny_lm_env(4))
+    resumed = GRPO.load(first, env=tiny_lm_env(4), restore_rng=True)
     assert 0 < resumed.num_timesteps < uninterrupted.num_timesteps
     resumed.learn(total - resumed.num_timesteps, reset_num_timesteps=False)
     assert resumed.num_timesteps == uninterrupted.num_timesteps
@@ -130,7 +130,7 @@ def test_ppo_resume_is_exact_when_the_env_state_is_restored(tmp_path):
     uninterrupted = PPO("MlpPolicy", make_env(), **kwargs).learn(64, callback=callback)
     ckpt = tmp_path / "ppo_32_steps.zip"
     env = make_env()
-    resumed = PPO.load(ckpt, env=env, force_reset=False)  # keep the saved last observation
+    resumed = PPO.load(ckpt, env=env, force_reset=False, restore_rng=True)  # keep the saved last observation
     env.reset()  # Monitor refuses to step an env that was never reset
     for i, obs in enumerate(resumed._last_obs):  # the env's own state: restored where it exposes it
         env.env_method("set_state", obs, indices=i)
@@ -138,7 +138,7 @@ def test_ppo_resume_is_exact_when_the_env_state_is_restored(tmp_path):
     assert torch.equal(flat(resumed), flat(uninterrupted))
 
     # Without the env state (a fresh reset) the resume is statistically equivalent, not bitwise.
-    approx = PPO.load(ckpt, env=make_env())
+    approx = PPO.load(ckpt, env=make_env(), restore_rng=True)
     approx.learn(64 - approx.num_timesteps, reset_num_timesteps=False)
     assert approx.num_timesteps == 64 and not torch.equal(flat(approx), flat(uninterrupted))
 

@@ -74,7 +74,8 @@ class AtomicCheckpointCallback(CheckpointCallback):
         Save at the start of a rollout instead of in the middle of one: after the previous update,
         before any random number of the next one is drawn. A checkpoint taken there holds the complete
         training state (weights, optimizer, step counter, RNG states), so for GRPO
-        ``GRPO.load(ckpt, env=env).learn(total - model.num_timesteps, reset_num_timesteps=False)``
+        ``GRPO.load(ckpt, env=env, restore_rng=True).learn(total - model.num_timesteps,
+        reset_num_timesteps=False)``
         gives exactly the parameters of the uninterrupted run (see ``docs/RESUME.md``).
     """
 

@@ -78,6 +78,23 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
+#: Sanity bounds for the algorithms' rules: past them training never ends or the loss overflows float32.
+MAX_EPOCHS = 1_000_000
+MAX_COEF = 1e6
+
+
+def apply_rules(rules: dict[str, Any], values: dict[str, Any]) -> None:
+    """Check each value that has a rule (``rules[name](name, value)``); names without one are ignored.
+
+    The algorithms keep one rule per constructor argument in such a table, so the same call checks
+    a constructor's arguments and the entries a checkpoint brings back.
+    """
+    for name, value in values.items():
+        rule = rules.get(name)
+        if rule is not None:
+            rule(name, value)
+
+
 def check_int(
     name: str,
     value: Any,

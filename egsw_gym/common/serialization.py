@@ -1,4 +1,4 @@
-"""Checkpoints that load without unpickling anything.
+"""Checkpoints that load without running code from the file.
 
 Stable-Baselines3 stores every attribute it cannot write as JSON (spaces, schedules, the policy
 class, ``policy_kwargs`` holding classes, numpy arrays) as a base64 cloudpickle, and
@@ -7,50 +7,58 @@ arbitrary code. Tensors are already safe (SB3 reads them with ``torch.load(weigh
 
 :class:`SafeSerializationMixin` closes the gap for our algorithms:
 
-- ``save`` adds one more member to the zip, ``egsw_gym_safe_data.json``: a plain-data encoding
-  (JSON) of each entry SB3 pickled, for the types a model needs (Gymnasium spaces, SB3 schedules,
-  classes named by import path from an allow-list of packages, numpy arrays, episode-info deques,
-  Hugging Face configs).
-- ``load`` reads SB3's ``data`` member and ours with ``json.loads`` only, rebuilds every pickled
-  entry from the plain data and hands the results to SB3 as ``custom_objects``, so SB3 never calls
-  ``cloudpickle.loads``. Entries with no safe encoding are dropped (set to ``None``) with a warning;
-  the policy class is required and its absence is an error. ``allow_pickle=True`` restores SB3's
-  behaviour for files you trust.
-- Zips written by plain SB3 (or before the mixin existed) have no plain-data member. Their entries
-  are rebuilt from what SB3 writes next to each pickle, still without unpickling: a class from the
-  pickle's opcodes when the pickle is nothing but an import-path reference (read with
-  ``pickletools``, never executed), a space from its printed attributes (or from the ``env`` passed
-  to ``load``), a schedule from its printed form. What cannot be rebuilt that way is dropped with a
-  warning, or, for entries a model cannot work without, refused with an error naming
-  ``allow_pickle``.
-- Tensor files (``*.pth``) are read by SB3 with ``torch.load(weights_only=True)``; one holding any
-  other pickled object is refused with :class:`UnsafeCheckpointError`.
-- ``save`` also writes ``egsw_gym_rng_state.json``: the Python, NumPy and torch global RNG states as
-  plain integers. ``load`` restores them (``restore_rng=True``), so ``learn(..., reset_num_timesteps=False)``
-  after a load continues the random stream of the saved run (exact resume, see ``docs/RESUME.md``).
+- ``save`` adds ``egsw_gym_safe_data.json``: a plain-data encoding of each entry SB3 pickled
+  (:mod:`egsw_gym.common.plain_data`), and ``egsw_gym_rng_state.json`` (:mod:`egsw_gym.common.rng_state`).
+- ``load`` first checks the zip's headers (zip bombs, lying sizes, :mod:`egsw_gym.common.safe_zip`),
+  then reads ``data`` and our member with bounded ``json.loads`` only, rebuilds every entry under
+  strict rules (classes only in declared class slots, by exact module and qualname, from an
+  allow-list or the caller's ``trusted_classes``, subclassing the slot's base), validates the values
+  with the same checks the constructor uses (:meth:`SafeSerializationMixin._validate_loaded_params`)
+  and hands every entry to SB3 as ``custom_objects``, so SB3 never calls ``cloudpickle.loads``. Any
+  way a tampered or truncated file fails ends in :class:`UnsafeCheckpointError` naming the member and
+  entry. ``allow_pickle=True`` restores SB3's behaviour for files you trust.
+- Entries with no safe form: a callable schedule (``learning_rate=lambda p: ...``) comes back as a
+  stand-in that lets the model ``predict``; ``learn`` then raises a ``ValueError`` naming the entry
+  and the ``custom_objects`` key that supplies it. Entries a model cannot be built without (the policy
+  class, the spaces, ``policy_kwargs``) are refused with the same hint. Run-time state (last
+  observation, episode statistics) is dropped with a warning.
+- Zips written by plain SB3 have no plain-data member; their entries are rebuilt from what SB3 prints
+  next to each pickle (:mod:`egsw_gym.common.sb3_legacy`), still without unpickling.
+- A file does not choose where the program writes: a saved ``tensorboard_log`` is not restored (pass
+  ``load(..., tensorboard_log=...)``). The global RNG streams are only restored on request
+  (``restore_rng=True``, the exact-resume path of ``docs/RESUME.md``).
 """
 
 from __future__ import annotations
 
-import base64
 import collections
-import importlib
 import io
+import itertools
 import json
+import math
 import os
 import pickle
-import pickletools
-import random
-import re
 import warnings
 import zipfile
 from typing import Any
 
-import numpy as np
-from gymnasium import spaces
+from egsw_gym.common.plain_data import (
+    CLASS_SLOTS,
+    SCHEDULE_ENTRIES,
+    DecodeContext,
+    PlainDataLimits,
+    UnsafeCheckpointError,
+    decode_plain,
+    encode_plain,
+    parse_json,
+)
+from egsw_gym.common.rng_state import RNG_STATE_MEMBER, get_rng_state, set_rng_state
+from egsw_gym.common.safe_zip import ZIP_ERRORS, ZipLimits, check_archive, open_checkpoint, read_text_member
+from egsw_gym.common.sb3_legacy import rebuild_from_description
 
 __all__ = [
     "SafeSerializationMixin",
+    "MissingEntry",
     "encode_plain",
     "decode_plain",
     "SAFE_DATA_MEMBER",
@@ -61,413 +69,108 @@ __all__ = [
 ]
 
 SAFE_DATA_MEMBER = "egsw_gym_safe_data.json"
-RNG_STATE_MEMBER = "egsw_gym_rng_state.json"
-#: classes are only ever rebuilt by import path from these packages (importing them runs no file content)
-ALLOWED_CLASS_PREFIXES = (
-    "egsw_gym.",
-    "stable_baselines3.",
-    "torch.nn.",
-    "torch.optim.",
-    "gymnasium.spaces.",
-    "transformers.",
-)
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint entry needed for loading cannot be rebuilt without unpickling."""
-
-
-def _is_class_allowed(path: str) -> bool:
-    return any(path.startswith(p) for p in ALLOWED_CLASS_PREFIXES)
-
-
-def encode_plain(obj: Any) -> Any:
-    """Encode ``obj`` as JSON-compatible plain data, or raise ``TypeError`` when there is no safe form."""
-    from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
-
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return {
-            "__kind__": "tuple" if isinstance(obj, tuple) else "list",
-            "items": [encode_plain(x) for x in obj],
-        }
-    if isinstance(obj, dict):
-        if not all(isinstance(k, str) for k in obj):
-            raise TypeError("dict keys must be strings")
-        return {"__kind__": "dict", "items": {k: encode_plain(v) for k, v in obj.items()}}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object:
-            raise TypeError("object arrays have no plain encoding")
-        return {
-            "__kind__": "ndarray",
-            "dtype": str(obj.dtype),
-            "shape": list(obj.shape),
-            "data": obj.ravel().tolist(),
-        }
-    if isinstance(obj, collections.deque):
-        return {"__kind__": "deque", "maxlen": obj.maxlen, "items": [encode_plain(x) for x in obj]}
-    if isinstance(obj, type):
-        path = f"{obj.__module__}.{obj.__qualname__}"
-        if not _is_class_allowed(path):
-            raise TypeError(f"class {path} is outside the allow-list {ALLOWED_CLASS_PREFIXES}")
-        return {"__kind__": "class", "path": path}
-    if isinstance(obj, FloatSchedule):
-        return {"__kind__": "float_schedule", "inner": encode_plain(obj.value_schedule)}
-    if isinstance(obj, ConstantSchedule):
-        return {"__kind__": "constant_schedule", "val": float(obj.val)}
-    if isinstance(obj, LinearSchedule):
-        return {
-            "__kind__": "linear_schedule",
-            "start": float(obj.start),
-            "end": float(obj.end),
-            "end_fraction": float(obj.end_fraction),
-        }
-    if isinstance(obj, spaces.Space):
-        return {"__kind__": "space", "space": _encode_space(obj)}
-    if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
-        return {"__kind__": "torch_dtype", "name": str(obj).removeprefix("torch.")}
-    if (
-        hasattr(obj, "to_dict")
-        and type(obj).__module__.startswith("transformers.")
-        and hasattr(obj, "model_type")
-    ):
-        return {
-            "__kind__": "hf_config",
-            "class": f"{type(obj).__module__}.{type(obj).__qualname__}",
-            "config": json.loads(obj.to_json_string(use_diff=False)),
-        }
-    raise TypeError(f"no plain-data encoding for {type(obj).__module__}.{type(obj).__qualname__}")
-
-
-def _encode_space(space: spaces.Space) -> dict[str, Any]:
-    if isinstance(space, spaces.Box):
-        return {
-            "type": "Box",
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
-            "shape": list(space.shape),
-            "dtype": str(space.dtype),
-        }
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "dtype": str(space.dtype)}
-    if isinstance(space, spaces.MultiBinary):
-        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
-    if isinstance(space, spaces.Dict):
-        return {"type": "Dict", "spaces": {k: _encode_space(s) for k, s in space.spaces.items()}}
-    if isinstance(space, spaces.Tuple):
-        return {"type": "Tuple", "spaces": [_encode_space(s) for s in space.spaces]}
-    raise TypeError(f"no plain-data encoding for space {space}")
-
-
-def _decode_space(d: dict[str, Any]) -> spaces.Space:
-    kind = d["type"]
-    if kind == "Box":
-        dtype = np.dtype(d["dtype"])
-        return spaces.Box(
-            np.array(d["low"], dtype=dtype), np.array(d["high"], dtype=dtype), tuple(d["shape"]), dtype
-        )
-    if kind == "Discrete":
-        return spaces.Discrete(int(d["n"]), start=int(d["start"]))
-    if kind == "MultiDiscrete":
-        return spaces.MultiDiscrete(np.array(d["nvec"]), dtype=np.dtype(d["dtype"]))
-    if kind == "MultiBinary":
-        return spaces.MultiBinary(d["n"])
-    if kind == "Dict":
-        return spaces.Dict({k: _decode_space(s) for k, s in d["spaces"].items()})
-    if kind == "Tuple":
-        return spaces.Tuple([_decode_space(s) for s in d["spaces"]])
-    raise UnsafeCheckpointError(f"unknown space type {kind!r} in checkpoint")
-
-
-def _import_class(path: str) -> type:
-    if not _is_class_allowed(path):
-        raise UnsafeCheckpointError(
-            f"checkpoint names class {path!r}, outside the allow-list {ALLOWED_CLASS_PREFIXES}"
-        )
-    module_name, _, qualname = path.rpartition(".")
-    # Nested qualnames (Outer.Inner) are resolved attribute by attribute from the longest importable module.
-    parts = path.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        if not isinstance(obj, type):
-            raise UnsafeCheckpointError(f"{path!r} in checkpoint is not a class")
-        return obj
-    raise UnsafeCheckpointError(
-        f"cannot import class {path!r} named in checkpoint ({module_name}, {qualname})"
-    )
-
-
-def decode_plain(d: Any) -> Any:
-    """Inverse of :func:`encode_plain`. Only builds plain values, allow-listed classes and configs."""
-    from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
-
-    if not isinstance(d, dict):
-        return d
-    kind = d.get("__kind__")
-    if kind == "list":
-        return [decode_plain(x) for x in d["items"]]
-    if kind == "tuple":
-        return tuple(decode_plain(x) for x in d["items"])
-    if kind == "dict":
-        return {k: decode_plain(v) for k, v in d["items"].items()}
-    if kind == "ndarray":
-        return np.array(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"])
-    if kind == "deque":
-        return collections.deque((decode_plain(x) for x in d["items"]), maxlen=d["maxlen"])
-    if kind == "class":
-        return _import_class(d["path"])
-    if kind == "float_schedule":
-        return FloatSchedule(decode_plain(d["inner"]))
-    if kind == "constant_schedule":
-        return ConstantSchedule(float(d["val"]))
-    if kind == "linear_schedule":
-        return LinearSchedule(float(d["start"]), float(d["end"]), float(d["end_fraction"]))
-    if kind == "space":
-        return _decode_space(d["space"])
-    if kind == "torch_dtype":
-        import torch
-
-        dtype = getattr(torch, str(d["name"]), None)
-        if not isinstance(dtype, torch.dtype):
-            raise UnsafeCheckpointError(f"unknown torch dtype {d['name']!r} in checkpoint")
-        return dtype
-    if kind == "hf_config":
-        from transformers import PretrainedConfig
-
-        cls = _import_class(d["class"])
-        if not issubclass(cls, PretrainedConfig):
-            raise UnsafeCheckpointError(
-                f"{d['class']!r} in checkpoint is not a transformers PretrainedConfig"
-            )
-        return cls.from_dict(d["config"])
-    raise UnsafeCheckpointError(f"unknown plain-data kind {kind!r} in checkpoint")
-
-
-def _read_member(path_or_file, name: str) -> str | None:
-    if isinstance(path_or_file, (str, os.PathLike)):
-        path = os.fspath(path_or_file)
-        if not os.path.exists(path):  # as SB3's load: try the name, then the name + ".zip"
-            path += ".zip"
-        source: Any = path
-    else:
-        source = path_or_file
-        source.seek(0)
-    with zipfile.ZipFile(source) as archive:
-        try:
-            return archive.read(name).decode("utf-8")
-        except KeyError:
-            return None
-        finally:
-            if not isinstance(source, str):
-                source.seek(0)
-
-
-# --------------------------------------------------------------------------- zips without our member
-#: opcodes of a pickle that is nothing but a reference to a global (how cloudpickle writes importable classes)
-_GLOBAL_REF_OPCODES = {
-    "PROTO",
-    "FRAME",
-    "MEMOIZE",
-    "PUT",
-    "BINPUT",
-    "LONG_BINPUT",
-    "SHORT_BINUNICODE",
-    "BINUNICODE",
-    "UNICODE",
-    "STACK_GLOBAL",
-    "GLOBAL",
-    "STOP",
+#: attributes SB3 never saves (or that name live objects): a file carrying them is tampered
+_FORBIDDEN_ENTRIES = frozenset(
+    {"policy", "device", "env", "replay_buffer", "rollout_buffer", "_vec_normalize_env", "_episode_storage",
+     "_logger", "_custom_logger", "ref_policy", "_dist", "egsw"}
+)  # fmt: skip
+#: run-time state that the next learn() rebuilds: dropped with a warning when it has no safe form
+_RUNTIME_ENTRIES = {
+    "_last_obs",
+    "_last_episode_starts",
+    "_last_original_obs",
+    "ep_info_buffer",
+    "ep_success_buffer",
 }
+_MAX_NET_WIDTH = 2**20
+#: what rebuilding entries from a tampered file could raise besides our own errors
+_BOUNDARY_ERRORS = (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError,
+                    UnicodeError, AssertionError)  # fmt: skip
 
 
-def _class_from_pickle_opcodes(serialized: str) -> type | None:
-    """The class a pickle refers to, read from its opcodes without executing it; ``None`` if it does more."""
-    try:
-        raw = base64.b64decode(serialized.encode(), validate=True)
-        ops = list(pickletools.genops(raw))
-    except Exception:  # noqa: BLE001 - any malformed payload simply has no safe reading
-        return None
-    strings: list[str] = []
-    path = None
-    for op, arg, _ in ops:
-        if op.name not in _GLOBAL_REF_OPCODES:
-            return None
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            strings.append(arg)
-        elif op.name == "STACK_GLOBAL":
-            if len(strings) < 2 or path is not None:
-                return None
-            path = f"{strings[-2]}.{strings[-1]}"
-        elif op.name == "GLOBAL":
-            if path is not None:
-                return None
-            path = str(arg).replace(" ", ".")
-    return _import_class(path) if path is not None else None
+class MissingEntry:
+    """Stands in for an entry the checkpoint could not carry safely (a lambda or closure schedule).
 
+    While the model is being loaded it behaves as the constant 0.0 (the optimizer's learning rate is
+    then restored from its saved state); afterwards calling it raises ``ValueError`` naming the entry
+    and how to pass it back. ``learn`` checks for stand-ins before it starts.
+    """
 
-_FLOAT = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf|nan)"
-_SCHEDULE_PATTERNS = {
-    "constant": re.compile(rf"^ConstantSchedule\(val=({_FLOAT})\)$"),
-    "linear": re.compile(rf"^LinearSchedule\(start=({_FLOAT}), end=({_FLOAT}), end_fraction=({_FLOAT})\)$"),
-}
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.loading = True
 
-
-def _schedule_from_description(text: Any) -> Any:
-    from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
-
-    if not isinstance(text, str):
-        return None
-    if m := _SCHEDULE_PATTERNS["constant"].match(text):
-        return ConstantSchedule(float(m.group(1)))
-    if m := _SCHEDULE_PATTERNS["linear"].match(text):
-        return LinearSchedule(float(m.group(1)), float(m.group(2)), float(m.group(3)))
-    return None
-
-
-def _array_from_description(text: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
-    """Parse numpy's printed form of an array (``'[-4.8 -inf 0.42]'``); ``None`` if summarised or malformed."""
-    if not isinstance(text, str) or "..." in text or len(text) > 1_000_000:
-        return None
-    tokens = text.replace("[", " ").replace("]", " ").replace(",", " ").split()
-    try:
-        values = np.array([float(t) for t in tokens], dtype=np.float64)
-    except ValueError:
-        return None
-    size = int(np.prod(shape)) if shape else 1
-    if values.size == 1 and size > 1:
-        values = np.full(size, values[0])
-    if values.size != size:
-        return None
-    return values.reshape(shape).astype(dtype)
-
-
-def _space_from_description(desc: dict[str, Any]) -> spaces.Space | None:
-    kind = desc.get(":type:", "")
-    try:
-        shape = tuple(int(x) for x in desc.get("_shape") or ())
-        if kind.endswith("spaces.discrete.Discrete'>"):
-            return spaces.Discrete(int(desc["n"]), start=int(desc.get("start", 0)))
-        if kind.endswith("spaces.box.Box'>"):
-            dtype = np.dtype(desc["dtype"])
-            low = _array_from_description(desc.get("low"), shape, dtype)
-            high = _array_from_description(desc.get("high"), shape, dtype)
-            if low is None or high is None:
-                return None
-            return spaces.Box(low, high, shape, dtype)
-        if kind.endswith("spaces.multi_binary.MultiBinary'>"):
-            return spaces.MultiBinary(list(shape) if len(shape) > 1 else int(shape[0]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None
-
-
-def _rebuild_from_description(key: str, value: dict[str, Any], env: Any) -> tuple[bool, Any]:
-    """Rebuild an SB3-pickled entry from the description SB3 writes next to it. ``(ok, object)``."""
-    from stable_baselines3.common.utils import FloatSchedule
-
-    kind = value.get(":type:", "")
-    if kind in ("<class 'abc.ABCMeta'>", "<class 'type'>"):
-        try:
-            cls = _class_from_pickle_opcodes(value.get(":serialized:", ""))
-        except UnsafeCheckpointError:
-            return False, None
-        return cls is not None, cls
-    if kind.endswith("FloatSchedule'>"):
-        inner = _schedule_from_description(value.get("value_schedule"))
-        return inner is not None, FloatSchedule(inner) if inner is not None else None
-    if kind.endswith("ConstantSchedule'>") or kind.endswith("LinearSchedule'>"):
-        name = kind.rsplit(".", 1)[-1].rstrip("'>")
-        fields = ", ".join(f"{k}={value.get(k)}" for k in ("val",) if k in value) or ", ".join(
-            f"{k}={value.get(k)}" for k in ("start", "end", "end_fraction")
+    @property
+    def message(self) -> str:
+        extra = " (lr_schedule is rebuilt from it)" if self.key in ("learning_rate", "lr_schedule") else ""
+        key = "learning_rate" if self.key == "lr_schedule" else self.key
+        return (
+            f"checkpoint entry {self.key!r} was a Python callable, which a file cannot carry safely, so this "
+            f"model can predict but not train. Pass it back: Model.load(path, custom_objects={{{key!r}: "
+            f"your_schedule}}){extra}"
         )
-        schedule = _schedule_from_description(f"{name}({fields})")
-        return schedule is not None, schedule
-    if key in ("observation_space", "action_space"):
-        space = _space_from_description(value)
-        if space is None and env is not None:
-            space = getattr(env, key, None)
-        return space is not None, space
-    return False, None
+
+    def __call__(self, *_args: Any) -> float:
+        if self.loading:
+            return 0.0
+        raise ValueError(self.message)
+
+    def __repr__(self) -> str:
+        return f"MissingEntry({self.key!r})"
 
 
-# --------------------------------------------------------------------------- RNG state as plain data
-def get_rng_state() -> dict[str, Any]:
-    """The Python, NumPy (legacy global) and torch (CPU, and CUDA when initialised) RNG states as plain data."""
-    import torch
-
-    version, internal, gauss_next = random.getstate()
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "numpy": {
-            "kind": kind,
-            "key": key.tolist(),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned (validated: integers only, no objects)."""
-    import torch
-
-    def ints(values: Any, name: str) -> list[int]:
-        if not isinstance(values, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
-            raise UnsafeCheckpointError(f"RNG state {name!r} in checkpoint is not a list of integers")
-        return values
-
-    py = state["python"]
-    gauss = py["gauss_next"]
-    if gauss is not None and not isinstance(gauss, float):
-        raise UnsafeCheckpointError("RNG state 'python.gauss_next' in checkpoint is not a float")
-    random.setstate((int(py["version"]), tuple(ints(py["internal"], "python")), gauss))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            str(npy["kind"]),
-            np.array(ints(npy["key"], "numpy"), dtype=np.uint32),
-            int(npy["pos"]),
-            int(npy["has_gauss"]),
-            float(npy["cached_gaussian"]),
-        )
-    )
-    torch.set_rng_state(torch.tensor(ints(state["torch"], "torch"), dtype=torch.uint8))
-    if "torch_cuda" in state and torch.cuda.is_available():
-        cuda_states = [torch.tensor(ints(s, "torch_cuda"), dtype=torch.uint8) for s in state["torch_cuda"]]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-# --------------------------------------------------------------------------- the mixin
+def _episode_info(item: Any) -> bool:
+    return isinstance(item, dict) and all(_is_num(v) or isinstance(v, bool) for v in item.values())
+
+
+#: entry -> (check, what is allowed): generic SB3 attributes, checked when present in a file
+_GENERIC_CHECKS: dict[str, tuple[Any, str]] = {
+    **{k: (lambda x: _is_int(x) and 0 <= x < 2**63, "an integer >= 0")
+       for k in ("num_timesteps", "_total_timesteps", "_num_timesteps_at_start", "_n_updates", "_episode_num")},
+    "n_envs": (lambda x: _is_int(x) and 1 <= x <= 2**20, "an integer >= 1"),
+    "verbose": (lambda x: _is_int(x) and 0 <= x <= 10, "an integer in [0, 10]"),
+    "seed": (lambda x: x is None or (_is_int(x) and abs(x) < 2**63), "None or an integer"),
+    "_stats_window_size": (lambda x: _is_int(x) and 1 <= x <= 10**7, "an integer >= 1"),
+    "use_sde": (lambda x: isinstance(x, bool), "True or False"),
+    "sde_sample_freq": (lambda x: _is_int(x) and abs(x) < 2**63, "an integer"),
+    "_current_progress_remaining": (_is_num, "a finite number"),
+    "start_time": (lambda x: _is_num(x) or x is None, "a number"),
+    "action_noise": (lambda x: x is None, "None"),
+    "tensorboard_log": (lambda x: x is None or isinstance(x, str), "None or a path"),
+    "policy_kwargs": (lambda x: isinstance(x, dict), "a dict"),
+    "rollout_buffer_kwargs": (lambda x: x is None or isinstance(x, dict), "None or a dict"),
+    "learning_rate": (lambda x: callable(x) or (_is_num(x) and x > 0), "a number > 0 or a schedule"),
+    "lr_schedule": (callable, "a schedule"),
+    "egsw_config": (lambda x: x is None or isinstance(x, dict), "None or a dict from EGSW.to_dict()"),
+    "ep_info_buffer": (lambda x: x is None or (isinstance(x, collections.deque) and all(map(_episode_info, x))),
+                       "a deque of episode-info dicts of numbers"),
+    "ep_success_buffer": (lambda x: x is None or (isinstance(x, collections.deque) and all(
+        _is_num(v) or isinstance(v, bool) for v in x)), "a deque of numbers"),
+}  # fmt: skip
+
+
 class SafeSerializationMixin:
     """Mix into an SB3 algorithm (before the SB3 class) to make ``load`` pickle-free. See module docs."""
 
-    #: entries a model cannot work without: refused (not set to None) when they cannot be rebuilt safely
-    _safe_required_entries: tuple[str, ...] = ("policy_class", "observation_space", "action_space")
-    #: what each class-valued entry must subclass (checked on load, so a file cannot name another class)
-    _safe_class_bases: dict[str, str] = {
-        "policy_class": "stable_baselines3.common.policies.BasePolicy",
-        "rollout_buffer_class": "stable_baselines3.common.buffers.BaseBuffer",
-        "replay_buffer_class": "stable_baselines3.common.buffers.BaseBuffer",
-    }
+    #: entries a model cannot be built without: refused (not set to None) when they cannot be rebuilt safely
+    _safe_required_entries: tuple[str, ...] = (
+        "policy_class",
+        "observation_space",
+        "action_space",
+        "policy_kwargs",
+    )
+    _zip_limits = ZipLimits()
+    _plain_limits = PlainDataLimits()
+    #: largest rollout buffer a file may make ``load`` allocate (``n_steps`` x ``n_envs`` x observation)
+    _max_buffer_bytes = 16 * 2**30
 
     def save(self, path, exclude=None, include=None) -> None:  # noqa: D102 (SB3's docstring applies)
         rng_state = get_rng_state()  # before anything else runs: the state of the training loop
@@ -476,12 +179,13 @@ class SafeSerializationMixin:
             path = os.fspath(path)
             if os.path.splitext(path)[1] == "":  # as SB3: ".zip" only when the name has no suffix
                 path += ".zip"
-        data = json.loads(_read_member(path, "data"))
+        with open_checkpoint(path) as archive:
+            data = json.loads(archive.read("data"))
         safe: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, dict) and ":serialized:" in value:
                 try:
-                    safe[key] = encode_plain(getattr(self, key))
+                    safe[key] = encode_plain(getattr(self, key), key)
                 except (TypeError, AttributeError) as err:
                     safe[key] = {"__kind__": "unencodable", "reason": str(err)}
         if not isinstance(path, str):
@@ -490,63 +194,119 @@ class SafeSerializationMixin:
             archive.writestr(SAFE_DATA_MEMBER, json.dumps(safe))
             archive.writestr(RNG_STATE_MEMBER, json.dumps(rng_state))
 
+    # ------------------------------------------------------------------ validation hook
     @classmethod
-    def _safe_custom_objects(cls, path, env, custom: dict[str, Any]) -> dict[str, Any]:
-        """Every pickled entry of ``data``, rebuilt from plain data (see the module docs)."""
-        data_text = _read_member(path, "data")
+    def _validate_loaded_params(cls, data: dict[str, Any]) -> None:
+        """Check the entries read from a file with the rules the constructor applies.
+
+        Algorithms extend this (calling ``super()``) with their own constructor checks, called on the
+        loaded values. Raises ``ValueError`` naming the entry; the caller adds the member name.
+        """
+        from egsw_gym.algorithms.egsw_config import as_egsw
+
+        for key, (check, allowed) in _GENERIC_CHECKS.items():
+            if key in data and not check(data[key]):
+                raise ValueError(f"{key} must be {allowed}, got {_short(data[key])}")
+        if data.get("egsw_config") is not None:
+            try:
+                as_egsw(data["egsw_config"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"egsw_config: {err}") from err
+
+    @staticmethod
+    def _loaded_settings(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+        """``{name: data[name]}`` for a constructor check; a missing entry is a named error."""
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"entries {missing} are missing")
+        return {n: data[n] for n in names}
+
+    # ------------------------------------------------------------------ load
+    @classmethod
+    def _safe_entries(
+        cls, archive: zipfile.ZipFile, env: Any, custom: dict[str, Any], trusted: tuple[type, ...]
+    ):
+        """Every entry of ``data`` rebuilt from plain data and checked: ``(entries, missing callables)``."""
+        limits = cls._plain_limits
+        data_text = read_text_member(archive, "data", cls._zip_limits)
         if data_text is None:
-            raise UnsafeCheckpointError(f"{path!r} has no 'data' member: not an SB3/egsw-gym checkpoint")
-        data = json.loads(data_text)
-        safe_text = _read_member(path, SAFE_DATA_MEMBER)
-        safe = json.loads(safe_text) if safe_text is not None else {}
+            raise UnsafeCheckpointError("checkpoint has no 'data' member: not an SB3/egsw-gym checkpoint")
+        data = parse_json(data_text, "data", limits)
+        safe_text = read_text_member(archive, SAFE_DATA_MEMBER, cls._zip_limits)
+        safe = parse_json(safe_text, SAFE_DATA_MEMBER, limits) if safe_text is not None else {}
+        for member, value in (("data", data), (SAFE_DATA_MEMBER, safe)):
+            if not isinstance(value, dict):
+                raise UnsafeCheckpointError(f"checkpoint member {member!r} is not a JSON object")
+        data_ctx = DecodeContext("data", limits, trusted)
+        safe_ctx = DecodeContext(SAFE_DATA_MEMBER, limits, trusted)
+        entries: dict[str, Any] = {}
+        missing: dict[str, MissingEntry] = {}
         dropped = []
         for key, value in data.items():
-            if key in custom or not (isinstance(value, dict) and ":serialized:" in value):
+            cls._check_entry_name(key)
+            if key in custom:
+                continue
+            if not (isinstance(value, dict) and ":serialized:" in value):
+                entries[key] = _plain_entry(value, data_ctx, key)
                 continue
             encoded = safe.get(key)
             if encoded is not None and not (
                 isinstance(encoded, dict) and encoded.get("__kind__") == "unencodable"
             ):
-                custom[key] = decode_plain(encoded)
+                entries[key] = decode_plain(encoded, safe_ctx, key)
                 continue
-            ok, rebuilt = _rebuild_from_description(key, value, env)
+            ok, rebuilt = rebuild_from_description(key, value, env, data_ctx)
             if ok:
-                custom[key] = rebuilt
+                entries[key] = rebuilt
+            elif key in SCHEDULE_ENTRIES:
+                entries[key] = missing[key] = MissingEntry(key)
             elif key in cls._safe_required_entries:
-                hint = " or pass the env to load()" if key in ("observation_space", "action_space") else ""
-                raise UnsafeCheckpointError(
-                    f"checkpoint entry {key!r} can only be restored by unpickling it (the file was probably "
-                    f"written by plain Stable-Baselines3 or an older egsw-gym). Pass custom_objects={{{key!r}: ...}}"
-                    f"{hint}, or allow_pickle=True if you trust the file (unpickling runs code the file chooses)."
-                )
+                raise UnsafeCheckpointError(_required_message(key))
             else:
-                custom[key] = None
+                entries[key] = None
                 dropped.append(key)
-        for key, base_path in cls._safe_class_bases.items():
-            value = custom.get(key)
-            if isinstance(value, type):
-                module_name, _, name = base_path.rpartition(".")
-                base = getattr(importlib.import_module(module_name), name)
-                if not issubclass(value, base):
-                    raise UnsafeCheckpointError(
-                        f"checkpoint entry {key!r} names {value!r}, not a subclass of {base_path}"
-                    )
+        if "tensorboard_log" in entries:
+            entries["tensorboard_log"] = None  # a file does not choose where we write
         if dropped:
-            # Run-time state that the next learn() rebuilds (last observation, episode statistics).
-            harmless = {
-                "_last_obs",
-                "_last_episode_starts",
-                "_last_original_obs",
-                "ep_info_buffer",
-                "ep_success_buffer",
-            }
-            note = " (run-time state that the next learn() rebuilds)" if set(dropped) <= harmless else ""
+            note = (
+                " (run-time state that the next learn() rebuilds)" if set(dropped) <= _RUNTIME_ENTRIES else ""
+            )
             warnings.warn(
                 f"checkpoint entries {dropped} have no plain-data form and are not unpickled; they are set to "
                 f"None{note}. Pass allow_pickle=True to restore them from a file you trust.",
                 stacklevel=3,
             )
-        return custom
+        return entries, missing
+
+    @classmethod
+    def _check_entry_name(cls, key: str) -> None:
+        attr = getattr(cls, key, None)
+        if key in _FORBIDDEN_ENTRIES or key.startswith("__") or callable(attr) or isinstance(attr, property):
+            raise UnsafeCheckpointError(
+                f"checkpoint member 'data', entry {key!r}: not a saved setting (it would replace "
+                f"{'a method of ' + cls.__name__ if attr is not None else 'live state'})"
+            )
+
+    @classmethod
+    def _check_entries(cls, entries: dict[str, Any], archive: zipfile.ZipFile) -> None:
+        """Class slots hold classes, settings pass the constructor's checks, sizes fit the tensors."""
+        for slot in CLASS_SLOTS:
+            top, _, sub = slot.partition(".")
+            holder = entries.get(top) if sub else entries
+            name = sub or top
+            if isinstance(holder, dict) and name in holder and not isinstance(holder[name], type):
+                if not (slot == "rollout_buffer_class" and holder[name] is None):
+                    raise UnsafeCheckpointError(
+                        f"checkpoint member 'data', entry {slot!r}: expected a class, got {_short(holder[name])}"
+                    )
+        try:
+            cls._validate_loaded_params(entries)
+        except UnsafeCheckpointError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise UnsafeCheckpointError(f"checkpoint member 'data': {err}") from err
+        _check_net_budget(entries, archive)
+        _check_buffer_budget(entries, cls._max_buffer_bytes)
 
     @classmethod
     def load(
@@ -558,30 +318,85 @@ class SafeSerializationMixin:
         print_system_info=False,
         force_reset=True,
         allow_pickle: bool = False,
-        restore_rng: bool = True,
+        restore_rng: bool = False,
+        trusted_classes=(),
         **kwargs,
     ):
-        """Load a model like SB3's ``load``, without unpickling anything unless ``allow_pickle``.
+        """Load a model like SB3's ``load``, without running code from the file unless ``allow_pickle``.
 
         Parameters
         ----------
         path : str, os.PathLike or file-like
             The zip written by ``save`` (or by plain Stable-Baselines3).
-        env, device, custom_objects, print_system_info, force_reset, **kwargs
+        env, device, print_system_info, force_reset, **kwargs
             As in :meth:`stable_baselines3.common.base_class.BaseAlgorithm.load`. Pass
-            ``force_reset=False`` (and an env in the saved state) to keep the saved last observation.
+            ``force_reset=False`` (and an env in the saved state) to keep the saved last observation;
+            ``tensorboard_log=...`` to log the next ``learn`` (a saved path is not reused).
+        custom_objects : dict or None
+            As in SB3: top-level entries of the file to replace (``learning_rate`` for a lambda
+            schedule, ``policy_kwargs`` whole for user classes); they are used as given.
         allow_pickle : bool
             Opt-in for files you trust: let SB3 unpickle entries that have no plain-data form.
             Unpickling runs code the file chooses; never use it on files from elsewhere.
         restore_rng : bool
-            Restore the global Python, NumPy and torch RNG states saved with the model, so that
-            ``learn(..., reset_num_timesteps=False)`` continues the saved run's random stream.
+            Restore the global Python, NumPy and torch RNG states saved with the model (default False,
+            as SB3), so that ``learn(..., reset_num_timesteps=False)`` continues the saved run's
+            random stream exactly (``docs/RESUME.md``).
+        trusted_classes : iterable of type
+            Your own classes the file may name in a class slot (a custom features extractor or
+            policy); matched by module and qualname, still required to subclass the slot's base.
+
+        Raises
+        ------
+        UnsafeCheckpointError
+            For a file that names code outside the rules, claims absurd sizes, is truncated or
+            tampered; the message names the member and the entry.
         """
+        if custom_objects is not None and not isinstance(custom_objects, dict):
+            raise ValueError(f"custom_objects must be a dict or None, got {type(custom_objects).__name__}")
+        trusted = tuple(trusted_classes or ())
+        if not all(isinstance(c, type) for c in trusted):
+            raise ValueError("trusted_classes must be a list of classes")
         custom = dict(custom_objects or {})
-        if not allow_pickle:
-            custom = cls._safe_custom_objects(path, env, custom)
+        missing: dict[str, MissingEntry] = {}
+        with open_checkpoint(path) as archive:
+            check_archive(archive, cls._zip_limits)
+            try:
+                bad = archive.testzip()  # CRC of every member, streamed in 1 MiB chunks
+            except ZIP_ERRORS as err:
+                raise UnsafeCheckpointError(f"checkpoint zip is damaged: {err}") from err
+            if bad is not None:
+                raise UnsafeCheckpointError(f"checkpoint member {bad!r} is damaged (CRC mismatch)")
+            if not allow_pickle:
+                try:
+                    entries, missing = cls._safe_entries(archive, env, custom, trusted)
+                    cls._check_entries({**entries, **custom}, archive)
+                except _BOUNDARY_ERRORS as err:  # the boundary: a tampered file never leaks a raw error
+                    raise UnsafeCheckpointError(
+                        f"checkpoint member 'data' or {SAFE_DATA_MEMBER!r} is malformed: {type(err).__name__}: {err}"
+                    ) from err
+                custom = {**entries, **custom}
+            rng_text = read_text_member(archive, RNG_STATE_MEMBER, cls._zip_limits) if restore_rng else None
+        rng_state = (
+            parse_json(rng_text, RNG_STATE_MEMBER, cls._plain_limits) if rng_text is not None else None
+        )
+        model = cls._sb3_load(path, env, device, custom, print_system_info, force_reset, kwargs)
+        for stand_in in missing.values():
+            stand_in.loading = False
+        left = sorted(k for k, v in vars(model).items() if isinstance(_unwrap(v), MissingEntry))
+        if left:
+            warnings.warn(f"{_unwrap(getattr(model, left[0])).message}. Missing: {left}", stacklevel=2)
+        if rng_state is not None:
+            set_rng_state(rng_state)
+        return model
+
+    @classmethod
+    def _sb3_load(cls, path, env, device, custom, print_system_info, force_reset, kwargs):
+        """SB3's ``load`` with every entry from ``custom``; failures become errors naming the file's parts."""
+        if not isinstance(path, (str, os.PathLike)):
+            path.seek(0)
         try:
-            model = super().load(
+            return super().load(
                 path,
                 env=env,
                 device=device,
@@ -592,10 +407,121 @@ class SafeSerializationMixin:
             )
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
-                f"a tensor file (*.pth) in {path!r} holds pickled objects other than tensors; "
+                "a tensor member (*.pth) of the checkpoint holds pickled objects other than tensors; "
                 "torch.load(weights_only=True) refused to run them. The file is corrupt or malicious."
             ) from err
-        rng_text = _read_member(path, RNG_STATE_MEMBER) if restore_rng else None
-        if rng_text is not None:
-            set_rng_state(json.loads(rng_text))
-        return model
+        except (ValueError, FileNotFoundError):
+            raise  # SB3's own clear errors (an env whose spaces differ, ...)
+        except Exception as err:  # noqa: BLE001 - the boundary: a damaged file never leaks a raw error
+            raise UnsafeCheckpointError(
+                "checkpoint could not be restored from its tensor members (policy.pth, policy.optimizer.pth, "
+                f"pytorch_variables.pth) and the entries of 'data': {type(err).__name__}: {err}"
+            ) from err
+
+    def _setup_learn(self, *args: Any, **kwargs: Any):
+        missing = [v for v in vars(self).values() if isinstance(_unwrap(v), MissingEntry)]
+        if missing:
+            raise ValueError(_unwrap(missing[0]).message)
+        return super()._setup_learn(*args, **kwargs)
+
+
+def _unwrap(value: Any) -> Any:
+    inner = getattr(value, "value_schedule", None)  # FloatSchedule(MissingEntry)
+    return inner if isinstance(inner, MissingEntry) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _required_message(key: str) -> str:
+    hint = " or pass the env to load()" if key in ("observation_space", "action_space") else ""
+    if key == "policy_kwargs":
+        hint = " (for your own classes in it: trusted_classes=[...])"
+    return (
+        f"checkpoint member 'data', entry {key!r}: can only be restored by unpickling it (the file was probably "
+        f"written by plain Stable-Baselines3 or holds a Python object). Pass custom_objects={{{key!r}: ...}}"
+        f"{hint}, or allow_pickle=True if you trust the file (unpickling runs code the file chooses)."
+    )
+
+
+def _plain_entry(value: Any, ctx: DecodeContext, key: str) -> Any:
+    """An entry SB3 wrote as plain JSON: used as it is, but never holding our encoded objects."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__kind__" in item or ":serialized:" in item:
+                raise ctx.error(key, "a plain JSON entry holds an encoded object")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _net_widths(net_arch: Any) -> list[list[int]]:
+    lists = list(net_arch.values()) if isinstance(net_arch, dict) else [net_arch]
+    widths = []
+    for layers in lists:
+        if not isinstance(layers, (list, tuple)) or not all(
+            _is_int(w) and 0 < w <= _MAX_NET_WIDTH for w in layers
+        ):
+            raise UnsafeCheckpointError(
+                f"checkpoint member 'data', entry 'policy_kwargs.net_arch': expected lists of layer widths in "
+                f"[1, {_MAX_NET_WIDTH}], got {_short(net_arch)}"
+            )
+        widths.append(list(layers))
+    return widths
+
+
+def _check_buffer_budget(entries: dict[str, Any], max_bytes: int) -> None:
+    """``n_steps`` x ``n_envs`` x the observation size must fit the rollout buffer bound (allocated at load)."""
+    from gymnasium import spaces
+    from stable_baselines3.common.preprocessing import get_obs_shape
+
+    n_steps, n_envs, space = entries.get("n_steps"), entries.get("n_envs"), entries.get("observation_space")
+    if not (_is_int(n_steps) and _is_int(n_envs) and isinstance(space, spaces.Space)):
+        return
+    shapes = get_obs_shape(space)
+    per_step = sum(math.prod(s) for s in (shapes.values() if isinstance(shapes, dict) else [shapes])) + 8
+    needed = 4 * n_steps * n_envs * per_step  # float32 observations plus actions, rewards, values, ...
+    if needed > max_bytes:
+        raise UnsafeCheckpointError(
+            f"checkpoint member 'data', entry 'n_steps': a rollout buffer of n_steps={n_steps} x n_envs={n_envs} "
+            f"x {per_step} values needs {needed / 2**30:.1f} GiB, more than {max_bytes / 2**30:.0f} GiB"
+        )
+
+
+def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None:
+    """A ``net_arch`` (or LM config) cannot claim more parameters than ``policy.pth`` holds bytes for."""
+    kwargs = entries.get("policy_kwargs")
+    if not isinstance(kwargs, dict):
+        return
+    try:
+        stored = archive.getinfo("policy.pth").file_size
+    except KeyError:
+        raise UnsafeCheckpointError("checkpoint has no 'policy.pth' member") from None
+    claims = []
+    if kwargs.get("net_arch") is not None:
+        lower = sum(sum(a * b for a, b in itertools.pairwise(w)) for w in _net_widths(kwargs["net_arch"]))
+        claims.append(("policy_kwargs.net_arch", lower))
+    config = kwargs.get("model_config")
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    if isinstance(config, dict):
+        ints = {k: v for k, v in config.items() if _is_int(v) and v > 0}
+        hidden = next((ints[k] for k in ("n_embd", "hidden_size", "d_model") if k in ints), 0)
+        layers = next((ints[k] for k in ("n_layer", "num_hidden_layers") if k in ints), 0)
+        claims.append(
+            ("policy_kwargs.model_config", hidden * ints.get("vocab_size", 0) + 4 * layers * hidden**2)
+        )
+    extractor_kwargs = kwargs.get("features_extractor_kwargs")
+    if isinstance(extractor_kwargs, dict):  # a width (features_dim, ...) means at least that many weights
+        widest = max((v for v in extractor_kwargs.values() if _is_int(v)), default=0)
+        claims.append(("policy_kwargs.features_extractor_kwargs", widest))
+    for entry, params in claims:
+        if 2 * params > stored + 2**16:  # at least 2 bytes a parameter (float16) must be in policy.pth
+            raise UnsafeCheckpointError(
+                f"checkpoint member 'data', entry {entry!r}: claims at least {params} parameters but "
+                f"'policy.pth' holds {stored} bytes"
+            )

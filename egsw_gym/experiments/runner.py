@@ -22,6 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
 
 from egsw_gym.algorithms.grpo import GRPO
@@ -138,6 +139,8 @@ def evaluate_model(
             raise ValueError(
                 "this run normalises observations: pass normalization_path= (vecnormalize.json of the run)"
             )
+    # A model for another env (a mixed-up or tampered run directory) is a named error, not a traceback.
+    check_for_correct_spaces(eval_env, model.observation_space, model.action_space)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=True)
     return float(mean), float(std)
 
@@ -176,14 +179,53 @@ def save_normalization(env: VecNormalize, path: str | os.PathLike) -> None:
 
 
 def load_normalization(env: VecNormalize, path: str | os.PathLike) -> VecNormalize:
-    """Load statistics written by :func:`save_normalization` into ``env`` (plain JSON, nothing unpickled)."""
-    data = json.loads(Path(path).read_text())
+    """Load statistics written by :func:`save_normalization` into ``env`` (plain JSON, nothing unpickled).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the entry, for a missing, oversized, malformed or mismatched file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} not found: this run normalises observations and needs its statistics")
+    if path.stat().st_size > 64 * 2**20:
+        raise ValueError(f"{path} is larger than 64 MiB: not a normalisation file")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {type(err).__name__}") from None
+    entry = "the file"
+    try:
+        stats = {}
+        for name in ("obs_rms", "ret_rms"):
+            rms = getattr(env, name)
+            for field in ("mean", "var"):
+                entry = f"{name}.{field}"
+                value = np.asarray(data[name][field], dtype=np.float64)
+                if value.shape != np.shape(getattr(rms, field)) or not np.all(np.isfinite(value)):
+                    raise ValueError(f"expected finite numbers of shape {np.shape(getattr(rms, field))}")
+                if field == "var" and np.any(value < 0):
+                    raise ValueError("variances must be >= 0")
+                stats[entry] = value
+            entry = f"{name}.count"
+            count = data[name]["count"]
+            if isinstance(count, bool) or not isinstance(count, (int, float)) or not count > 0:
+                raise ValueError("expected a number > 0")
+            stats[entry] = float(count)
+        clips = []
+        for entry in ("clip_obs", "clip_reward", "epsilon"):
+            value = data[entry]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError("expected a number > 0")
+            clips.append(float(value))
+    except (KeyError, TypeError, ValueError) as err:
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path}, entry {entry!r}: {detail}") from None
     for name in ("obs_rms", "ret_rms"):
         rms = getattr(env, name)
-        rms.mean = np.asarray(data[name]["mean"], dtype=np.float64).reshape(np.shape(rms.mean))
-        rms.var = np.asarray(data[name]["var"], dtype=np.float64).reshape(np.shape(rms.var))
-        rms.count = float(data[name]["count"])
-    env.clip_obs, env.clip_reward, env.epsilon = data["clip_obs"], data["clip_reward"], data["epsilon"]
+        rms.mean, rms.var, rms.count = stats[f"{name}.mean"], stats[f"{name}.var"], stats[f"{name}.count"]
+    env.clip_obs, env.clip_reward, env.epsilon = clips
     return env
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -17,17 +21,125 @@ __all__ = ["JSONLTask", "load_jsonl_problems"]
 _MATCH_MODES = ("auto", "number", "exact")
 
 
-def load_jsonl_problems(path: str | os.PathLike) -> list[Problem]:
-    """Read and validate a JSONL problem file.
+#: the longest line read (bytes, before decoding or parsing); longer lines are refused unread
+DEFAULT_MAX_LINE_BYTES = 1_000_000
+#: Python's limit on converting digit strings to int (sys.get_int_max_str_digits)
+_MAX_INT_DIGITS = 4300
+
+
+class _NumberLiteral(str):
+    """A JSON number exactly as written in the file (never converted to float and back)."""
+
+
+def _read_lines(path: str, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, streamed; too long or undecodable lines name file and line."""
+    with open(path, "rb") as fh:
+        lineno = 0
+        while raw := fh.readline(max_line_bytes + 2):
+            lineno += 1
+            body = raw.rstrip(b"\r\n")
+            if len(body) > max_line_bytes:
+                raise ValueError(
+                    f"{path}, line {lineno}: longer than max_line_bytes={max_line_bytes} bytes (refused unread); "
+                    "shorten the prompt or pass a larger max_line_bytes"
+                )
+            try:
+                text = body.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}, line {lineno}: not valid UTF-8 (byte {err.start}: {err.reason})"
+                ) from None
+            yield lineno, text
+
+
+def _answer_text(answer: Any, where: str) -> str:
+    """The answer as stored: strings stripped of nothing, numbers exactly as written (exponents expanded)."""
+    if isinstance(answer, _NumberLiteral):
+        if len(answer) > _MAX_INT_DIGITS:
+            raise ValueError(
+                f"{where}: 'answer' is a {len(answer)}-character number; at most {MAX_NUMBER_CHARS} can match"
+            )
+        text = str(answer)
+        if "e" in text or "E" in text:  # 1e-05 -> 0.00001: a form a model can write
+            value = Decimal(text)
+            if abs(value.adjusted()) > MAX_NUMBER_CHARS:
+                raise ValueError(
+                    f"{where}: 'answer' {text} has no plain decimal form of at most {MAX_NUMBER_CHARS} characters"
+                )
+            text = format(value, "f")
+        if parse_number(text) is None:
+            raise ValueError(
+                f"{where}: 'answer' {text[:60]} can never be matched (numbers of at most {MAX_NUMBER_CHARS} "
+                "characters are compared); write it as a string to compare it exactly"
+            )
+        return text
+    if isinstance(answer, float):  # NaN / Infinity constants
+        raise ValueError(f"{where}: 'answer' must be finite, got {answer!r}")
+    if not isinstance(answer, str):
+        raise ValueError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}")
+    if not answer.strip():
+        raise ValueError(f"{where}: 'answer' is empty; a problem without an answer can never score")
+    return answer
+
+
+def _plain_numbers(value: Any, where: str) -> Any:
+    """Metadata with its number literals converted (ints of more than 4300 digits are refused)."""
+    if isinstance(value, _NumberLiteral):
+        if any(c in value for c in ".eE"):
+            return float(value)
+        if len(value.lstrip("-")) > _MAX_INT_DIGITS:
+            raise ValueError(
+                f"{where}: a {len(value)}-digit integer in 'metadata' (at most {_MAX_INT_DIGITS})"
+            )
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v, where) for v in value]
+    return value
+
+
+def _parse_row(text: str, where: str, lineno: int) -> Problem:
+    try:
+        row = json.loads(text, parse_int=_NumberLiteral, parse_float=_NumberLiteral)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(
+            f'{where}: expected a JSON object like {{"prompt": ..., "answer": ...}}, got {type(row).__name__}'
+        )
+    missing = [k for k in ("prompt", "answer") if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; each line needs 'prompt' and 'answer'")
+    prompt = row["prompt"]
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {type(prompt).__name__}")
+    answer = _answer_text(row["answer"], where)
+    metadata = row.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: 'metadata' must be an object, got {type(metadata).__name__}")
+    return Problem(prompt, answer, {**_plain_numbers(metadata, where), "line": lineno})
+
+
+def load_jsonl_problems(
+    path: str | os.PathLike,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> list[Problem]:
+    """Read and validate a JSONL problem file, streaming it line by line.
 
     Each non-blank line must be a JSON object with a non-empty string ``"prompt"`` and an
-    ``"answer"`` that is a string or a number (numbers are stored as their JSON text); an optional
-    ``"metadata"`` must be an object. Blank lines are skipped.
+    ``"answer"`` that is a non-empty string or a number; an optional ``"metadata"`` must be an
+    object. Numbers are stored exactly as written (``0.00001`` stays ``"0.00001"``; an exponent is
+    expanded, ``1e-05`` -> ``"0.00001"``) and compared as exact numbers by the verifier. Blank
+    lines are skipped.
 
     Parameters
     ----------
     path : str or os.PathLike
         A local file (UTF-8).
+    max_line_bytes : int
+        Longer lines (so longer prompts) are refused before they are decoded, parsed or tokenised.
 
     Returns
     -------
@@ -37,8 +149,9 @@ def load_jsonl_problems(path: str | os.PathLike) -> list[Problem]:
     Raises
     ------
     ValueError
-        Naming the file and line number for the first invalid line, or when the file is missing
-        or holds no problems.
+        Naming the file and line number for the first invalid line (bad JSON, undecodable bytes,
+        nesting too deep, a number of more than 4300 digits, a line too long, an empty
+        answer), or when the file is missing or holds no problems.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -47,36 +160,14 @@ def load_jsonl_problems(path: str | os.PathLike) -> list[Problem]:
             '{"prompt": ..., "answer": ...} object per line'
         )
     problems: list[Problem] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f'{where}: expected a JSON object like {{"prompt": ..., "answer": ...}}, got {type(row).__name__}'
-                )
-            missing = [k for k in ("prompt", "answer") if k not in row]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; each line needs 'prompt' and 'answer'")
-            prompt, answer = row["prompt"], row["answer"]
-            if not isinstance(prompt, str) or not prompt:
-                raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {type(prompt).__name__}")
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-                raise ValueError(
-                    f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}"
-                )
-            if isinstance(answer, float) and not np.isfinite(answer):
-                raise ValueError(f"{where}: 'answer' must be finite, got {answer!r}")
-            metadata = row.get("metadata", {})
-            if not isinstance(metadata, dict):
-                raise ValueError(f"{where}: 'metadata' must be an object, got {type(metadata).__name__}")
-            answer_text = answer if isinstance(answer, str) else json.dumps(answer)
-            problems.append(Problem(prompt, answer_text, {**metadata, "line": lineno}))
+    for lineno, text in _read_lines(path, max_line_bytes):
+        if not text.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            problems.append(_parse_row(text, where, lineno))
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply") from None
     if not problems:
         raise ValueError(f"data_path={path!r} holds no problems (every line is blank)")
     return problems
@@ -122,6 +213,13 @@ class JSONLTask(Task):
         Share of the score for a well-formed answer (default 0).
     max_completion_chars : int
         Longer completions score 0 unread.
+    max_line_bytes : int
+        Longer lines of the file are refused unread (default 1,000,000).
+    tokenizer : tokenizer object or None
+        When given, :meth:`check_tokenizer` runs at once (the environment can also call it).
+    unknown_chars : str
+        What :meth:`check_tokenizer` does about characters the tokenizer cannot represent (they
+        would silently become ``<unk>``): ``"warn"`` (once, with the count) or ``"error"``.
     """
 
     name = "jsonl"
@@ -136,6 +234,9 @@ class JSONLTask(Task):
         match: str = "auto",
         format_weight: float = 0.0,
         max_completion_chars: int = DEFAULT_MAX_COMPLETION_CHARS,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        tokenizer: Any = None,
+        unknown_chars: str = "warn",
     ):
         super().__init__(format_weight=format_weight, max_completion_chars=max_completion_chars)
         if data_path is None:
@@ -152,15 +253,21 @@ class JSONLTask(Task):
             raise ValueError(f"test_fraction must be a float in [0, 1), got {test_fraction!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be an integer >= 1, got {max_line_bytes!r}")
+        if unknown_chars not in ("warn", "error"):
+            raise ValueError(f"unknown_chars must be 'warn' or 'error', got {unknown_chars!r}")
+        self.unknown_chars = unknown_chars
+        self._checked_tokenizers: dict[int, int] = {}
         self.data_path, self.match, self.test_fraction, self.seed = (
             os.fspath(data_path),
             match,
             float(test_fraction),
             int(seed),
         )
-        rows = load_jsonl_problems(data_path)
+        rows = load_jsonl_problems(data_path, max_line_bytes=max_line_bytes)
         if test_data_path is not None:
-            test = load_jsonl_problems(test_data_path)
+            test = load_jsonl_problems(test_data_path, max_line_bytes=max_line_bytes)
             test_prompts = {p.prompt for p in test}
             train = [p for p in rows if p.prompt not in test_prompts]
         else:
@@ -176,6 +283,49 @@ class JSONLTask(Task):
         }
         longest_answer = max((len(p.answer) for ps in self._splits.values() for p in ps), default=8)
         self.suggested_max_new_tokens = max(16, longest_answer + 8)
+        if tokenizer is not None:
+            self.check_tokenizer(tokenizer)
+
+    def check_tokenizer(self, tokenizer: Any) -> int:
+        """Count the characters of the prompts and answers that ``tokenizer`` cannot represent.
+
+        Such characters would silently become ``<unk>``. Warns once per tokenizer with the count,
+        the distinct characters and the first line holding one (``unknown_chars="warn"``), or
+        raises ``ValueError`` (``"error"``). Tokenizers without an unknown token (byte-level BPE)
+        represent everything.
+
+        Returns
+        -------
+        int
+            How many characters (occurrences) cannot be represented.
+        """
+        if id(tokenizer) in self._checked_tokenizers:
+            return self._checked_tokenizers[id(tokenizer)]
+        unk = getattr(tokenizer, "unk_token_id", None)
+        counts: Counter[str] = Counter()
+        problems = [p for ps in self._splits.values() for p in ps]
+        for p in problems:
+            counts.update(p.prompt)
+            counts.update(p.answer)
+        bad = set()
+        if unk is not None:
+            for char in counts:
+                if unk in tokenizer.encode(char, add_special_tokens=False):
+                    bad.add(char)
+        n_bad = sum(counts[c] for c in bad)
+        self._checked_tokenizers[id(tokenizer)] = n_bad
+        if n_bad:
+            line = min(p.metadata["line"] for p in problems if bad & set(p.prompt + p.answer))
+            shown = "".join(sorted(bad))[:20]
+            message = (
+                f"{self.data_path}: {n_bad} characters ({len(bad)} distinct: {shown!r}; first at line {line}) cannot "
+                "be represented by the tokenizer and would become <unk>; use a tokenizer that covers them or "
+                "clean the file"
+            )
+            if self.unknown_chars == "error":
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=2)
+        return n_bad
 
     def num_problems(self, split: str = "train") -> int:
         """See :meth:`Task.num_problems`."""

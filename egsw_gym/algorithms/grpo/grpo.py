@@ -35,9 +35,14 @@ from stable_baselines3.common.vec_env import VecEnv
 from egsw_gym.algorithms.egsw_config import EGSWConfigMixin
 from egsw_gym.algorithms.grpo.core import GRPOLossOutput, group_advantages, grpo_loss
 from egsw_gym.algorithms.grpo.rollout import GroupBatch, GroupRolloutMixin, _index_obs
-from egsw_gym.algorithms.grpo.settings import HYPERPARAMETER_CHECKS, POLICY_ALIASES, check_policy_fits_env
+from egsw_gym.algorithms.grpo.settings import (
+    CHECKPOINT_HYPERPARAMETERS,
+    HYPERPARAMETER_CHECKS,
+    POLICY_ALIASES,
+    check_policy_fits_env,
+)
 from egsw_gym.common import distributed as dist_utils
-from egsw_gym.common.checks import check_schedule_value, check_total_timesteps
+from egsw_gym.common.checks import apply_rules, check_schedule_value, check_total_timesteps
 from egsw_gym.common.env_util import build_vec_env
 from egsw_gym.common.finite import check_loss_finite
 from egsw_gym.common.serialization import SafeSerializationMixin
@@ -213,14 +218,16 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     def _check_hyperparameters(cls, **hp: Any) -> None:
         """Validate the given constructor arguments with the shared checks; ``ValueError`` names the bad one.
 
-        Each keyword that is a GRPO hyperparameter (a constructor argument such as ``group_size``,
-        ``learning_rate``, ``gamma``) is checked by its rule; other keywords are ignored, so a
-        caller may pass a loaded model's whole attribute dict.
+        Each GRPO hyperparameter among the keywords is checked by its rule
+        (:data:`~egsw_gym.algorithms.grpo.settings.HYPERPARAMETER_CHECKS`); others are ignored.
         """
-        for name, value in hp.items():
-            rule = HYPERPARAMETER_CHECKS.get(name)
-            if rule is not None:
-                rule(name, value)
+        apply_rules(HYPERPARAMETER_CHECKS, hp)
+
+    @classmethod
+    def _validate_loaded_params(cls, data: dict[str, Any]) -> None:
+        """The constructor's checks, applied to a checkpoint's values (see SafeSerializationMixin)."""
+        super()._validate_loaded_params(data)
+        cls._check_hyperparameters(**cls._loaded_settings(data, CHECKPOINT_HYPERPARAMETERS))
 
     @property
     def _dist_info(self) -> dist_utils.DistInfo:

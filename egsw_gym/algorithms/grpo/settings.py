@@ -17,6 +17,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from egsw_gym.algorithms.grpo.core import ADVANTAGE_TYPES, LOSS_TYPES, check_sr_temperature
 from egsw_gym.common.checks import (
+    MAX_COEF,
+    MAX_EPOCHS,
     check_bool,
     check_choice,
     check_int,
@@ -26,6 +28,7 @@ from egsw_gym.common.checks import (
 from egsw_gym.policies.mlp import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 __all__ = [
+    "CHECKPOINT_HYPERPARAMETERS",
     "HYPERPARAMETER_CHECKS",
     "POLICY_ALIASES",
     "LazyPolicyAliases",
@@ -59,18 +62,18 @@ HYPERPARAMETER_CHECKS: dict[str, Any] = {
     "group_size": lambda n, v: check_int(n, v, low=2, hint="a group compares episodes"),
     "n_groups": lambda n, v: check_int(n, v, low=1),
     "n_envs": lambda n, v: check_int(n, v, low=1, allow_none=True),
-    "n_epochs": lambda n, v: check_int(n, v, low=1),
+    "n_epochs": lambda n, v: check_int(n, v, low=1, high=MAX_EPOCHS),
     "batch_size": lambda n, v: check_int(n, v, low=1, allow_none=True, hint="None means the whole batch"),
     "learning_rate": lambda n, v: check_learning_rate(v, n),
     "clip_range": lambda n, v: check_number(n, v, low=0, high=1, low_open=True, high_open=True),
     "clip_range_high": lambda n, v: check_number(n, v, low=0, low_open=True, allow_none=True),
-    "beta": lambda n, v: check_number(n, v, low=0),
+    "beta": lambda n, v: check_number(n, v, low=0, high=MAX_COEF),
     "loss_type": lambda n, v: check_choice(n, v, LOSS_TYPES),
     "advantage": lambda n, v: check_choice(n, v, ADVANTAGE_TYPES),
     "sr_temperature": check_sr_temperature,
     "gamma": lambda n, v: check_number(n, v, low=0, high=1, low_open=True),
     "scale_rewards": lambda n, v: check_bool(n, v, hint="True is GRPO, False is Dr. GRPO"),
-    "ent_coef": lambda n, v: check_number(n, v),
+    "ent_coef": lambda n, v: check_number(n, v, low=-MAX_COEF, high=MAX_COEF),
     "max_grad_norm": lambda n, v: check_number(n, v, low=0, low_open=True),
     "dr_grpo_max_len": lambda n, v: check_int(n, v, low=1, allow_none=True),
     "dynamic_sampling": lambda n, v: check_bool(n, v),
@@ -78,6 +81,14 @@ HYPERPARAMETER_CHECKS: dict[str, Any] = {
     "stats_window_size": lambda n, v: check_int(n, v, low=1),
     "env_kwargs": check_env_kwargs,
 }
+
+
+#: Hyperparameters every GRPO checkpoint holds, checked on load by the rules above. Not listed:
+#: ``learning_rate`` (a schedule may be a callable the file cannot carry) and later additions.
+CHECKPOINT_HYPERPARAMETERS = ("group_size", "n_groups", "n_envs", "n_epochs", "batch_size", "clip_range",
+                              "clip_range_high", "beta", "loss_type", "advantage", "gamma", "ent_coef",
+                              "max_grad_norm", "dr_grpo_max_len", "dynamic_sampling",
+                              "dynamic_sampling_max_rounds")  # fmt: skip
 
 
 def check_policy_fits_env(policy: Any, env: VecEnv | None) -> None:

@@ -51,6 +51,9 @@ from torch.nn import functional as F
 from egsw_gym.algorithms.egsw_config import EGSWConfigMixin, as_egsw
 from egsw_gym.algorithms.ppo.buffers import EGSWDictRolloutBuffer, EGSWRolloutBuffer, _EGSWBufferMixin
 from egsw_gym.common.checks import (
+    MAX_COEF,
+    MAX_EPOCHS,
+    apply_rules,
     check_bool,
     check_int,
     check_learning_rate,
@@ -249,6 +252,14 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         )
 
     # ------------------------------------------------------------------ setup, save, load
+
+    @classmethod
+    def _validate_loaded_params(cls, data: dict[str, Any]) -> None:
+        """The constructor's checks, applied to a checkpoint's values (see SafeSerializationMixin)."""
+        super()._validate_loaded_params(data)
+        names = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
+                 "ent_coef", "vf_coef", "max_grad_norm", "target_kl", "normalize_advantage")  # fmt: skip
+        _check_ppo_settings(**cls._loaded_settings(data, names))
 
     def _setup_model(self) -> None:
         self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
@@ -500,30 +511,37 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
 
+#: One rule per PPO constructor argument (the shared validators of :mod:`egsw_gym.common.checks`).
+PPO_SETTING_CHECKS: dict[str, Any] = {
+    "learning_rate": lambda n, v: check_learning_rate(v, n),
+    "n_steps": lambda n, v: check_int(n, v, low=1, hint="steps per env per rollout"),
+    "n_epochs": lambda n, v: check_int(n, v, low=1, high=MAX_EPOCHS),
+    "gamma": check_probability,
+    "gae_lambda": check_probability,
+    "clip_range": lambda n, v: check_schedule(n, v, low=0, low_open=True),
+    "clip_range_vf": lambda n, v: check_schedule(
+        n, v, low=0, low_open=True, allow_none=True, hint="None: no value clipping"
+    ),
+    "ent_coef": lambda n, v: check_number(n, v, low=-MAX_COEF, high=MAX_COEF),
+    "vf_coef": lambda n, v: check_number(n, v, low=0, high=MAX_COEF),
+    "max_grad_norm": lambda n, v: check_number(n, v, low=0, low_open=True),
+    "target_kl": lambda n, v: check_number(
+        n, v, low=0, low_open=True, allow_none=True, hint="None: no early stopping"
+    ),
+    "normalize_advantage": check_bool,
+}
+
+
 def _check_ppo_settings(**hp: Any) -> None:
-    """ValueError naming the argument and what is allowed (SB3 asserts some of these, ignores the rest)."""
-    check_learning_rate(hp["learning_rate"])
-    check_int("n_steps", hp["n_steps"], low=1, hint="steps per env per rollout")
-    if hp["normalize_advantage"]:
-        check_int("batch_size", hp["batch_size"], low=2, hint="advantages are normalised per minibatch")
-    else:
-        check_int("batch_size", hp["batch_size"], low=1)
-    check_int("n_epochs", hp["n_epochs"], low=1)
-    check_probability("gamma", hp["gamma"])
-    check_probability("gae_lambda", hp["gae_lambda"])
-    check_schedule("clip_range", hp["clip_range"], low=0, low_open=True)
-    check_schedule(
-        "clip_range_vf",
-        hp["clip_range_vf"],
-        low=0,
-        low_open=True,
-        allow_none=True,
-        hint="None: no value clipping",
-    )
-    check_number("ent_coef", hp["ent_coef"])
-    check_number("vf_coef", hp["vf_coef"], low=0)
-    check_number("max_grad_norm", hp["max_grad_norm"], low=0, low_open=True)
-    check_number(
-        "target_kl", hp["target_kl"], low=0, low_open=True, allow_none=True, hint="None: no early stopping"
-    )
-    check_bool("normalize_advantage", hp["normalize_advantage"])
+    """ValueError naming the argument and what is allowed (SB3 asserts some of these, ignores the rest).
+
+    Each keyword with a rule in :data:`PPO_SETTING_CHECKS` is checked; others are ignored, so the
+    same call validates a constructor's arguments and a checkpoint's entries.
+    """
+    apply_rules(PPO_SETTING_CHECKS, hp)
+    if "batch_size" in hp:
+        # Advantages are normalised per minibatch: one sample has no spread.
+        if hp.get("normalize_advantage", True):
+            check_int("batch_size", hp["batch_size"], low=2, hint="advantages are normalised per minibatch")
+        else:
+            check_int("batch_size", hp["batch_size"], low=1)
