@@ -153,6 +153,7 @@ class TextGenerationCore:
                 f"split={self.split!r} of task {self.task.name!r} is empty; use the other split or more data"
             )
         self.tokenizer = load_tokenizer(tokenizer)
+        self.task.check_tokenizer(self.tokenizer)  # characters that would silently become <unk>
         self.vocab_size = int(len(self.tokenizer))
         if eos_token is not None:
             self.tokenizer = copy.deepcopy(self.tokenizer)  # never modify the caller's tokenizer

@@ -8,6 +8,7 @@ import time
 import tracemalloc
 import warnings
 
+import gymnasium as gym
 import pytest
 
 from egsw_gym.envs.tasks import JSONLTask
@@ -115,3 +116,12 @@ def test_characters_the_tokenizer_cannot_represent_are_reported_once_with_a_coun
     with pytest.raises(ValueError, match="cannot be represented"):
         JSONLTask(path, tokenizer=tokenizer, unknown_chars="error")
     assert JSONLTask(write(tmp_path / "ok.jsonl", [GOOD]), test_fraction=0.0).check_tokenizer(tokenizer) == 0
+
+
+def test_the_environment_reports_characters_its_tokenizer_cannot_represent(tmp_path):
+    """The env checks its own tokenizer against the file: the same count, raised when asked to."""
+    path = write(tmp_path / "u.jsonl", [GOOD, json.dumps({"prompt": "Prix: 5€ ou 7€?", "answer": "12€"})])
+    with pytest.warns(UserWarning, match=r"3 characters \(1 distinct: '€'"):
+        gym.make("egsw/JSONL-v0", data_path=path, test_fraction=0.0)
+    with pytest.raises(ValueError, match="cannot be represented"):
+        gym.make("egsw/JSONL-v0", data_path=path, test_fraction=0.0, unknown_chars="error")

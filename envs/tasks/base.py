@@ -207,6 +207,15 @@ class Task(ABC):
             raise ValueError(f"max_completion_chars must be a positive int, got {max_completion_chars!r}")
         self.max_completion_chars = int(max_completion_chars)
 
+    def check_tokenizer(self, tokenizer: Any) -> int:
+        """How many characters of the task's text ``tokenizer`` cannot represent (they would become ``<unk>``).
+
+        The environment calls it once with its tokenizer. Generated tasks draw from alphabets the
+        built-in tokenizer covers, so the default finds nothing; tasks that read text from files
+        (:class:`~egsw_gym.envs.tasks.jsonl.JSONLTask`) count and warn or raise.
+        """
+        return 0
+
     # ----------------------------------------------------------------------------------- problems
     @abstractmethod
     def num_problems(self, split: str = "train") -> int:
