@@ -219,7 +219,8 @@ class SafeSerializationMixin:
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"entries {missing} are missing")
-        return {n: data[n] for n in names}
+        # Stand-ins for callables the file could not carry are checked when learn() asks for them.
+        return {n: data[n] for n in names if not isinstance(_unwrap(data[n]), MissingEntry)}
 
     # ------------------------------------------------------------------ load
     @classmethod

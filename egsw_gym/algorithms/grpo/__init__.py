@@ -11,3 +11,6 @@ from egsw_gym.algorithms.grpo.grpo import GRPO
 from egsw_gym.algorithms.grpo.rollout import GroupBatch
 
 __all__ = ["GRPO", "GroupBatch"]
+
+# Checkpoints name classes by module + qualname: the public path, as before the split (see ppo/__init__).
+GRPO.__module__ = GroupBatch.__module__ = __name__

@@ -48,3 +48,7 @@ __all__ = [
     "position_ids_from_mask",
     "sequence_log_probs",
 ]
+
+# Checkpoints name the policy class by module + qualname, and loading accepts a class only under the
+# name it reports: the public path keeps files written before the split (egsw-gym 0.1.0) loading.
+LMPolicy.__module__ = LMState.__module__ = __name__
