@@ -286,10 +286,6 @@ def check_schedule(
     """
     if value is None and allow_none:
         return value
-    if getattr(getattr(value, "value_schedule", value), "stand_in", False):
-        return (
-            value  # a checkpoint entry the user must supply (serialization.MissingEntry): learn() asks for it
-        )
     if callable(value) and not _is_number(value):
         for progress in (1.0, 0.0):
             try:

@@ -100,9 +100,6 @@ class MissingEntry:
     and how to pass it back. ``learn`` checks for stand-ins before it starts.
     """
 
-    #: tells the constructor's schedule checks (``checks.check_schedule``) that there is nothing to check yet
-    stand_in = True
-
     def __init__(self, key: str) -> None:
         self.key = key
         self.loading = True
