@@ -37,7 +37,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 
 from egsw_gym import EGSW, GRPO, PPO
 from egsw_gym.common.env_util import build_vec_env
-from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER
+from egsw_gym.common.schedules import TABLE_POINTS, TabulatedSchedule
+from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER, UnsafeCheckpointError
 
 torch.set_num_threads(1)
 
@@ -569,23 +570,103 @@ def _obs():
     return np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
 
 
-def test_callable_schedules_load_for_predict_and_learn_asks_for_them(tmp_path, spies):
+def test_callable_schedules_come_back_tabulated_and_train(
+    saved, tmp_path, spies
+):  # saved: SB3 save probes the platform once
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
-    model = PPO("MlpPolicy", env, learning_rate=lambda p: 1e-3 * p, clip_range=linear_schedule(0.2),
+    lr = lambda p: 1e-3 * p**2  # noqa: E731 (curved: interpolation is not exact between the points)
+    model = PPO("MlpPolicy", env, learning_rate=lr, clip_range=linear_schedule(0.2),
                 n_steps=16, batch_size=16, n_epochs=1, seed=0).learn(32)  # fmt: skip
     model.save(tmp_path / "lambda.zip")
-    with pytest.warns(UserWarning, match="custom_objects"):
+    with pytest.warns(
+        UserWarning, match=r"\['learning_rate', 'lr_schedule', 'clip_range'\].*1001 progress points"
+    ):
         loaded = PPO.load(tmp_path / "lambda.zip", env=env)
+    assert isinstance(loaded.learning_rate, TabulatedSchedule) and loaded.learning_rate.__name__ == "<lambda>"
+    assert loaded.clip_range.value_schedule.__name__ == "schedule"
+    grid = [i / (TABLE_POINTS - 1) for i in range(TABLE_POINTS)]
+    assert [loaded.lr_schedule(p) for p in grid] == [lr(p) for p in grid]  # exact at the points
+    between = np.random.default_rng(0).uniform(0, 1, 500)
+    errors = [abs(loaded.lr_schedule(p) - lr(p)) for p in between]
+    assert 0 < max(errors) <= 1e-3 * 2 / 8 * 1e-6 * (1 + 1e-9)  # max|f''| h^2 / 8 with h = 1e-3
+    assert all(type(loaded.lr_schedule(p)) is float for p in (np.float64(0.3), 0.5, 1, -1.0, 2.0))
+    assert loaded.clip_range(0.25) == pytest.approx(0.05) and loaded.lr_schedule(2.0) == lr(1.0)
     assert np.array_equal(
         model.predict(_obs(), deterministic=True)[0], loaded.predict(_obs(), deterministic=True)[0]
     )
-    with pytest.raises(ValueError, match=r"(learning_rate|clip_range).*custom_objects"):
-        loaded.learn(32)
-    fixed = PPO.load(tmp_path / "lambda.zip", env=env, custom_objects={
+    loaded.learn(32, reset_num_timesteps=False)  # training continues from the table
+    assert loaded.num_timesteps == 64
+    loaded.save(tmp_path / "again.zip")  # the table re-encodes to itself
+    again = PPO.load(tmp_path / "again.zip", env=env)
+    assert (
+        again.learning_rate == loaded.learning_rate
+        and again.clip_range.value_schedule == loaded.clip_range.value_schedule
+    )
+    fixed = PPO.load(tmp_path / "lambda.zip", env=env, custom_objects={"learning_rate": lr})
+    assert fixed.learning_rate is lr and fixed.lr_schedule(0.5) == lr(0.5)
+    assert not SPIED
+
+
+def test_callable_schedules_without_a_table_load_for_predict_and_learn_asks_for_them(saved, tmp_path, spies):
+    """SB3-written zips (no plain-data member), and callables that cannot be tabulated, keep the stand-in."""
+    import stable_baselines3 as sb3
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    kwargs = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    sb3.PPO("MlpPolicy", env, learning_rate=lambda p: 1e-3 * p, clip_range=linear_schedule(0.2),
+            **kwargs).learn(32).save(tmp_path / "sb3.zip")  # fmt: skip
+    gap = lambda p: float("nan") if 0.2 < p < 0.6 else 1e-3  # noqa: E731 (valid at both ends: constructible)
+    PPO("MlpPolicy", env, learning_rate=gap, **kwargs).save(tmp_path / "gap.zip")
+    for name, entry in (("sb3.zip", r"(learning_rate|clip_range)"), ("gap.zip", "learning_rate")):
+        with pytest.warns(UserWarning, match="custom_objects"):
+            loaded = PPO.load(tmp_path / name, env=env)
+        assert not any(
+            isinstance(getattr(loaded, k), TabulatedSchedule) for k in ("learning_rate", "clip_range")
+        )
+        loaded.predict(_obs(), deterministic=True)
+        with pytest.raises(ValueError, match=rf"{entry}.*custom_objects"):
+            loaded.learn(32)
+    fixed = PPO.load(tmp_path / "sb3.zip", env=env, custom_objects={
         "learning_rate": lambda p: 1e-3 * p, "clip_range": linear_schedule(0.2)})  # fmt: skip
     fixed.learn(32, reset_num_timesteps=False)
     assert fixed.num_timesteps == 64 and fixed.lr_schedule(0.5) == pytest.approx(5e-4)
     assert not SPIED
+
+
+def _table(**changes) -> dict:
+    values = [1e-3] * TABLE_POINTS
+    for index, value in changes.pop("at", {}).items():
+        values[index] = value
+    return {"__kind__": "tabulated_schedule", "name": "<lambda>", "values": values, **changes}
+
+
+#: (entry, value) of a tampered tabulated schedule; each is refused naming the entry
+TABULATED = {
+    "too_short": ("lr_schedule", _table(values=[1e-3] * (TABLE_POINTS - 1))),
+    "too_long": ("lr_schedule", _table(values=[1e-3] * (TABLE_POINTS + 1))),
+    "huge": ("lr_schedule", _table(values=[0.5] * 200_000)),
+    "not_a_list": ("lr_schedule", _table(values={"0": 1e-3})),
+    "missing_values": ("lr_schedule", {"__kind__": "tabulated_schedule", "name": "f"}),
+    "nan": ("lr_schedule", _table(at={17: float("nan")})),
+    "inf": ("lr_schedule", _table(at={1000: float("inf")})),
+    "str_value": ("lr_schedule", _table(at={3: "1e-3"})),
+    "bool_value": ("lr_schedule", _table(at={0: True})),
+    "nested_value": ("lr_schedule", _table(at={5: [1e-3]})),
+    "long_name": ("lr_schedule", _table(name="x" * 10_000)),
+    "name_not_str": ("lr_schedule", _table(name={"__kind__": "class"})),
+    "inside_float_schedule": ("clip_range", {"__kind__": "float_schedule", "inner": _table(at={0: float("nan")})}),
+    "non_schedule_entry": ("_last_obs", _table()),
+    "space_entry": ("observation_space", _table()),
+    "nested_entry": ("policy_kwargs.net_arch", _table()),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TABULATED))
+def test_tampered_tabulated_schedules_are_refused_naming_the_entry(saved, tmp_path, spies, case):
+    entry, value = TABULATED[case]
+    bad = tamper(saved["ppo"], tmp_path / "bad.zip", safe=lambda s: set_path(s, entry, value))
+    err = attack("tabulated_schedule", "ppo", bad, spies, repr(entry))
+    assert isinstance(err, UnsafeCheckpointError)
 
 
 def test_user_features_extractor_needs_trusted_classes_or_custom_objects(tmp_path, spies):

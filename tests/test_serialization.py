@@ -10,6 +10,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -305,3 +306,74 @@ def test_crafted_rng_state_is_refused(saved_grpo, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="rng_state.json.*torch"):
         GRPO.load(bad, restore_rng=True)
     GRPO.load(bad)  # the model itself is fine (the RNG state is only read on request)
+
+
+# --------------------------------------------------------------------------- callable schedules as tables
+
+
+def test_tabulated_schedule_is_exact_at_the_points_linear_between_and_clamped():
+    from egsw_gym.common.schedules import TABLE_POINTS, TabulatedSchedule
+
+    fn = lambda p: math.exp(-3 * p)  # noqa: E731 (f'' <= 9: interpolation error <= 9 * 1e-6 / 8)
+    table = TabulatedSchedule.from_callable(fn)
+    grid = [i / (TABLE_POINTS - 1) for i in range(TABLE_POINTS)]
+    assert [table(p) for p in grid] == [fn(p) for p in grid]
+    between = np.random.default_rng(1).uniform(0, 1, 1000)
+    errors = np.array([table(p) - fn(p) for p in between])
+    assert np.all(errors >= 0) and 0 < errors.max() <= 9 * 1e-6 / 8  # a convex function: chords lie above
+    assert table(-0.5) == fn(0.0) and table(3.0) == fn(1.0)
+    assert all(type(table(p)) is float for p in (np.float64(0.123), np.float32(0.5), 1, 0, -2, 0.0005))
+    assert table.__name__ == "<lambda>" and "TabulatedSchedule(name='<lambda>', 1001 points" in repr(table)
+    with pytest.raises(ValueError, match="progress_remaining"):
+        table(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("fn", "match"),
+    [
+        (lambda p: float("nan") if p == 0.5 else 1.0, r"nan at progress_remaining=0.5"),
+        (lambda p: 1 / p, "ZeroDivisionError"),
+        (lambda p: "1e-3", "not a finite number"),
+        (lambda p: p > 0.5, "not a finite number"),  # a bool is not a number
+    ],
+)
+def test_a_callable_without_a_finite_table_has_no_plain_form(fn, match):
+    from egsw_gym.common.plain_data import encode_plain
+
+    with pytest.raises(TypeError, match=f"learning_rate: .*{match}"):
+        encode_plain(fn, "learning_rate")
+    with pytest.raises(TypeError, match="no plain-data encoding"):
+        encode_plain(lambda p: 1.0, "gamma")  # only schedule entries are tabulated
+
+
+def test_tabulated_schedules_round_trip_through_plain_data():
+    from stable_baselines3.common.utils import FloatSchedule
+
+    from egsw_gym.common.plain_data import DecodeContext, decode_plain, encode_plain
+    from egsw_gym.common.schedules import TabulatedSchedule
+
+    def warmup(progress_remaining: float) -> float:
+        return 3e-4 * min(1.0, 4 * (1 - progress_remaining)) + 1e-6
+
+    ctx = DecodeContext("test")
+    encoded = encode_plain(FloatSchedule(warmup), "lr_schedule")
+    assert encoded["inner"]["name"] == "warmup" and all(type(v) is float for v in encoded["inner"]["values"])
+    decoded = decode_plain(json.loads(json.dumps(encoded)), ctx, "lr_schedule")
+    assert isinstance(decoded, FloatSchedule) and isinstance(decoded.value_schedule, TabulatedSchedule)
+    assert encode_plain(decoded, "lr_schedule") == encoded  # the table re-encodes to itself
+    assert decoded(0.875) == warmup(0.875) and decoded(1.0) == warmup(1.0)
+
+
+def test_grpo_lambda_learning_rate_round_trips_as_a_table(tmp_path, no_unpickling):
+    lr = lambda p: 1e-3 * p + 1e-5  # noqa: E731
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = GRPO("MlpPolicy", env, group_size=2, n_groups=1, learning_rate=lr, seed=0).learn(16)
+    model.save(tmp_path / "grpo.zip")
+    with pytest.warns(UserWarning, match=r"\['learning_rate', 'lr_schedule'\] were Python callables"):
+        loaded = GRPO.load(tmp_path / "grpo.zip", env=env)
+    assert (
+        loaded.lr_schedule(0.25) == pytest.approx(lr(0.25), rel=1e-12)
+        and type(loaded.lr_schedule(0.25)) is float
+    )
+    loaded.learn(16, reset_num_timesteps=False)
+    assert loaded.num_timesteps > model.num_timesteps  # whole groups: at least 16 more steps

@@ -1,7 +1,8 @@
 """Plain-data (JSON) encoding of the checkpoint entries SB3 would pickle, and its strict decoder.
 
 Nothing here executes what a file says. The decoder builds only: JSON values, numpy arrays of numeric
-dtypes, deques, Gymnasium spaces, SB3's three schedule classes, ``torch.dtype`` values, Hugging Face
+dtypes, deques, Gymnasium spaces, SB3's three schedule classes, tabulated schedules (a Python-callable
+schedule stored as its values, :mod:`egsw_gym.common.schedules`), ``torch.dtype`` values, Hugging Face
 configs (``PretrainedConfig.from_dict``) and classes. A class is only ever accepted in a *class slot*,
 an entry path that declares the base class it must subclass (:data:`CLASS_SLOTS`), and it is resolved
 by its exact ``module`` + ``qualname``: the module must be in :data:`ALLOWED_CLASS_MODULES` (checked
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+from egsw_gym.common import schedules
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -52,13 +55,15 @@ CLASS_SLOTS: dict[str, str] = {
 }
 #: entry path -> the base a Hugging Face config object found there must subclass
 CONFIG_SLOTS: dict[str, str] = {"policy_kwargs.model_config": "transformers:PretrainedConfig"}
-#: top-level entries that hold schedules (SB3's ConstantSchedule / LinearSchedule / FloatSchedule)
+#: top-level entries that hold schedules (SB3's ConstantSchedule / LinearSchedule / FloatSchedule, or a
+#: Python callable, stored as a table of its values)
 SCHEDULE_ENTRIES = ("learning_rate", "lr_schedule", "clip_range", "clip_range_vf")
 #: top-level entries that hold Gymnasium spaces
 SPACE_ENTRIES = ("observation_space", "action_space")
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ARRAY_KINDS = "biuf"  # bool, signed, unsigned, float: nothing that can hold objects
+_INNER_SCHEDULE_KINDS = ("constant_schedule", "linear_schedule", schedules.KIND)
 
 
 class UnsafeCheckpointError(ValueError):
@@ -253,6 +258,8 @@ def encode_plain(obj: Any, path: str = "") -> Any:
     if isinstance(obj, LinearSchedule):
         return {"__kind__": "linear_schedule", "start": float(obj.start), "end": float(obj.end),
                 "end_fraction": float(obj.end_fraction)}  # fmt: skip
+    if callable(obj) and path in SCHEDULE_ENTRIES:  # a lambda / closure schedule: its values, not its code
+        return schedules.encode_tabulated(obj, path)
     if isinstance(obj, spaces.Space):
         return {"__kind__": "space", "space": _encode_space(obj)}
     if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
@@ -385,11 +392,15 @@ def _decode_schedule(d: dict[str, Any], kind: str, ctx: DecodeContext, path: str
         raise ctx.error(path, "schedules are only allowed in the top-level schedule entries")
     if kind == "float_schedule":
         inner = d.get("inner")
-        if not (
-            isinstance(inner, dict) and inner.get("__kind__") in ("constant_schedule", "linear_schedule")
-        ):
-            raise ctx.error(path, "float_schedule must wrap a constant or linear schedule")
+        if not (isinstance(inner, dict) and inner.get("__kind__") in _INNER_SCHEDULE_KINDS):
+            raise ctx.error(path, "float_schedule must wrap a constant, linear or tabulated schedule")
         return FloatSchedule(_decode_schedule(inner, inner["__kind__"], ctx, path))
+    if kind == schedules.KIND:
+        if path not in SCHEDULE_ENTRIES:
+            raise ctx.error(
+                path, f"a tabulated schedule is only allowed in the schedule entries {SCHEDULE_ENTRIES}"
+            )
+        return schedules.decode_tabulated(d, ctx, path)
     if kind == "constant_schedule":
         return ConstantSchedule(_float(d.get("val"), ctx, path))
     return LinearSchedule(
@@ -427,7 +438,7 @@ def decode_plain(d: Any, ctx: DecodeContext, path: str = "") -> Any:
         if "path" in d:  # written by an earlier egsw-gym
             return _class_from_legacy_path(d["path"], base, ctx, path)
         return resolve_class(d.get("module"), d.get("qualname"), base, ctx, path)
-    if kind in ("float_schedule", "constant_schedule", "linear_schedule"):
+    if kind in ("float_schedule", *_INNER_SCHEDULE_KINDS):
         return _decode_schedule(d, kind, ctx, path)
     if kind == "space":
         if path not in SPACE_ENTRIES:

@@ -17,9 +17,12 @@ arbitrary code. Tensors are already safe (SB3 reads them with ``torch.load(weigh
   and hands every entry to SB3 as ``custom_objects``, so SB3 never calls ``cloudpickle.loads``. Any
   way a tampered or truncated file fails ends in :class:`UnsafeCheckpointError` naming the member and
   entry. ``allow_pickle=True`` restores SB3's behaviour for files you trust.
-- Entries with no safe form: a callable schedule (``learning_rate=lambda p: ...``) comes back as a
-  stand-in that lets the model ``predict``; ``learn`` then raises a ``ValueError`` naming the entry
-  and the ``custom_objects`` key that supplies it. Entries a model cannot be built without (the policy
+- A callable schedule (``learning_rate=lambda p: ...``) is saved as its values at 1001 progress
+  points and comes back as a :class:`~egsw_gym.common.schedules.TabulatedSchedule` (exact at those
+  points, linear in between), with a warning naming the entry. One that cannot be tabulated (it
+  raises, or returns a non-finite value), and any callable in a zip written by plain SB3, comes back
+  as a stand-in that lets the model ``predict``; ``learn`` then raises a ``ValueError`` naming the
+  entry and the ``custom_objects`` key that supplies it. Entries a model cannot be built without (the policy
   class, the spaces, ``policy_kwargs``) are refused with the same hint. Run-time state (last
   observation, episode statistics) is dropped with a warning.
 - Zips written by plain SB3 have no plain-data member; their entries are rebuilt from what SB3 prints
@@ -55,6 +58,7 @@ from egsw_gym.common.plain_data import (
 from egsw_gym.common.rng_state import RNG_STATE_MEMBER, get_rng_state, set_rng_state
 from egsw_gym.common.safe_zip import ZIP_ERRORS, ZipLimits, check_archive, open_checkpoint, read_text_member
 from egsw_gym.common.sb3_legacy import rebuild_from_description
+from egsw_gym.common.schedules import TABLE_POINTS, is_tabulated
 
 __all__ = [
     "SafeSerializationMixin",
@@ -268,6 +272,7 @@ class SafeSerializationMixin:
                 dropped.append(key)
         if "tensorboard_log" in entries:
             entries["tensorboard_log"] = None  # a file does not choose where we write
+        _warn_tabulated(entries, custom)
         if dropped:
             note = (
                 " (run-time state that the next learn() rebuilds)" if set(dropped) <= _RUNTIME_ENTRIES else ""
@@ -424,6 +429,22 @@ class SafeSerializationMixin:
         if missing:
             raise ValueError(_unwrap(missing[0]).message)
         return super()._setup_learn(*args, **kwargs)
+
+
+def _warn_tabulated(entries: dict[str, Any], custom: dict[str, Any]) -> None:
+    """One warning naming the schedule entries that come back as tables of a saved callable's values."""
+    keys = [k for k in SCHEDULE_ENTRIES if k in entries and is_tabulated(entries[k])]
+    if "learning_rate" in custom and "lr_schedule" in keys:
+        keys.remove("lr_schedule")  # SB3 rebuilds it from the learning_rate passed in
+    if not keys:
+        return
+    example = "learning_rate" if keys[0] == "lr_schedule" else keys[0]
+    warnings.warn(
+        f"checkpoint entries {keys} were Python callables, restored from their values at {TABLE_POINTS} "
+        f"progress points (exact there, linear in between); pass custom_objects={{{example!r}: fn}} for the "
+        "function itself",
+        stacklevel=4,
+    )
 
 
 def _unwrap(value: Any) -> Any:
