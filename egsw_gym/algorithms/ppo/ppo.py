@@ -206,21 +206,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         _init_setup_model: bool = True,
         egsw: EGSW | dict[str, Any] | None = None,
     ) -> None:
-        _check_ppo_settings(
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            n_epochs=n_epochs,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            clip_range=clip_range,
-            clip_range_vf=clip_range_vf,
-            ent_coef=ent_coef,
-            vf_coef=vf_coef,
-            max_grad_norm=max_grad_norm,
-            target_kl=target_kl,
-            normalize_advantage=normalize_advantage,
-        )
+        _check_ppo_settings(**{k: v for k, v in locals().items() if k in PPO_SETTING_CHECKS})
         self._init_egsw(egsw)  # the live EGSW object and the plain dict checkpoints store
         super().__init__(
             policy,
@@ -515,6 +501,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
 PPO_SETTING_CHECKS: dict[str, Any] = {
     "learning_rate": lambda n, v: check_learning_rate(v, n),
     "n_steps": lambda n, v: check_int(n, v, low=1, hint="steps per env per rollout"),
+    "batch_size": lambda n, v: check_int(n, v, low=1),
     "n_epochs": lambda n, v: check_int(n, v, low=1, high=MAX_EPOCHS),
     "gamma": check_probability,
     "gae_lambda": check_probability,
@@ -539,9 +526,6 @@ def _check_ppo_settings(**hp: Any) -> None:
     same call validates a constructor's arguments and a checkpoint's entries.
     """
     apply_rules(PPO_SETTING_CHECKS, hp)
-    if "batch_size" in hp:
+    if "batch_size" in hp and hp.get("normalize_advantage", True):
         # Advantages are normalised per minibatch: one sample has no spread.
-        if hp.get("normalize_advantage", True):
-            check_int("batch_size", hp["batch_size"], low=2, hint="advantages are normalised per minibatch")
-        else:
-            check_int("batch_size", hp["batch_size"], low=1)
+        check_int("batch_size", hp["batch_size"], low=2, hint="advantages are normalised per minibatch")
