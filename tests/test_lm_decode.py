@@ -91,14 +91,28 @@ def first_obs(venv, seed=0, groups: int | None = None):
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_static_path_matches_eager(no_inductor, deterministic):
+def test_static_path_matches_eager(no_inductor, monkeypatch, deterministic):
     venv = make_env(6)  # batch 6 runs in the batch-8 bucket (2 rounding rows)
     eager, static = policies(venv, temperature=0.7)
     obs = first_obs(venv)
     ref, _ = rollout(eager, obs, 10, deterministic)
+    seen = []  # the attention implementation while a static step runs (choose_tokens ends the step)
+
+    def spy(logits, uniform):
+        seen.append(static.model.config._attn_implementation)
+        return choose_tokens(logits, uniform)
+
+    choose_tokens = decode_module.choose_tokens
+    monkeypatch.setattr(decode_module, "choose_tokens", spy)
     got, state = rollout(static, obs, 10, deterministic)
     assert state.static is not None and state.cache is None, "the static path ran"
-    assert static._decoder.buckets and next(iter(static._decoder.buckets)) == (8, 64)
+    # The bucket: batch 6 rounded up to 8; prompt + a round's steps rounded up to LENGTH_BUCKET.
+    prompt_len = lm_module.prepare_prompt(obs["input_ids"], obs["attention_mask"])[0].shape[1]
+    length = -(-(prompt_len + static.obs_len) // decode_module.LENGTH_BUCKET) * decode_module.LENGTH_BUCKET
+    assert list(static._decoder.buckets) == [(8, length)]
+    # The static steps ran with the math attention (CPU), and the model is back on its own after.
+    assert seen and set(seen) == {"eager"}
+    assert static.model.config._attn_implementation == "sdpa"
     assert_same(ref, got)
     # After an optimizer step the compiled step reads the new weights (no stale copy).
     with torch.no_grad():

@@ -8,6 +8,7 @@ the policy and the compiled decoder read one answer.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -24,7 +25,18 @@ def unwrap_peft(model: Any) -> Any:
 def forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
     """Name of the KV-cache keyword (``cache`` in transformers >= 5.2x, else ``past_key_values``) and
     whether ``logits_to_keep`` is accepted, read from the signature of the underlying model."""
-    params = inspect.signature(unwrap_peft(model).forward).parameters
+    forward = unwrap_peft(model).forward
+    forward = getattr(forward, "__func__", forward)
+    try:
+        return _forward_kwargs(forward)
+    except TypeError:  # an unhashable callable object: read its signature every time
+        return _forward_kwargs.__wrapped__(forward)
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_kwargs(forward: Any) -> tuple[str, bool]:
+    """:func:`forward_kwargs` of one ``forward`` function (``inspect.signature`` costs ~0.2 ms a call)."""
+    params = inspect.signature(forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     return cache_kw, "logits_to_keep" in params
 
