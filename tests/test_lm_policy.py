@@ -10,6 +10,7 @@ from gymnasium import spaces
 pytest.importorskip("transformers")
 
 
+from egsw_gym.common.tokenizer import load_tokenizer  # noqa: E402
 from egsw_gym.policies.lm import LMPolicy, distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
 
 torch.set_num_threads(1)
@@ -154,6 +155,17 @@ def test_bad_spaces_and_models_raise_clear_errors():
         LMPolicy(obs_space(), spaces.Discrete(VOCAB), lr, model_config={**SMALL, "n_positions": 8})
     with pytest.raises(ValueError, match="not a local directory"):
         LMPolicy(obs_space(), spaces.Discrete(VOCAB), lr, model="/nonexistent/checkpoint")
+
+
+def test_directories_that_are_not_checkpoints_name_the_argument(tmp_path):
+    # A directory (say, one a tampered checkpoint's policy_kwargs points at) that holds no model or
+    # tokenizer: a ValueError naming the argument, not transformers' own message alone.
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    lr = lambda _: 1e-3  # noqa: E731
+    with pytest.raises(ValueError, match="model=.*not a loadable causal-LM checkpoint"):
+        LMPolicy(obs_space(), spaces.Discrete(VOCAB), lr, model=str(tmp_path))
+    with pytest.raises(ValueError, match="tokenizer=.*not a loadable tokenizer"):
+        load_tokenizer(str(tmp_path))
 
 
 def test_larger_model_vocabulary_is_restricted_to_the_action_space():

@@ -73,7 +73,13 @@ def load_tokenizer(tokenizer=None):
                 "save_pretrained (models are never fetched from the hub), a tokenizer object, or None "
                 "for the built-in character tokenizer"
             )
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError) as err:  # not a tokenizer directory
+            raise ValueError(
+                f"tokenizer={path!r} is a directory but not a loadable tokenizer ({type(err).__name__}: "
+                f"{err}); pass a directory written by save_pretrained"
+            ) from err
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         return tok

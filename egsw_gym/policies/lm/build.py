@@ -128,7 +128,15 @@ def build_model(
                 "save_pretrained (models are never fetched from the hub), a PreTrainedModel, or None "
                 "for the tiny default model"
             )
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=dtype or torch.float32
+            )
+        except (OSError, ValueError, KeyError) as err:  # not a model directory, or one transformers refuses
+            raise ValueError(
+                f"model={path!r} is a directory but not a loadable causal-LM checkpoint ({type(err).__name__}: "
+                f"{err}); pass a directory written by save_pretrained (config.json and the weights)"
+            ) from err
     if isinstance(model, PreTrainedModel) or hasattr(model, "get_base_model"):
         return model if dtype is None else model.to(dtype)
     raise TypeError(
