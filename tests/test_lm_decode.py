@@ -133,8 +133,18 @@ def test_static_path_with_shared_prompts_and_overflow(no_inductor, monkeypatch):
         is not None
     )
     monkeypatch.setattr(decode_module, "LENGTH_BUCKET", 16)  # a bucket shorter than the rollout
+    # A bucket longer than MATH_ATTENTION_MAX_LENGTH keeps the model's SDPA attention.
+    monkeypatch.setattr(decode_module, "MATH_ATTENTION_MAX_LENGTH", 8)
+    seen = []
+    choose_tokens = decode_module.choose_tokens
+    monkeypatch.setattr(
+        decode_module,
+        "choose_tokens",
+        lambda logits, u: seen.append(static.model.config._attn_implementation) or choose_tokens(logits, u),
+    )
     ref, _ = rollout(eager, obs, 30)
     got, state = rollout(static, obs, 30)
+    assert seen and set(seen) == {"sdpa"}
     # The bucket filled up mid-round: the round went on eagerly from the copied cache.
     assert state.static is None and state.cache is not None
     assert_same(ref, got)

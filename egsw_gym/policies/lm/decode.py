@@ -39,6 +39,7 @@ import torch
 
 __all__ = [
     "LENGTH_BUCKET",
+    "MATH_ATTENTION_MAX_LENGTH",
     "MAX_BUCKETS",
     "StaticDecoder",
     "StaticRound",
@@ -50,6 +51,9 @@ __all__ = [
 #: attention over fewer unused slots per step. 16 ran a 40-token round at batch 64 about 10% faster
 #: than 64 did; a round whose length crosses a multiple compiles a second bucket.
 LENGTH_BUCKET = 16
+#: On CPU, buckets up to this many cache slots run the compiled step with the model's ``eager``
+#: attention, longer ones with ``sdpa`` (see :meth:`StaticDecoder._decode_attention`).
+MATH_ATTENTION_MAX_LENGTH = 64
 #: Compiled shape buckets kept per policy (each holds a KV cache of its shape).
 MAX_BUCKETS = 4
 
@@ -346,21 +350,24 @@ class StaticDecoder:
 
     @contextlib.contextmanager
     def _decode_attention(self, bucket: _Bucket):
-        """Run the step with the model's ``eager`` (matmul-softmax) attention instead of ``sdpa`` on CPU.
+        """On CPU, run a short bucket's step with the model's ``eager`` (matmul-softmax) attention.
 
-        A decode step has one query per row against the bucket's whole static cache. For that shape
-        torch's CPU SDPA kernel (blocked flash attention, built for long queries) is the slower of
-        the two inside the compiled graph: with the default tiny model, batch 64 and a 48-slot
-        cache, the whole rollout (``benchmarks/lm_rollout_throughput.py``) ran at 1.58x
-        ``generate``'s tokens/s with the math path against 1.49x with SDPA (1.32x against 1.29x at
-        batch 256, equal at batch 8). The prefill and the training passes keep ``sdpa``; the two
-        compute the same attention up to float rounding. CUDA keeps ``sdpa``.
+        A decode step has one query per row against the bucket's whole static cache. Inside the
+        compiled graph, which attention is faster depends on the cache length. Measured with the
+        default tiny model at batch 64 (``benchmarks/lm_rollout_throughput.py``, tokens/s against
+        ``generate``): with a 48-slot cache, the math path 1.58x against SDPA's 1.49x (1.32x
+        against 1.29x at batch 256, equal at batch 8); with a 208-slot cache, SDPA 2.74x against
+        the math path's 2.39x (inductor's fused kernel does not vectorise the long reduction as
+        well as torch's flash kernel). Hence the math path up to :data:`MATH_ATTENTION_MAX_LENGTH`
+        slots, SDPA beyond. The prefill and the training passes keep the model's own attention;
+        the two compute the same attention up to float rounding. CUDA keeps ``sdpa``.
         """
         config = getattr(self.model, "config", None)
         if (
             config is None
             or getattr(config, "_attn_implementation", None) != "sdpa"
             or tokens_device(bucket).type != "cpu"
+            or bucket.mask.shape[1] > MATH_ATTENTION_MAX_LENGTH
         ):
             yield
             return
