@@ -312,6 +312,10 @@ def test_sensitivity_tables_and_heatmaps(tmp_path):
     i, j = s["alphas"].index(0.3), s["temperatures"].index(2.0)
     assert s["final"][i, j] == pytest.approx(0.3 + 0.2 + 0.005)
     assert s["auc"][i, j] == pytest.approx(0.3 + 0.2 + 0.005)  # flat curve: AUC = its value
+    assert s["reference"] == {"final": pytest.approx(0.0), "auc": pytest.approx(0.0)}  # plain GRPO's 0
+    # Paired with plain GRPO's run of the same seed: (0.5 + 0.01 s) - 0 for seeds 0 and 1.
+    row = next(line for line in s["table"].splitlines() if line.startswith("| grpo-egsw-a0.3-P2 |"))
+    assert row.endswith("| +0.505; 2/2 |")
     written = write_study_report([tmp_path / "runs"], tmp_path / "results", reps=50)
     assert (tmp_path / "results" / "sensitivity_CartPole-v1.png") in written
     assert "grpo-egsw-a0.3-P2" in (tmp_path / "results" / "sensitivity.md").read_text()

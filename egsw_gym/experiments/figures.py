@@ -171,21 +171,40 @@ def plot_training_reward(
 
 
 def plot_sensitivity(
-    grid: dict[str, np.ndarray], alphas: list[float], temperatures: list[float], title: str, path: Path
+    grid: dict[str, np.ndarray],
+    alphas: list[float],
+    temperatures: list[float],
+    title: str,
+    path: Path,
+    references: dict[str, float] | None = None,
 ) -> Path:
-    """Heatmaps (one per entry of ``grid``, e.g. final score and AUC) over alpha (rows) x temperature (columns)."""
+    """Heatmaps (one per entry of ``grid``, e.g. final score and AUC) over alpha (rows) x temperature (columns).
+
+    With ``references`` (plain GRPO's value per entry), the colours diverge around it (blue above,
+    red below, symmetric range) and the title states it, so a narrow colour range cannot make
+    equal cells look different from the baseline.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, len(grid), figsize=(4.5 * len(grid), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], grid.items(), strict=True):
-        im = ax.imshow(values, cmap="viridis", origin="lower", aspect="auto")
+        ref = None if references is None else references.get(name)
+        if ref is None:
+            im = ax.imshow(values, cmap="viridis", origin="lower", aspect="auto")
+        else:
+            half = max(float(np.nanmax(np.abs(values - ref))), 1e-9)
+            im = ax.imshow(
+                values, cmap="RdBu", vmin=ref - half, vmax=ref + half, origin="lower", aspect="auto"
+            )
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 if np.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+                    dark = ref is None or abs(values[i, j] - ref) > 0.6 * half  # white text on dark cells
+                    color = "w" if dark else "k"
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=color, fontsize=8)
         ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("temperature P")
         ax.set_ylabel("alpha")
-        ax.set_title(f"{title}: {name}")
+        ax.set_title(f"{title}: {name}" + ("" if ref is None else f"\n(plain GRPO: {ref:.2f})"))
         fig.colorbar(im, ax=ax)
     return _save(fig, path)

@@ -162,7 +162,10 @@ def _auc(r: dict[str, Any]) -> float:
 
 def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per env with an alpha x temperature grid: ``alphas``, ``temperatures``, mean-over-seeds
-    ``final`` and ``auc`` matrices (NaN where a cell has no run) and a markdown table of every variant."""
+    ``final`` and ``auc`` matrices (NaN where a cell has no run), ``reference`` (plain GRPO's mean
+    ``final`` and ``auc``, when it ran) and a markdown table of every variant, with each variant's
+    mean paired difference to plain GRPO over the seeds both ran (the same seed starts from the
+    same model, so the pairing removes the seed-to-seed spread of the start)."""
     out = {}
     for env_id in sorted({r["env_id"] for r in runs}):
         rs = [r for r in runs if r["env_id"] == env_id]
@@ -182,18 +185,37 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         by_variant: dict[str, list] = defaultdict(list)
         for r in rs:
             by_variant[r["variant"]].append(r)
+        plain = {r["seed"]: r["final_normalized"] for r in by_variant.get("grpo", [])}
+        reference = None
+        if plain:
+            grpo = by_variant["grpo"]
+            reference = {
+                "final": float(np.mean(list(plain.values()))),
+                "auc": float(np.mean([_auc(r) for r in grpo])),
+            }
         table = [
-            "| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) |",
-            "|---|---|---|---|---|---|---|",
+            "| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) | final - GRPO, paired by seed (mean; wins) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for v, vr in sorted(by_variant.items()):
             e = vr[0]["egsw"] or {}
             f_, a_ = [r["final_normalized"] for r in vr], [_auc(r) for r in vr]
+            d_ = [r["final_normalized"] - plain[r["seed"]] for r in vr if r["seed"] in plain]
+            paired = (
+                "-" if v == "grpo" or not d_ else f"{np.mean(d_):+.3f}; {sum(d > 0 for d in d_)}/{len(d_)}"
+            )
             table.append(
                 f"| {v} | {e.get('mode', '-')} | {e.get('alpha', '-')} | {e.get('temperature', '-')} | "
-                f"{len(vr)} | {np.mean(f_):.3f} +- {np.std(f_):.3f} | {np.mean(a_):.3f} +- {np.std(a_):.3f} |"
+                f"{len(vr)} | {np.mean(f_):.3f} +- {np.std(f_):.3f} | {np.mean(a_):.3f} +- {np.std(a_):.3f} | {paired} |"
             )
-        out[env_id] = dict(alphas=alphas, temperatures=temps, final=final, auc=auc, table="\n".join(table))
+        out[env_id] = dict(
+            alphas=alphas,
+            temperatures=temps,
+            final=final,
+            auc=auc,
+            reference=reference,
+            table="\n".join(table),
+        )
     return out
 
 
@@ -240,7 +262,10 @@ def write_study_report(
             "# Sensitivity of GRPO+EGSW",
             "",
             "Normalised final score and area under the normalised curve (AUC, over the budget "
-            "fraction), mean over seeds.",
+            "fraction), mean over seeds. Heatmap colours are centred on plain GRPO's value (blue: "
+            "above it, red: below). The last column pairs each run with plain GRPO's run of the "
+            "same seed (same starting model): mean difference of the final scores and how many "
+            "seeds were above.",
             "",
         ]
         for env_id, s in sens.items():
@@ -252,6 +277,9 @@ def write_study_report(
                     s["temperatures"],
                     env_id,
                     results / name,
+                    references=None
+                    if s["reference"] is None
+                    else {"final score": s["reference"]["final"], "AUC": s["reference"]["auc"]},
                 )
             )
             md += [f"## {env_id}", "", f"![{env_id}]({name})", "", s["table"], ""]
