@@ -22,7 +22,7 @@ from egsw_gym.experiments.aggregate import (
     normalize,
 )
 from egsw_gym.experiments.study import StudyRun, merge_runs, plan_study, run_study, shard
-from egsw_gym.experiments.study_report import sensitivity_tables, write_study_report
+from egsw_gym.experiments.study_report import paired_differences, sensitivity_tables, write_study_report
 
 # ----------------------------------------------------------------------------------------- plan
 
@@ -285,6 +285,8 @@ def test_report_writes_the_results_layout(tmp_path):
     summary = (results / "summary.md").read_text()
     assert "| control | ppo | 1 | 4 | 0.250 [0.100, 0.400] |" in summary
     assert "| overall |" not in summary  # no row ran in all three domains (PPO has no LM runs)
+    # Same finals for both rows on every seed: a zero paired difference, no seed above.
+    assert "| egsw/Arithmetic-v0 | grpo-egsw | grpo | +0.000; 0-2-0 |" in summary
     with open(results / "curves.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == (16 + 4) * 3
@@ -293,6 +295,12 @@ def test_report_writes_the_results_layout(tmp_path):
     } >= {0.1, 0.4, 0.9}
     with open(results / "training_reward.csv") as f:
         assert sum(1 for _ in f) == 1 + 2 * 2 * 4
+
+
+def test_paired_differences_match_runs_by_seed():
+    base = [{"seed": s, "final_normalized": v} for s, v in ((0, 0.5), (1, 0.2), (2, 0.9))]
+    runs = [{"seed": s, "final_normalized": v} for s, v in ((2, 0.8), (0, 0.75), (7, 1.0))]  # seed 7: no pair
+    assert paired_differences(runs, base) == pytest.approx([-0.1, 0.25])
 
 
 def test_sensitivity_tables_and_heatmaps(tmp_path):
@@ -315,7 +323,7 @@ def test_sensitivity_tables_and_heatmaps(tmp_path):
     assert s["reference"] == {"final": pytest.approx(0.0), "auc": pytest.approx(0.0)}  # plain GRPO's 0
     # Paired with plain GRPO's run of the same seed: (0.5 + 0.01 s) - 0 for seeds 0 and 1.
     row = next(line for line in s["table"].splitlines() if line.startswith("| grpo-egsw-a0.3-P2 |"))
-    assert row.endswith("| +0.505; 2/2 |")
+    assert row.endswith("| +0.505; 2-0-0 |")
     written = write_study_report([tmp_path / "runs"], tmp_path / "results", reps=50)
     assert (tmp_path / "results" / "sensitivity_CartPole-v1.png") in written
     assert "grpo-egsw-a0.3-P2" in (tmp_path / "results" / "sensitivity.md").read_text()

@@ -26,6 +26,7 @@ from egsw_gym.experiments.aggregate import (
     REFERENCE_SCORES,
     aggregate_scores,
     collect_study,
+    egsw_pairs,
     improvement_probabilities,
 )
 from egsw_gym.experiments.report import plot_curves, summary_table
@@ -82,6 +83,43 @@ def _write_curves_csv(runs: list[dict[str, Any]], path: Path) -> None:
                 )
 
 
+def paired_differences(runs: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[float]:
+    """Normalised final score of each run minus that of the ``base`` run with the same seed.
+
+    Runs of one environment with the same seed start from the same initial model and environment
+    seeds, so the pairing removes that part of the seed-to-seed spread; runs whose seed has no
+    base run are left out.
+    """
+    by_seed = {r["seed"]: r["final_normalized"] for r in base}
+    return [r["final_normalized"] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+
+
+def _paired_cell(diffs: list[float]) -> str:
+    """``+0.123; 4-0-1``: the mean paired difference and how many were above, equal to and below 0."""
+    if not diffs:
+        return "-"
+    counts = (sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs))
+    return f"{np.mean(diffs):+.3f}; " + "-".join(map(str, counts))
+
+
+def _paired_table(runs: list[dict[str, Any]]) -> str:
+    """Per environment and EGSW variant: its paired difference to the base algorithm's runs."""
+    rows = [
+        "| env | X+EGSW | X | final(X+EGSW) - final(X), normalised, paired by seed (mean; seeds above-equal-below) |",
+        "|---|---|---|---|",
+    ]
+    for env_id in sorted({r["env_id"] for r in runs}):
+        rs = [r for r in runs if r["env_id"] == env_id]
+        for by, x, y in egsw_pairs(rs):
+            if by != "variant":
+                continue
+            diffs = paired_differences(
+                [r for r in rs if r["variant"] == x], [r for r in rs if r["variant"] == y]
+            )
+            rows.append(f"| {env_id} | {x} | {y} | {_paired_cell(diffs)} |")
+    return "\n".join(rows)
+
+
 def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], reps: int) -> str:
     envs = sorted({r["env_id"] for r in runs})
     lines = [
@@ -122,6 +160,15 @@ def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], re
             f"| {r['domain']} | {r['x']} | {r['y']} | {r['n_envs']} | {_ci(r['poi'], r['lo'], r['hi'])} |"
             for r in poi
         ),
+        "",
+        "## Per environment: paired by seed",
+        "",
+        "Each X+EGSW run against the X run of the same seed (same initial model and environment "
+        "seeds): the mean difference and how many seeds were above, equal and below. Not an "
+        "rliable statistic: a sign count per environment, for reading the table below; with 5 "
+        "seeds, 5-0-0 has a one-sided sign-test p of 1/32.",
+        "",
+        _paired_table(runs),
         "",
         "## Per environment: raw final evaluation score",
         "",
@@ -185,25 +232,21 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         by_variant: dict[str, list] = defaultdict(list)
         for r in rs:
             by_variant[r["variant"]].append(r)
-        plain = {r["seed"]: r["final_normalized"] for r in by_variant.get("grpo", [])}
+        grpo = by_variant.get("grpo", [])
         reference = None
-        if plain:
-            grpo = by_variant["grpo"]
+        if grpo:
             reference = {
-                "final": float(np.mean(list(plain.values()))),
+                "final": float(np.mean([r["final_normalized"] for r in grpo])),
                 "auc": float(np.mean([_auc(r) for r in grpo])),
             }
         table = [
-            "| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) | final - GRPO, paired by seed (mean; wins) |",
+            "| variant | mode | alpha | P | seeds | final (mean +- std) | AUC (mean +- std) | final - GRPO, paired by seed (mean; seeds above-equal-below) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for v, vr in sorted(by_variant.items()):
             e = vr[0]["egsw"] or {}
             f_, a_ = [r["final_normalized"] for r in vr], [_auc(r) for r in vr]
-            d_ = [r["final_normalized"] - plain[r["seed"]] for r in vr if r["seed"] in plain]
-            paired = (
-                "-" if v == "grpo" or not d_ else f"{np.mean(d_):+.3f}; {sum(d > 0 for d in d_)}/{len(d_)}"
-            )
+            paired = "-" if v == "grpo" else _paired_cell(paired_differences(vr, grpo))
             table.append(
                 f"| {v} | {e.get('mode', '-')} | {e.get('alpha', '-')} | {e.get('temperature', '-')} | "
                 f"{len(vr)} | {np.mean(f_):.3f} +- {np.std(f_):.3f} | {np.mean(a_):.3f} +- {np.std(a_):.3f} | {paired} |"
@@ -265,7 +308,7 @@ def write_study_report(
             "fraction), mean over seeds. Heatmap colours are centred on plain GRPO's value (blue: "
             "above it, red: below). The last column pairs each run with plain GRPO's run of the "
             "same seed (same starting model): mean difference of the final scores and how many "
-            "seeds were above.",
+            "seeds were above, equal and below.",
             "",
         ]
         for env_id, s in sens.items():
