@@ -79,6 +79,10 @@ def test_cartpole_learns_a_little_and_logs_everything():
         "egsw/entropy_mean",
     ):
         assert key in logged and np.isfinite(logged[key]), key
+    # Every value is a Python number: a tensor would be written to progress.csv as
+    # "tensor(0.89, dtype=torch.float64)", whose comma shifts every later column.
+    bad = {k: type(v).__name__ for k, v in logged.items() if not isinstance(v, (int, float, str))}
+    assert not bad, bad
     assert "train/kl" not in logged  # beta = 0: no reference policy, no KL
     assert model.ref_policy is None
     assert model.num_timesteps >= 6_000

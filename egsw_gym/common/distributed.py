@@ -392,7 +392,7 @@ class GlobalBatch:
     def reduce_scalars(self, values: dict[str, float], op: str = "mean") -> dict[str, float]:
         """Mean (or ``"sum"``, ``"max"``, ``"min"``) of per-rank scalars, in one collective."""
         if not self.info.enabled or not values:
-            return dict(values)
+            return {k: float(v) for k, v in values.items()}  # floats, as the collective returns
         keys = list(values)
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
         all_reduce(t, self.info, "sum" if op == "mean" else op)
