@@ -191,6 +191,32 @@ def test_optimizer_guard_accepts_huge_finite_gradients():
     assert params_finite(model)
 
 
+def test_a_finite_clip_norm_spares_the_guard_its_pass_and_a_non_finite_one_does_not(monkeypatch):
+    import egsw_gym.common.finite as finite_module
+
+    passes = []
+    real = finite_module._all_finite
+    monkeypatch.setattr(finite_module, "_all_finite", lambda grads: passes.append(1) or real(grads))
+    model = PPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), n_steps=8, batch_size=16, n_epochs=2, seed=0
+    )
+    model.learn(16)  # one update of 2 minibatch steps, each after a finite clip norm
+    assert passes == [] and model._n_updates == 2
+    # A non-finite norm leaves the step to the full check, which refuses it and names the parameter.
+    model.policy.action_net.weight.grad = torch.full_like(model.policy.action_net.weight, float("nan"))
+    model._optimizer_guard.norm_checked(torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient of action_net.weight"):
+        model.policy.optimizer.step()
+    assert passes == [1]
+    # The spared pass covers one step only: the next unannounced step is checked again.
+    for p in model.policy.parameters():
+        p.grad = torch.zeros_like(p)
+    model._optimizer_guard.norm_checked(1.0)
+    model.policy.optimizer.step()
+    model.policy.optimizer.step()
+    assert passes == [1, 1]
+
+
 def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
     PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), batch_size=1, normalize_advantage=False)
 

@@ -15,6 +15,7 @@ The one place PPO and GRPO share for finiteness:
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "check_loss_finite",
     "VecCheckFinite",
     "guard_optimizer_step",
+    "OptimizerGuard",
 ]
 
 
@@ -159,6 +161,30 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
+class OptimizerGuard:
+    """The guard :func:`guard_optimizer_step` installs: its hook's handle, and a cheaper path for loops that clip.
+
+    Checking every gradient costs a pass over them before each step (about 30 us for SB3's
+    default MLP on CPU, 1-2% of PPO's update time; a full extra read of the gradients for a large
+    model). A loop that has just computed their total norm (``clip_grad_norm_`` returns it) passes
+    it to :meth:`norm_checked`: a finite norm means every gradient is finite, so the next
+    ``step()`` skips the check. A non-finite norm changes nothing: the hook then runs its full
+    check at ``step()`` and raises, naming the parameters.
+    """
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+        self._verified = False
+
+    def norm_checked(self, total_norm: torch.Tensor | float) -> None:
+        """Record the total gradient norm the loop computed for the coming ``optimizer.step()``."""
+        self._verified = math.isfinite(float(total_norm))
+
+    def remove(self) -> None:
+        """Take the guard off the optimizer."""
+        self.handle.remove()
+
+
 def guard_optimizer_step(
     optimizer: torch.optim.Optimizer, module: torch.nn.Module, algo: str, where: Callable[[], str]
 ) -> Any:
@@ -183,12 +209,17 @@ def guard_optimizer_step(
 
     Returns
     -------
-    torch.utils.hooks.RemovableHandle
-        ``handle.remove()`` takes the guard off.
+    OptimizerGuard
+        ``guard.remove()`` takes the guard off; ``guard.norm_checked(total_norm)`` spares it its
+        own pass over the gradients when the loop has already computed their norm.
     """
     module_ref = weakref.ref(module)
+    guard = OptimizerGuard()
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if guard._verified:  # the loop's finite clip norm covers every gradient of this step
+            guard._verified = False
+            return
         grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
         if _all_finite(grads):
             return
@@ -206,4 +237,5 @@ def guard_optimizer_step(
             "log-probs of actions the policy cannot produce"
         )
 
-    return optimizer.register_step_pre_hook(hook)
+    guard.handle = optimizer.register_step_pre_hook(hook)
+    return guard

@@ -16,12 +16,14 @@ A thin fork of ``stable_baselines3.PPO`` (SB3 2.9.2; ``stable-baselines3>=2.4,<3
    - in :meth:`PPO.train` the weight multiplies each sample's clipped surrogate term only; the value
      loss and the entropy bonus are unchanged, and the weights carry no gradient.
 
-2. Guards that SB3 does not have (no line inside SB3's loops): arguments checked at construction
+2. Guards that SB3 does not have: arguments checked at construction
    (:mod:`egsw_gym.common.checks`), schedules checked at every update, ``learn`` refuses negative
    or NaN ``total_timesteps``, the rollout's environment wrapped in
    :class:`~egsw_gym.common.finite.VecCheckFinite` (SB3's ``VecCheckNan`` with our error), and
    the optimizer guarded against non-finite gradients
-   (:func:`~egsw_gym.common.finite.guard_optimizer_step`).
+   (:func:`~egsw_gym.common.finite.guard_optimizer_step`). Inside SB3's loops this is two lines of
+   :meth:`PPO.train`, marked ``# GUARD:``: the norm ``clip_grad_norm_`` already returns is handed
+   to the guard, whose own pass over the gradients it replaces when finite.
 
 3. ``save``/``load`` never unpickle (:class:`~egsw_gym.common.serialization.SafeSerializationMixin`);
    the EGSW configuration is saved as plain data (:class:`~egsw_gym.algorithms.egsw_config.EGSWConfigMixin`).
@@ -261,7 +263,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         super()._setup_model()
         # Refuse any optimizer step with a NaN/inf gradient (covers NaN/inf losses), naming the parameters.
         model = weakref.ref(self)
-        guard_optimizer_step(
+        self._optimizer_guard = guard_optimizer_step(
             self.policy.optimizer,
             self.policy,
             "PPO",
@@ -290,7 +292,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
 
     def _excluded_save_params(self) -> list[str]:
         # The finiteness wrapper holds the training env, which is never saved.
-        return [*super()._excluded_save_params(), "_finite_env", "_warned_single_env"]
+        return [*super()._excluded_save_params(), "_finite_env", "_warned_single_env", "_optimizer_guard"]
 
     # ------------------------------------------------------------------ learn
 
@@ -373,9 +375,10 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
     def train(self) -> None:
         """Update the policy on the current rollout: SB3's ``PPO.train`` with the EGSW-weighted surrogate.
 
-        Copied from ``stable_baselines3.PPO.train`` (SB3 2.9.2). The only change (marked ``# EGSW:``):
+        Copied from ``stable_baselines3.PPO.train`` (SB3 2.9.2). The change (marked ``# EGSW:``):
         with ``egsw`` set, each sample's clipped surrogate ``min(r A, clip(r) A)`` is multiplied by
-        its constant EGSW weight before the mean. Value and entropy losses are untouched.
+        its constant EGSW weight before the mean. Value and entropy losses are untouched. Two lines
+        marked ``# GUARD:`` hand the clipped gradient norm to the non-finite-gradient guard.
         """
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -469,7 +472,9 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 # Clip grad norm
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                # GUARD: keep the norm for the guard (SB3 discards it)
+                grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self._optimizer_guard.norm_checked(grad_norm)  # GUARD: finite norm, no second pass
                 self.policy.optimizer.step()
 
             self._n_updates += 1
