@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,24 @@ def test_directories_that_are_not_checkpoints_name_the_argument(tmp_path):
         LMPolicy(obs_space(), spaces.Discrete(VOCAB), lr, model=str(tmp_path))
     with pytest.raises(ValueError, match="tokenizer=.*not a loadable tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+def test_directories_that_ship_code_are_refused_without_running_or_offering_it(tmp_path, capsys):
+    # A config that names its own code (auto_map) next to that code: transformers' default
+    # (trust_remote_code=None) would ask on a terminal whether to run it. Refused, never asked.
+    marker = tmp_path / "ran"
+    auto_map = {"AutoConfig": "evil.C", "AutoModelForCausalLM": "evil.M", "AutoTokenizer": ["evil.T", None]}
+    for name, config in (("model", "config.json"), ("tok", "tokenizer_config.json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / config).write_text(json.dumps({"model_type": "evil", "auto_map": auto_map}))
+        (tmp_path / name / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    lr = lambda _: 1e-3  # noqa: E731
+    with pytest.raises(ValueError, match="(?s)model=.*not a loadable causal-LM checkpoint.*custom code"):
+        LMPolicy(obs_space(), spaces.Discrete(VOCAB), lr, model=str(tmp_path / "model"))
+    with pytest.raises(ValueError, match="(?s)tokenizer=.*not a loadable tokenizer.*custom code"):
+        load_tokenizer(str(tmp_path / "tok"))
+    assert not marker.exists()
+    assert "Do you wish to run the custom code" not in capsys.readouterr().out
 
 
 def test_larger_model_vocabulary_is_restricted_to_the_action_space():

@@ -9,9 +9,10 @@ swap in the tokenizer of a real checkpoint by passing its local directory instea
 from __future__ import annotations
 
 import copy
-import os
 import string
 from functools import lru_cache
+
+from egsw_gym.common.local_pretrained import from_local_directory
 
 __all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "load_tokenizer"]
 
@@ -66,20 +67,13 @@ def load_tokenizer(tokenizer=None):
     if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
         from transformers import AutoTokenizer  # lazy: transformers is the optional [llm] extra
 
-        path = os.fspath(tokenizer)
-        if not os.path.isdir(path):
-            raise ValueError(
-                f"tokenizer={path!r} is not a local directory; pass a directory written by "
-                "save_pretrained (models are never fetched from the hub), a tokenizer object, or None "
-                "for the built-in character tokenizer"
-            )
-        try:
-            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as err:  # not a tokenizer directory
-            raise ValueError(
-                f"tokenizer={path!r} is a directory but not a loadable tokenizer ({type(err).__name__}: "
-                f"{err}); pass a directory written by save_pretrained"
-            ) from err
+        tok = from_local_directory(
+            AutoTokenizer,
+            tokenizer,
+            "tokenizer",
+            "tokenizer",
+            "a tokenizer object, or None for the built-in character tokenizer",
+        )
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         return tok

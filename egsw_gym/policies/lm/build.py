@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
+from egsw_gym.common.local_pretrained import from_local_directory
 from egsw_gym.common.tokenizer import load_tokenizer
 from egsw_gym.policies.lm.compat import unwrap_peft
 from egsw_gym.policies.lm.inputs import last_position
@@ -121,22 +122,14 @@ def build_model(
         built = AutoModelForCausalLM.from_config(model_config)
         return built.to(dtype) if dtype is not None else built
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.isdir(path):
-            raise ValueError(
-                f"model={path!r} is not a local directory; pass a checkpoint directory written by "
-                "save_pretrained (models are never fetched from the hub), a PreTrainedModel, or None "
-                "for the tiny default model"
-            )
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, dtype=dtype or torch.float32
-            )
-        except (OSError, ValueError, KeyError) as err:  # not a model directory, or one transformers refuses
-            raise ValueError(
-                f"model={path!r} is a directory but not a loadable causal-LM checkpoint ({type(err).__name__}: "
-                f"{err}); pass a directory written by save_pretrained (config.json and the weights)"
-            ) from err
+        return from_local_directory(
+            AutoModelForCausalLM,
+            model,
+            "model",
+            "causal-LM checkpoint (config.json and the weights)",
+            "a PreTrainedModel, or None for the tiny default model",
+            dtype=dtype or torch.float32,
+        )
     if isinstance(model, PreTrainedModel) or hasattr(model, "get_base_model"):
         return model if dtype is None else model.to(dtype)
     raise TypeError(
