@@ -2,6 +2,8 @@
 
 - :func:`shared_prefill`: one pass per run of repeated prompts, its KV cache gathered back to
   every row (GRPO's groups repeat each prompt ``group_size`` times in a row);
+- :func:`prefix_tree_logits`: teacher-forced logits of a whole run of repeated prompts in one pass,
+  the run's completions side by side behind one copy of the prompt (a prefix-tree attention mask);
 - :func:`sequence_log_probs`: teacher-forced log-probs and entropies of whole completions, with
   gradients (the training pass of :meth:`~egsw_gym.policies.lm.LMPolicy.evaluate_sequences` and of
   :func:`~egsw_gym.llm.warm_start.warm_start`).
@@ -13,15 +15,52 @@ from typing import Any
 
 import torch
 
-from egsw_gym.policies.lm.compat import checkpoints_activations, forward_kwargs, gather_cache, output_cache
+from egsw_gym.policies.lm.compat import (
+    checkpoints_activations,
+    forward_kwargs,
+    gather_cache,
+    output_cache,
+    unwrap_peft,
+)
 from egsw_gym.policies.lm.inputs import (
     distinct_prompts,
     last_position,
     position_ids_from_mask,
+    prefix_tree,
     prepare_prompt,
 )
 
-__all__ = ["sequence_log_probs", "shared_prefill", "shared_prompt_logits"]
+__all__ = ["prefix_tree_logits", "sequence_log_probs", "shared_prefill", "shared_prompt_logits"]
+
+# Architectures whose positions come from ``position_ids`` and whose forward takes a custom 4D
+# attention mask as it is: each was checked against one pass per row (transformers 5.24, sdpa and
+# eager attention). Others (ALiBi models such as BLOOM, which build their biases from a 2D mask;
+# per-layer sliding windows...) take the KV-cache route.
+PREFIX_TREE_MODEL_TYPES = frozenset(
+    {
+        "gemma",
+        "gpt2",
+        "gpt_neox",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo2",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "stablelm",
+    }
+)
+# The prefix-tree pass attends over ``S = L + R * C`` keys per run where the KV-cache route attends
+# over ``L + C`` per row, and saves a model call and a cache gather. Measured with the tiny GPT-2
+# (CPU, 1 thread, 8 runs of 8), forward + backward: 6-token prompts and 4-token answers 12.8 -> 9.0
+# ms; 60 / 17 tokens 60 -> 47 ms; 120 / 64 tokens 228 -> 291 ms. It is used while its extra
+# attention is at most this fraction of the pass's dense compute (a key costs ~4d FLOPs a layer, a
+# token ~24d^2, so a token is worth ~6d keys: 0.03 / 0.15 / 0.59 in the three cases above)...
+PREFIX_TREE_MAX_EXTRA_ATTENTION = 0.25
+# ...and while its (runs, S, S) mask stays small (the mask is built in memory).
+PREFIX_TREE_MAX_MASK_ELEMENTS = 1 << 22
 
 
 def shared_prefill(
@@ -86,6 +125,72 @@ def shared_prompt_logits(
     return torch.cat([first_logits, rest], dim=1)
 
 
+def prefix_tree_pays(
+    model: torch.nn.Module, prompt_len: int, width: int, first_rows: torch.Tensor, inverse: torch.Tensor
+) -> bool:
+    """Whether :func:`prefix_tree_logits` serves ``model`` and is cheaper than the KV-cache route.
+
+    ``prompt_len`` is the packed prompt width, ``width`` the completion tokens per row fed to the
+    model (``T - 1`` for teacher forcing); see :data:`PREFIX_TREE_MAX_EXTRA_ATTENTION`.
+    """
+    config = getattr(unwrap_peft(model), "config", None)
+    if getattr(config, "model_type", None) not in PREFIX_TREE_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False  # flash-attention kernels take no arbitrary mask
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and window < prompt_len + width + 1:
+        return False
+    n_runs, batch = len(first_rows), len(inverse)
+    run_len = int(torch.bincount(inverse).max())
+    size = prompt_len + run_len * width
+    if n_runs * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
+        return False
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    extra = n_runs * size * size - (n_runs * prompt_len**2 + batch * width * (prompt_len + width))
+    return extra <= PREFIX_TREE_MAX_EXTRA_ATTENTION * 6 * hidden * n_runs * size
+
+
+def prefix_tree_logits(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    actions: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+) -> torch.Tensor:
+    """``(B, T, V)`` next-token logits before each action, in one pass per run of repeated prompts.
+
+    The run's prompt is followed by all its rows' actions but the last, each row's tokens seeing only
+    the prompt and themselves (:func:`~egsw_gym.policies.lm.inputs.prefix_tree`). Same values (and
+    gradients) as one teacher-forced pass over every row, up to float rounding.
+    """
+    _, has_keep = forward_kwargs(model)
+    prompt_len = ids.shape[1]
+    config = getattr(unwrap_peft(model), "config", None)
+    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, last_position(config))
+    allowed = tree.allowed[:, None]  # (runs, 1, S, S): one mask for every head
+    if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
+        dtype = next(model.parameters()).dtype
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
+    kwargs: dict[str, Any] = {}
+    if has_keep:  # the prompt's last column and every completion column: the tail of each row
+        kwargs["logits_to_keep"] = tree.input_ids.shape[1] - prompt_len + 1
+    logits = model(
+        input_ids=tree.input_ids,
+        attention_mask=allowed,
+        position_ids=tree.position_ids,
+        use_cache=False,
+        **kwargs,
+    ).logits
+    offset = logits.shape[1] - (tree.input_ids.shape[1] - prompt_len + 1)  # 0 with logits_to_keep
+    first = logits[:, offset][inverse].unsqueeze(1)  # (B, 1, V): the distribution of the first action
+    rest = logits[inverse[:, None], tree.columns - prompt_len + 1 + offset]  # (B, T - 1, V)
+    return torch.cat([first, rest], dim=1)
+
+
 def sequence_log_probs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -117,11 +222,13 @@ def sequence_log_probs(
     fill_token_id : int
         See :func:`prepare_prompt`.
     share_prompts : bool
-        Run each run of adjacent repeated prompts through the model once and reuse its KV cache for
-        every row of the run (:func:`distinct_prompts`), instead of one teacher-forced pass over
-        every row's prompt plus completion. Same log-probs and gradients up to float rounding;
-        GRPO's groups repeat every prompt ``group_size`` times in a row, so this saves most of the
-        prompt compute. Models whose cache cannot be gathered by rows fall back to the single pass.
+        Run each run of adjacent repeated prompts (:func:`distinct_prompts`) through the model
+        once, instead of one teacher-forced pass over every row's prompt plus completion. Same
+        log-probs and gradients up to float rounding; GRPO's groups repeat every prompt
+        ``group_size`` times in a row, so this saves most of the prompt compute. Short runs take one
+        prefix-tree pass (:func:`prefix_tree_logits`, where :func:`prefix_tree_pays`), longer ones
+        a prompt pass whose KV cache every row's pass reuses (:func:`shared_prompt_logits`); models
+        whose cache cannot be gathered by rows fall back to the single pass.
 
     Returns
     -------
@@ -140,7 +247,9 @@ def sequence_log_probs(
     positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
     shared = distinct_prompts(ids, mask) if share_prompts else None
     logits = None
-    if shared is not None and not checkpoints_activations(model):
+    if shared is not None and prefix_tree_pays(model, ids.shape[1], steps - 1, *shared):
+        logits = prefix_tree_logits(model, ids, mask, actions, *shared)
+    elif shared is not None and not checkpoints_activations(model):
         logits = shared_prompt_logits(model, ids, mask, actions, full_mask, positions, *shared)
     if logits is None:
         cache_kw, has_keep = forward_kwargs(model)

@@ -9,11 +9,18 @@ positions. Nothing here calls a model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["distinct_prompts", "last_position", "position_ids_from_mask", "prepare_prompt"]
+__all__ = [
+    "PrefixTree",
+    "distinct_prompts",
+    "last_position",
+    "position_ids_from_mask",
+    "prefix_tree",
+    "prepare_prompt",
+]
 
 
 def prepare_prompt(
@@ -136,3 +143,85 @@ def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     if len(first_rows) == batch:
         return None
     return first_rows, starts.cumsum(0) - 1
+
+
+class PrefixTree(NamedTuple):
+    """One row per run of repeated prompts: the prompt, then every completion of the run side by side.
+
+    ``input_ids``/``position_ids`` are ``(U, S)``; ``allowed`` is ``(U, S, S)``, True where a query
+    column may attend to a key column; ``columns`` ``(B, C)`` holds, for every batch row, the tree
+    columns of its completion tokens (the prompt's last column is ``S_prompt - 1``).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    allowed: torch.Tensor
+    columns: torch.Tensor
+
+
+def prefix_tree(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    completions: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+    max_position: int | None = None,
+) -> PrefixTree:
+    """Lay out each run of a repeated prompt as one sequence: ``prompt, c_1, c_2, ..., c_R``.
+
+    A causal LM run over such a sequence, with each completion ``c_k`` allowed to attend only to the
+    prompt and to its own earlier tokens (a prefix-tree mask), and positions that continue each
+    completion from the end of the prompt, computes for every completion token exactly what a pass
+    over ``prompt + c_k`` alone computes. One pass then covers a whole group, where the KV-cache
+    route (:func:`~egsw_gym.policies.lm.forward.shared_prompt_logits`) needs two passes and a gather.
+
+    Parameters
+    ----------
+    ids, mask : torch.Tensor
+        ``(B, L)`` packed, left-padded prompts (:func:`prepare_prompt`).
+    completions : torch.Tensor
+        ``(B, C)`` completion tokens to lay out (for teacher forcing, every action but the last).
+    first_rows, inverse : torch.Tensor
+        The runs of :func:`distinct_prompts`.
+    max_position : int or None
+        See :func:`position_ids_from_mask`.
+
+    Returns
+    -------
+    PrefixTree
+        ``S = L + R * C`` columns, ``R`` the longest run; runs shorter than ``R`` leave slots of
+        fill tokens that attend only to themselves and the prompt (no row reads them).
+    """
+    batch, width = completions.shape
+    n_runs, prompt_len = len(first_rows), ids.shape[1]
+    device = ids.device
+    slot = torch.arange(batch, device=device) - first_rows[inverse]  # each row's place in its run
+    n_slots = int(slot.max()) + 1
+    size = prompt_len + n_slots * width
+    steps = torch.arange(width, device=device)
+    columns = prompt_len + slot[:, None] * width + steps  # (B, C)
+    rows = inverse[:, None].expand(batch, width)
+
+    prompt_mask = mask[first_rows].bool()
+    input_ids = torch.zeros(n_runs, size, dtype=torch.long, device=device)
+    input_ids[:, :prompt_len] = ids[first_rows]
+    input_ids[rows, columns] = completions.long()
+    position_ids = torch.zeros_like(input_ids)
+    position_ids[:, :prompt_len] = position_ids_from_mask(prompt_mask)
+    position_ids[rows, columns] = prompt_mask.sum(1)[inverse, None] + steps
+    if max_position is not None:
+        position_ids.clamp_(max=max_position)
+
+    # Key column k is visible from query column q if it comes no later, and it is in the prompt
+    # or in q's own completion; padding keys of the prompt are never visible (except to themselves,
+    # so no query is left with nothing to attend to).
+    block = torch.full((size,), -1, device=device)
+    block[prompt_len:] = torch.arange(n_slots, device=device).repeat_interleave(width)
+    order = torch.arange(size, device=device)
+    structure = (order[None, :] <= order[:, None]) & (
+        (block[None, :] == -1) | (block[None, :] == block[:, None])
+    )
+    real_keys = torch.ones(n_runs, size, dtype=torch.bool, device=device)
+    real_keys[:, :prompt_len] = prompt_mask
+    allowed = (structure[None] & real_keys[:, None, :]) | torch.eye(size, dtype=torch.bool, device=device)
+    return PrefixTree(input_ids, position_ids, allowed, columns)

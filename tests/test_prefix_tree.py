@@ -1,0 +1,173 @@
+"""The prefix-tree pass: one pass per run of repeated prompts, against one pass per row and a loop layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+import egsw_gym.policies.lm.forward as forward  # noqa: E402
+from egsw_gym.policies.lm import distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
+from egsw_gym.policies.lm.forward import prefix_tree_logits, prefix_tree_pays, shared_prompt_logits  # noqa: E402
+from egsw_gym.policies.lm.inputs import prefix_tree  # noqa: E402
+
+torch.set_num_threads(1)
+
+VOCAB = 40
+CONFIGS = {
+    "gpt2": {
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 64,
+        **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), 0.0),  # as LMPolicy builds it
+    },
+    "llama": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    },
+}
+
+
+def make_model(model_type: str = "gpt2", attn: str = "sdpa", **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    fields = {**CONFIGS[model_type], **overrides}
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **fields)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+
+
+def uneven_batch(steps: int = 4, seed: int = 0):
+    """Runs of 3, 1, 2 and 4 repeated prompts of different lengths (left-padded), random actions."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths, repeats = [4, 7, 2, 5], torch.tensor([3, 1, 2, 4])
+    ids = torch.zeros(len(lengths), 7, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, 7 - n :] = torch.randint(3, VOCAB, (n,), generator=gen)
+        mask[i, 7 - n :] = 1
+    ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+    actions = torch.randint(0, VOCAB, (len(ids), steps), generator=gen)
+    return ids, mask, actions
+
+
+def test_prefix_tree_layout_matches_a_loop_reference():
+    """Every completion token sits after its run's prompt, at its own position, seeing only the
+    prompt's real tokens and its own earlier tokens; prompt tokens see the earlier real prompt."""
+    ids, mask, actions = uneven_batch(steps=3)
+    ids, mask = prepare_prompt(ids, mask)
+    first_rows, inverse = distinct_prompts(ids, mask)
+    completions = actions[:, :-1]
+    tree = prefix_tree(ids, mask, completions, first_rows, inverse)
+    runs, size = tree.input_ids.shape
+    prompt_len = ids.shape[1]
+    assert runs == 4 and size == prompt_len + 4 * completions.shape[1]  # the longest run has 4 rows
+    for u in range(runs):
+        real = [k for k in range(prompt_len) if mask[first_rows[u], k]]
+        for q in real:
+            assert tree.input_ids[u, q] == ids[first_rows[u], q]
+            assert tree.position_ids[u, q] == real.index(q)
+            assert torch.equal(
+                tree.allowed[u, q].nonzero().flatten(), torch.tensor([k for k in real if k <= q])
+            )
+    for b in range(len(ids)):
+        u = int(inverse[b])
+        real = [k for k in range(prompt_len) if mask[b, k]]
+        for j in range(completions.shape[1]):
+            c = int(tree.columns[b, j])
+            assert tree.input_ids[u, c] == completions[b, j]
+            assert tree.position_ids[u, c] == len(real) + j
+            visible = real + [int(x) for x in tree.columns[b, : j + 1]]
+            assert tree.allowed[u, c].nonzero().flatten().tolist() == sorted(visible)
+    # every query may attend to something (padding and unused slots: to themselves)
+    assert tree.allowed.any(-1).all()
+
+
+@pytest.mark.parametrize(("model_type", "attn"), [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa")])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model_type, attn, steps):
+    model = make_model(model_type, attn)
+    ids, mask, actions = uneven_batch(steps)
+    ids, mask = prepare_prompt(ids, mask)
+    shared = distinct_prompts(ids, mask)
+    results = []
+    for tree in (True, False):
+        model.zero_grad()
+        if tree:
+            log_p = torch.log_softmax(prefix_tree_logits(model, ids, mask, actions, *shared).float(), -1)
+            lp = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            ent = -(log_p.exp() * log_p).sum(-1)
+        else:
+            lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+        (lp.sum() + 0.5 * ent.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((lp.detach(), ent.detach(), grads))
+    (lp_t, ent_t, g_t), (lp_f, ent_f, g_f) = results
+    assert torch.allclose(lp_t, lp_f, atol=1e-5) and torch.allclose(ent_t, ent_f, atol=1e-5)
+    assert torch.allclose(g_t, g_f, rtol=1e-4, atol=1e-5)
+    assert g_f.abs().max() > 1e-2  # the comparison is not between zero gradients
+
+
+@pytest.mark.parametrize("route", ["tree", "cache"])
+def test_sequence_log_probs_takes_the_route_prefix_tree_pays_chooses(monkeypatch, route):
+    """Both shared routes give the single pass's log-probs; which one runs follows prefix_tree_pays."""
+    model = make_model()
+    ids, mask, actions = uneven_batch()
+    ran = []
+    monkeypatch.setattr(forward, "prefix_tree_pays", lambda *a: route == "tree")
+    for name, fn in (("tree", prefix_tree_logits), ("cache", shared_prompt_logits)):
+        monkeypatch.setattr(forward, fn.__name__, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
+    with torch.no_grad():
+        shared_lp, _ = sequence_log_probs(model, ids, mask, actions)
+        full_lp, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+    assert ran == [route]
+    assert torch.allclose(shared_lp, full_lp, atol=1e-5)
+
+
+def test_gradient_checkpointing_models_share_prompts_through_the_tree():
+    """Checkpointing refuses a KV cache, but the tree pass needs none: same values as one pass per row."""
+    model = make_model()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model.train()
+    ids, mask, actions = uneven_batch()
+    lp, _ = sequence_log_probs(model, ids, mask, actions)
+    lp.sum().backward()
+    full, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+    assert torch.allclose(lp, full, atol=1e-5)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def runs(n_runs: int, run_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(n_runs) * run_len, torch.arange(n_runs).repeat_interleave(run_len)
+
+
+@pytest.mark.parametrize(
+    ("prompt_len", "width", "expected"),
+    [(6, 3, True), (60, 16, True), (120, 63, False)],  # arithmetic-, countdown- and GSM8K-like rounds
+)
+def test_prefix_tree_pays_for_short_completions_only(prompt_len, width, expected):
+    model = make_model(n_embd=128)  # the tiny default model's width, where the rule was measured
+    assert prefix_tree_pays(model, prompt_len, width, *runs(8, 8)) is expected
+
+
+def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
+    assert prefix_tree_pays(make_model(), 6, 3, *runs(8, 8))
+    # flash-attention style kernels take no arbitrary mask
+    flash = make_model()
+    flash.config._attn_implementation = "flash_attention_2"
+    assert not prefix_tree_pays(flash, 6, 3, *runs(8, 8))
+    # a sliding window shorter than a sequence would be bypassed by the custom mask
+    assert not prefix_tree_pays(make_model("llama", sliding_window=8), 6, 3, *runs(8, 8))
+    assert prefix_tree_pays(make_model("llama", sliding_window=64), 6, 3, *runs(8, 8))
+    # an architecture not checked against the per-row pass (BLOOM's ALiBi reads the 2D mask)
+    bloom = make_model()
+    bloom.config.model_type = "bloom"
+    assert not prefix_tree_pays(bloom, 6, 3, *runs(8, 8))
+    # the (runs, S, S) mask is built in memory: never above PREFIX_TREE_MAX_MASK_ELEMENTS
+    assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, 1024, *runs(8, 8))
