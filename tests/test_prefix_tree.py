@@ -57,35 +57,42 @@ def uneven_batch(steps: int = 4, seed: int = 0):
     return ids, mask, actions
 
 
-def test_prefix_tree_layout_matches_a_loop_reference():
-    """Every completion token sits after its run's prompt, at its own position, seeing only the
-    prompt's real tokens and its own earlier tokens; prompt tokens see the earlier real prompt."""
-    ids, mask, actions = uneven_batch(steps=3)
+@pytest.mark.parametrize("ragged", [False, True])
+def test_prefix_tree_layout_matches_a_loop_reference(ragged):
+    """Every laid-out completion token sits after its run's prompt, at its own position, seeing only
+    the prompt's real tokens and its own earlier tokens; prompt tokens see the earlier real prompt."""
+    ids, mask, actions = uneven_batch(steps=4)
     ids, mask = prepare_prompt(ids, mask)
     first_rows, inverse = distinct_prompts(ids, mask)
     completions = actions[:, :-1]
-    tree = prefix_tree(ids, mask, completions, first_rows, inverse)
+    widths = torch.tensor([3, 0, 2, 1, 3, 3, 2, 0, 1, 3]) if ragged else None
+    tree = prefix_tree(ids, mask, completions, first_rows, inverse, widths)
+    width = torch.full((len(ids),), 3) if widths is None else widths
     runs, size = tree.input_ids.shape
     prompt_len = ids.shape[1]
-    assert runs == 4 and size == prompt_len + 4 * completions.shape[1]  # the longest run has 4 rows
+    run_tokens = [int(width[inverse == u].sum()) for u in range(runs)]
+    assert runs == 4 and size == prompt_len + max(run_tokens)
     for u in range(runs):
         real = [k for k in range(prompt_len) if mask[first_rows[u], k]]
         for q in real:
             assert tree.input_ids[u, q] == ids[first_rows[u], q]
             assert tree.position_ids[u, q] == real.index(q)
-            assert torch.equal(
-                tree.allowed[u, q].nonzero().flatten(), torch.tensor([k for k in real if k <= q])
-            )
+            assert tree.allowed[u, q].nonzero().flatten().tolist() == [k for k in real if k <= q]
+    used = {u: set() for u in range(runs)}
     for b in range(len(ids)):
-        u = int(inverse[b])
+        u, w = int(inverse[b]), int(width[b])
         real = [k for k in range(prompt_len) if mask[b, k]]
-        for j in range(completions.shape[1]):
+        for j in range(w):
             c = int(tree.columns[b, j])
+            assert c >= prompt_len and c not in used[u]  # its own column
+            used[u].add(c)
             assert tree.input_ids[u, c] == completions[b, j]
             assert tree.position_ids[u, c] == len(real) + j
             visible = real + [int(x) for x in tree.columns[b, : j + 1]]
             assert tree.allowed[u, c].nonzero().flatten().tolist() == sorted(visible)
-    # every query may attend to something (padding and unused slots: to themselves)
+        # steps past the laid-out tokens repeat the row's last column (or the prompt's last)
+        assert (tree.columns[b, w:] == (tree.columns[b, w - 1] if w else prompt_len - 1)).all()
+    # every query may attend to something (padding and unused columns: to themselves)
     assert tree.allowed.any(-1).all()
 
 
@@ -112,6 +119,23 @@ def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model
     assert torch.allclose(lp_t, lp_f, atol=1e-5) and torch.allclose(ent_t, ent_f, atol=1e-5)
     assert torch.allclose(g_t, g_f, rtol=1e-4, atol=1e-5)
     assert g_f.abs().max() > 1e-2  # the comparison is not between zero gradients
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_lengths_skip_nothing_real_and_zero_the_rest(share):
+    """With each row's length, the prefix-tree pass lays out only its real actions: the real steps
+    match one full pass per row, and every route gives 0 after a row's end."""
+    model = make_model()
+    ids, mask, actions = uneven_batch(steps=4)
+    lengths = torch.tensor([4, 1, 2, 3, 4, 4, 2, 0, 1, 3])
+    valid = torch.arange(4) < lengths[:, None]
+    lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=share, lengths=lengths)
+    full_lp, full_ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+    assert torch.allclose(lp[valid], full_lp[valid], atol=1e-5)
+    assert torch.allclose(ent[valid], full_ent[valid], atol=1e-5)
+    assert (lp[~valid] == 0).all() and (ent[~valid] == 0).all()
+    lp.sum().backward()  # gradients flow through the ragged pass
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("route", ["tree", "cache"])
@@ -143,8 +167,14 @@ def test_gradient_checkpointing_models_share_prompts_through_the_tree():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def runs(n_runs: int, run_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.arange(n_runs) * run_len, torch.arange(n_runs).repeat_interleave(run_len)
+def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(widths, first_rows, inverse)`` of ``n_runs`` runs of ``run_len`` rows with ``width`` tokens."""
+    n = n_runs * run_len
+    return (
+        torch.full((n,), width),
+        torch.arange(n_runs) * run_len,
+        torch.arange(n_runs).repeat_interleave(run_len),
+    )
 
 
 @pytest.mark.parametrize(
@@ -153,21 +183,21 @@ def runs(n_runs: int, run_len: int) -> tuple[torch.Tensor, torch.Tensor]:
 )
 def test_prefix_tree_pays_for_short_completions_only(prompt_len, width, expected):
     model = make_model(n_embd=128)  # the tiny default model's width, where the rule was measured
-    assert prefix_tree_pays(model, prompt_len, width, *runs(8, 8)) is expected
+    assert prefix_tree_pays(model, prompt_len, *runs(8, 8, width)) is expected
 
 
 def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
-    assert prefix_tree_pays(make_model(), 6, 3, *runs(8, 8))
+    assert prefix_tree_pays(make_model(), 6, *runs(8, 8, 3))
     # flash-attention style kernels take no arbitrary mask
     flash = make_model()
     flash.config._attn_implementation = "flash_attention_2"
-    assert not prefix_tree_pays(flash, 6, 3, *runs(8, 8))
+    assert not prefix_tree_pays(flash, 6, *runs(8, 8, 3))
     # a sliding window shorter than a sequence would be bypassed by the custom mask
-    assert not prefix_tree_pays(make_model("llama", sliding_window=8), 6, 3, *runs(8, 8))
-    assert prefix_tree_pays(make_model("llama", sliding_window=64), 6, 3, *runs(8, 8))
+    assert not prefix_tree_pays(make_model("llama", sliding_window=8), 6, *runs(8, 8, 3))
+    assert prefix_tree_pays(make_model("llama", sliding_window=64), 6, *runs(8, 8, 3))
     # an architecture not checked against the per-row pass (BLOOM's ALiBi reads the 2D mask)
     bloom = make_model()
     bloom.config.model_type = "bloom"
-    assert not prefix_tree_pays(bloom, 6, 3, *runs(8, 8))
+    assert not prefix_tree_pays(bloom, 6, *runs(8, 8, 3))
     # the (runs, S, S) mask is built in memory: never above PREFIX_TREE_MAX_MASK_ELEMENTS
-    assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, 1024, *runs(8, 8))
+    assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, *runs(8, 8, 1024))

@@ -182,7 +182,6 @@ class MlpPolicy(GRPOPolicy):
         return log_probs, entropies
 
 
-
 class CnnPolicy(MlpPolicy):
     """:class:`MlpPolicy` on image observations: SB3's ``NatureCNN`` features extractor by default.
 

@@ -126,27 +126,34 @@ def shared_prompt_logits(
 
 
 def prefix_tree_pays(
-    model: torch.nn.Module, prompt_len: int, width: int, first_rows: torch.Tensor, inverse: torch.Tensor
+    model: torch.nn.Module,
+    prompt_len: int,
+    widths: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
 ) -> bool:
     """Whether :func:`prefix_tree_logits` serves ``model`` and is cheaper than the KV-cache route.
 
-    ``prompt_len`` is the packed prompt width, ``width`` the completion tokens per row fed to the
-    model (``T - 1`` for teacher forcing); see :data:`PREFIX_TREE_MAX_EXTRA_ATTENTION`.
+    ``prompt_len`` is the packed prompt width, ``widths`` ``(B,)`` the completion tokens of each row
+    fed to the model (``length - 1`` for teacher forcing); see
+    :data:`PREFIX_TREE_MAX_EXTRA_ATTENTION`.
     """
     config = getattr(unwrap_peft(model), "config", None)
     if getattr(config, "model_type", None) not in PREFIX_TREE_MODEL_TYPES:
         return False
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False  # flash-attention kernels take no arbitrary mask
+    width = int(widths.max()) if len(widths) else 0
     window = getattr(config, "sliding_window", None)
     if isinstance(window, int) and window < prompt_len + width + 1:
         return False
     n_runs, batch = len(first_rows), len(inverse)
-    run_len = int(torch.bincount(inverse).max())
-    size = prompt_len + run_len * width
+    run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
+    size = prompt_len + int(run_tokens.max())
     if n_runs * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
         return False
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    # attention pairs of the tree vs the two-pass route (which runs every row's `width` columns)
     extra = n_runs * size * size - (n_runs * prompt_len**2 + batch * width * (prompt_len + width))
     return extra <= PREFIX_TREE_MAX_EXTRA_ATTENTION * 6 * hidden * n_runs * size
 
@@ -158,17 +165,20 @@ def prefix_tree_logits(
     actions: torch.Tensor,
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
+    widths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, T, V)`` next-token logits before each action, in one pass per run of repeated prompts.
 
     The run's prompt is followed by all its rows' actions but the last, each row's tokens seeing only
     the prompt and themselves (:func:`~egsw_gym.policies.lm.inputs.prefix_tree`). Same values (and
-    gradients) as one teacher-forced pass over every row, up to float rounding.
+    gradients) as one teacher-forced pass over every row, up to float rounding. ``widths`` ``(B,)``
+    limits each row to its first ``widths[b]`` actions as inputs (logits of its first
+    ``widths[b] + 1`` steps; the later steps repeat its last ones and are meant to be masked).
     """
     _, has_keep = forward_kwargs(model)
     prompt_len = ids.shape[1]
     config = getattr(unwrap_peft(model), "config", None)
-    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, last_position(config))
+    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, widths, last_position(config))
     allowed = tree.allowed[:, None]  # (runs, 1, S, S): one mask for every head
     if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
         dtype = next(model.parameters()).dtype
@@ -200,6 +210,7 @@ def sequence_log_probs(
     temperature: float = 1.0,
     fill_token_id: int = 0,
     share_prompts: bool = True,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced log-probs and entropies of ``actions`` after each prompt, with gradients.
 
@@ -229,6 +240,10 @@ def sequence_log_probs(
         prefix-tree pass (:func:`prefix_tree_logits`, where :func:`prefix_tree_pays`), longer ones
         a prompt pass whose KV cache every row's pass reuses (:func:`shared_prompt_logits`); models
         whose cache cannot be gathered by rows fall back to the single pass.
+    lengths : torch.Tensor or None
+        ``(B,)`` the number of real actions of each row (its episode's length). The log-probs and
+        entropies after it are 0, and the prefix-tree pass does not compute them. ``None``: every
+        action is real.
 
     Returns
     -------
@@ -247,8 +262,10 @@ def sequence_log_probs(
     positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
     shared = distinct_prompts(ids, mask) if share_prompts else None
     logits = None
-    if shared is not None and prefix_tree_pays(model, ids.shape[1], steps - 1, *shared):
-        logits = prefix_tree_logits(model, ids, mask, actions, *shared)
+    widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths.to(ids.device)
+    widths = (widths - 1).clamp(0, steps - 1)  # actions fed back as inputs: all but each row's last
+    if shared is not None and prefix_tree_pays(model, ids.shape[1], widths, *shared):
+        logits = prefix_tree_logits(model, ids, mask, actions, *shared, widths)
     elif shared is not None and not checkpoints_activations(model):
         logits = shared_prompt_logits(model, ids, mask, actions, full_mask, positions, *shared)
     if logits is None:
@@ -272,4 +289,8 @@ def sequence_log_probs(
     log_p = torch.log_softmax(logits, dim=-1)
     log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropies = -(log_p.exp() * log_p).sum(-1)
+    if lengths is not None:  # 0 after each row's end, whichever route computed it
+        valid = torch.arange(steps, device=ids.device) < lengths.to(ids.device)[:, None]
+        zero = torch.zeros((), device=log_probs.device)
+        log_probs, entropies = torch.where(valid, log_probs, zero), torch.where(valid, entropies, zero)
     return log_probs, entropies

@@ -17,6 +17,7 @@ __all__ = [
     "PrefixTree",
     "distinct_prompts",
     "last_position",
+    "last_true",
     "position_ids_from_mask",
     "prefix_tree",
     "prepare_prompt",
@@ -108,6 +109,15 @@ def last_position(config: Any) -> int | None:
     return None
 
 
+def last_true(mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` one past the last True entry of each row of a ``(B, T)`` mask (0 for an all-False row).
+
+    The length of each row's episode: for an episode mask (True while it runs) its number of steps.
+    """
+    steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.bool() * steps).amax(1) if mask.shape[1] else mask.new_zeros(mask.shape[0], dtype=torch.long)
+
+
 def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Rows that start each run of repeated prompts, and every row's run, when some prompts repeat.
 
@@ -150,7 +160,7 @@ class PrefixTree(NamedTuple):
 
     ``input_ids``/``position_ids`` are ``(U, S)``; ``allowed`` is ``(U, S, S)``, True where a query
     column may attend to a key column; ``columns`` ``(B, C)`` holds, for every batch row, the tree
-    columns of its completion tokens (the prompt's last column is ``S_prompt - 1``).
+    columns of its completion tokens (the prompt's last column is ``L - 1``).
     """
 
     input_ids: torch.Tensor
@@ -165,6 +175,7 @@ def prefix_tree(
     completions: torch.Tensor,
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
+    widths: torch.Tensor | None = None,
     max_position: int | None = None,
 ) -> PrefixTree:
     """Lay out each run of a repeated prompt as one sequence: ``prompt, c_1, c_2, ..., c_R``.
@@ -183,45 +194,57 @@ def prefix_tree(
         ``(B, C)`` completion tokens to lay out (for teacher forcing, every action but the last).
     first_rows, inverse : torch.Tensor
         The runs of :func:`distinct_prompts`.
+    widths : torch.Tensor or None
+        ``(B,)`` how many of each row's completion tokens to lay out (the rest are never read: a
+        finished episode's padding); ``None`` lays out all ``C``.
     max_position : int or None
         See :func:`position_ids_from_mask`.
 
     Returns
     -------
     PrefixTree
-        ``S = L + R * C`` columns, ``R`` the longest run; runs shorter than ``R`` leave slots of
-        fill tokens that attend only to themselves and the prompt (no row reads them).
+        ``S = L + `` the longest run's laid-out tokens. ``columns[b, j]`` for ``j >= widths[b]``
+        repeats the row's last laid-out column (the prompt's last one if it has none); columns no
+        row uses hold fill tokens that attend only to themselves.
     """
     batch, width = completions.shape
     n_runs, prompt_len = len(first_rows), ids.shape[1]
     device = ids.device
-    slot = torch.arange(batch, device=device) - first_rows[inverse]  # each row's place in its run
-    n_slots = int(slot.max()) + 1
-    size = prompt_len + n_slots * width
+    if widths is None:
+        widths = torch.full((batch,), width, device=device)
+    widths = widths.clamp(0, width)
+    # Each row's first column: after the prompt and the earlier rows of its run.
+    ends = widths.cumsum(0)
+    run_start = (ends - widths)[first_rows]
+    offsets = prompt_len + ends - widths - run_start[inverse]
+    size = int((offsets + widths).max())  # the prompt and the run with the most tokens
     steps = torch.arange(width, device=device)
-    columns = prompt_len + slot[:, None] * width + steps  # (B, C)
-    rows = inverse[:, None].expand(batch, width)
+    laid = steps[None, :] < widths[:, None]  # (B, C): tokens placed in the tree
+    last = torch.where(widths > 0, offsets + widths - 1, prompt_len - 1)  # the row's or the prompt's
+    columns = torch.where(laid, offsets[:, None] + steps, last[:, None])
+    rows = inverse[:, None].expand(batch, width)[laid]
+    placed = columns[laid]
 
     prompt_mask = mask[first_rows].bool()
     input_ids = torch.zeros(n_runs, size, dtype=torch.long, device=device)
     input_ids[:, :prompt_len] = ids[first_rows]
-    input_ids[rows, columns] = completions.long()
+    input_ids[rows, placed] = completions.long()[laid]
     position_ids = torch.zeros_like(input_ids)
     position_ids[:, :prompt_len] = position_ids_from_mask(prompt_mask)
-    position_ids[rows, columns] = prompt_mask.sum(1)[inverse, None] + steps
+    position_ids[rows, placed] = (prompt_mask.sum(1)[inverse, None] + steps)[laid]
     if max_position is not None:
         position_ids.clamp_(max=max_position)
 
-    # Key column k is visible from query column q if it comes no later, and it is in the prompt
-    # or in q's own completion; padding keys of the prompt are never visible (except to themselves,
-    # so no query is left with nothing to attend to).
-    block = torch.full((size,), -1, device=device)
-    block[prompt_len:] = torch.arange(n_slots, device=device).repeat_interleave(width)
+    # Key column k is visible from query column q if it comes no later and is a real prompt token
+    # or a token of q's own row; every column sees itself, so no query (padding, unused columns) is
+    # left with nothing to attend to.
+    owner = torch.full((n_runs, size), -2, device=device)  # -2: unused, -1: real prompt token
+    owner[:, :prompt_len] = torch.where(prompt_mask, -1, -2)
+    owner[rows, placed] = torch.arange(batch, device=device)[:, None].expand(batch, width)[laid]
     order = torch.arange(size, device=device)
-    structure = (order[None, :] <= order[:, None]) & (
-        (block[None, :] == -1) | (block[None, :] == block[:, None])
+    causal = order[None, :] <= order[:, None]
+    visible = (owner[:, None, :] == -1) | (
+        (owner[:, None, :] == owner[:, :, None]) & (owner[:, :, None] >= 0)
     )
-    real_keys = torch.ones(n_runs, size, dtype=torch.bool, device=device)
-    real_keys[:, :prompt_len] = prompt_mask
-    allowed = (structure[None] & real_keys[:, None, :]) | torch.eye(size, dtype=torch.bool, device=device)
+    allowed = (causal[None] & visible) | torch.eye(size, dtype=torch.bool, device=device)
     return PrefixTree(input_ids, position_ids, allowed, columns)

@@ -38,6 +38,7 @@ from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
 from egsw_gym.policies.lm.inputs import (
     distinct_prompts,
     last_position,
+    last_true,
     position_ids_from_mask,
     prepare_prompt,
 )
@@ -500,6 +501,7 @@ class LMPolicy(GRPOPolicy):
                 n_actions=self.n_actions,
                 temperature=self.temperature,
                 fill_token_id=self._fill_token_id,
+                lengths=last_true(mask),
             )
         zero = torch.zeros((), device=log_probs.device)
         return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
