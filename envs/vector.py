@@ -192,14 +192,28 @@ class TextGenerationVectorEnv(VectorEnv):
         self._hold_episodes = False  # ...which reset() moves here
         self._started = False
         self.problems: list[Any] = [None] * n
-        self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(n)]
+        self._rngs: list[np.random.Generator | None] = [seeding.np_random(None)[0] for _ in range(n)]
+        # Slots reset with the same seed (and options) as an earlier slot of the same reset share its
+        # problem; their own generator is only built, by replaying that reset's draw, if they ever
+        # draw again (an autoreset). A GRPO round seeds group_size slots alike and never does.
+        self._deferred: dict[int, tuple[int, dict | None]] = {}
 
     # ------------------------------------------------------------------------------------ helpers
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
+    def _rng(self, i: int) -> np.random.Generator:
+        """Slot ``i``'s generator (built now if its seeded reset was shared, see ``_deferred``)."""
+        rng = self._rngs[i]
+        if rng is None:
+            seed, options = self._deferred.pop(i)
+            rng = seeding.np_random(seed)[0]
+            self.core.choose_problem(rng, options)  # the draw of the reset it shared
+            self._rngs[i] = rng
+        return rng
+
     def _reset_slot(self, i: int, options: dict | None) -> dict[str, Any]:
-        problem = self.core.choose_problem(self._rngs[i], options)
+        problem = self.core.choose_problem(self._rng(i), options)
         row, mask = self.core.encode(problem)
         P = self.max_prompt_tokens
         self._ids[i].fill(self.pad_token_id)
@@ -262,12 +276,22 @@ class TextGenerationVectorEnv(VectorEnv):
                 raise ValueError(f"unknown reset option(s) {unknown}; allowed: {RESET_OPTION_KEYS}")
             idx = self._per_slot("options['prompt_index']", options.get("prompt_index"), lambda v: v)
             slot_options = [None if k is None else {"prompt_index": k} for k in idx]
+        entries, first = [], {}  # first slot of each (seed, options)
         for i, s in enumerate(seeds):
+            key = None if s is None else (s, str(slot_options[i]))
+            if key in first:  # same seed and options as slot j: same problem, generator deferred
+                j = first[key]
+                self._ids[i], self._mask[i], self._t[i] = self._ids[j], self._mask[j], 0
+                self.problems[i] = self.problems[j]
+                self._rngs[i], self._deferred[i] = None, (s, slot_options[i])
+                entries.append((i, self.core.reset_info(self.problems[i])))
+                continue
             if s is not None:
                 self._rngs[i] = seeding.np_random(s)[0]
-        infos = merge_infos(
-            [(i, self._reset_slot(i, slot_options[i])) for i in range(self.num_envs)], self.num_envs
-        )
+                self._deferred.pop(i, None)
+                first[key] = i
+            entries.append((i, self._reset_slot(i, slot_options[i])))
+        infos = merge_infos(entries, self.num_envs)
         self._held[:] = False
         self._any_held = False
         self._hold_episodes, self._hold_pending = self._hold_pending, False

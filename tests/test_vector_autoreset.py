@@ -153,6 +153,8 @@ def test_grpo_round_same_batch_fewer_verifier_calls(monkeypatch):
     assert [(e["r"], e["l"]) for e in episodes_auto] == [(e["r"], e["l"]) for e in episodes_held]
     episodes = 8 * 2  # n_envs x rounds
     assert counts_held.verifications == episodes
-    assert counts_held.samples == episodes + 8  # + the reset of _setup_learn (SB3 resets 8 slots)
+    # At most one draw per slot and reset (the reset of _setup_learn: 8 slots; each round's reset:
+    # one per group, since a group's slots share their seed and problem): no autoreset episode.
+    assert counts_held.samples <= episodes + 8
     assert counts_auto.verifications >= counts_held.verifications  # > when an autoreset episode ends
     assert counts_auto.samples > counts_held.samples
