@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 pytest.importorskip("transformers")
 
@@ -201,3 +203,38 @@ def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     assert not prefix_tree_pays(bloom, 6, *runs(8, 8, 3))
     # the (runs, S, S) mask is built in memory: never above PREFIX_TREE_MAX_MASK_ELEMENTS
     assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, *runs(8, 8, 1024))
+
+
+def test_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
+    """An eager decode step hands sdpa its (B, 1, 1, K) mask as it is; the tokens and log-probs of a
+    round are exactly those of the 2D-mask route (transformers building the mask)."""
+    import egsw_gym.policies.lm.policy as policy_module
+    from egsw_gym.policies.lm import LMPolicy
+
+    prompt, new = 8, 5
+    space = spaces.Dict(
+        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
+    )
+    ids, mask, _ = uneven_batch()
+    obs = {
+        "input_ids": torch.nn.functional.pad(ids, (1, new)),
+        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
+    }
+    rounds, dims = [], {True: set(), False: set()}
+    for four_d in (True, False):
+        torch.manual_seed(0)
+        policy = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"])
+        if not four_d:
+            monkeypatch.setattr(policy_module, "custom_mask_attention", lambda *a: None)
+        forward_fn = policy.model.forward
+        policy.model.forward = lambda *a, _f=forward_fn, _k=four_d, **kw: (
+            dims[_k].add(kw["attention_mask"].dim()) or _f(*a, **kw)
+        )
+        torch.manual_seed(1)
+        state, out = None, []
+        for _ in range(new):
+            actions, log_probs, entropies, state = policy.act(obs, state)
+            out.append(torch.stack([actions.float(), log_probs, entropies]))
+        rounds.append(torch.stack(out))
+    assert torch.equal(rounds[0], rounds[1])
+    assert dims == {True: {2, 4}, False: {2}}  # the prefill's 2D mask, then the decode steps'

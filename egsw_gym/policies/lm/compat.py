@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["checkpoints_activations", "forward_kwargs", "gather_cache", "output_cache", "unwrap_peft"]
+__all__ = [
+    "CUSTOM_MASK_MODEL_TYPES",
+    "checkpoints_activations",
+    "custom_mask_attention",
+    "forward_kwargs",
+    "gather_cache",
+    "output_cache",
+    "unwrap_peft",
+]
 
 
 def unwrap_peft(model: Any) -> Any:
@@ -39,6 +47,49 @@ def _forward_kwargs(forward: Any) -> tuple[str, bool]:
     params = inspect.signature(forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     return cache_kw, "logits_to_keep" in params
+
+
+# Architectures whose positions come from ``position_ids`` and whose forward takes a custom 4D
+# attention mask as it is: each was checked against one pass per row (transformers 5.24, sdpa and
+# eager attention). Others (ALiBi models such as BLOOM, which build their biases from a 2D mask;
+# per-layer sliding windows...) take the KV-cache route.
+CUSTOM_MASK_MODEL_TYPES = frozenset(
+    {
+        "gemma",
+        "gpt2",
+        "gpt_neox",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo2",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "stablelm",
+    }
+)
+
+
+def custom_mask_attention(model: torch.nn.Module, length: int | None = None) -> str | None:
+    """The attention implementation (``"sdpa"`` or ``"eager"``) of a model that takes a 4D mask as it is.
+
+    ``None`` when the model's forward would not honour a custom ``(B, 1, Q, K)`` mask: architectures
+    not in :data:`CUSTOM_MASK_MODEL_TYPES`, flash-attention kernels (no arbitrary masks), or a
+    sliding window shorter than ``length`` (the sequences the mask covers; ``None``: any window),
+    which a custom mask would bypass. ``"sdpa"`` takes a boolean mask (True: attend), ``"eager"``
+    an additive one (0 or the dtype's minimum).
+    """
+    config = getattr(unwrap_peft(model), "config", None)
+    if getattr(config, "model_type", None) not in CUSTOM_MASK_MODEL_TYPES:
+        return None
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in ("sdpa", "eager"):
+        return None
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and (length is None or window < length):
+        return None
+    return attention
 
 
 def output_cache(output: Any) -> Any:

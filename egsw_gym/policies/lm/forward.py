@@ -17,6 +17,7 @@ import torch
 
 from egsw_gym.policies.lm.compat import (
     checkpoints_activations,
+    custom_mask_attention,
     forward_kwargs,
     gather_cache,
     output_cache,
@@ -32,26 +33,6 @@ from egsw_gym.policies.lm.inputs import (
 
 __all__ = ["prefix_tree_logits", "sequence_log_probs", "shared_prefill", "shared_prompt_logits"]
 
-# Architectures whose positions come from ``position_ids`` and whose forward takes a custom 4D
-# attention mask as it is: each was checked against one pass per row (transformers 5.24, sdpa and
-# eager attention). Others (ALiBi models such as BLOOM, which build their biases from a 2D mask;
-# per-layer sliding windows...) take the KV-cache route.
-PREFIX_TREE_MODEL_TYPES = frozenset(
-    {
-        "gemma",
-        "gpt2",
-        "gpt_neox",
-        "granite",
-        "llama",
-        "mistral",
-        "olmo2",
-        "phi",
-        "phi3",
-        "qwen2",
-        "qwen3",
-        "stablelm",
-    }
-)
 # The prefix-tree pass attends over ``S = L + R * C`` keys per run where the KV-cache route attends
 # over ``L + C`` per row, and saves a model call and a cache gather. Measured with the tiny GPT-2
 # (CPU, 1 thread, 8 runs of 8), forward + backward: 6-token prompts and 4-token answers 12.8 -> 9.0
@@ -138,15 +119,10 @@ def prefix_tree_pays(
     fed to the model (``length - 1`` for teacher forcing); see
     :data:`PREFIX_TREE_MAX_EXTRA_ATTENTION`.
     """
-    config = getattr(unwrap_peft(model), "config", None)
-    if getattr(config, "model_type", None) not in PREFIX_TREE_MODEL_TYPES:
-        return False
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False  # flash-attention kernels take no arbitrary mask
     width = int(widths.max()) if len(widths) else 0
-    window = getattr(config, "sliding_window", None)
-    if isinstance(window, int) and window < prompt_len + width + 1:
+    if custom_mask_attention(model, prompt_len + width + 1) is None:
         return False
+    config = getattr(unwrap_peft(model), "config", None)
     n_runs, batch = len(first_rows), len(inverse)
     run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
     size = prompt_len + int(run_tokens.max())

@@ -32,7 +32,7 @@ from egsw_gym.policies.lm.build import (
     resolve_tokenizer,
     zero_dropout,
 )
-from egsw_gym.policies.lm.compat import forward_kwargs, output_cache, unwrap_peft
+from egsw_gym.policies.lm.compat import custom_mask_attention, forward_kwargs, output_cache, unwrap_peft
 from egsw_gym.policies.lm.decode import StaticDecoder, StaticRound, choose_tokens, compile_available
 from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
 from egsw_gym.policies.lm.inputs import (
@@ -426,9 +426,14 @@ class LMPolicy(GRPOPolicy):
         length = state.length + 1
         if length > state.mask_buffer.shape[1]:
             state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
+        mask = state.mask_buffer[:, :length]
+        if custom_mask_attention(self.model, length) == "sdpa":
+            # The (B, 1, 1, K) mask of one new token as it is: transformers then builds none (~0.15
+            # ms a step on the tiny model), and computes the same attention.
+            mask = mask[:, None, None, :].bool()
         inputs = {
             "input_ids": state.last_actions,
-            "attention_mask": state.mask_buffer[:, :length],
+            "attention_mask": mask,
             "position_ids": self._positions(state),
             self._cache_kw: state.cache,
         }
