@@ -333,7 +333,9 @@ def test_learn_rejects_negative_and_nan_totals_and_accepts_floats():
 def test_sb3_linear_schedule_ending_at_zero_trains_to_the_end():
     # SB3's documented linear_schedule: p * lr, exactly 0 at the end; the last update may overshoot
     # total_timesteps, and the floored progress keeps its learning rate at 0, never negative.
-    model = GRPO("MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, learning_rate=lambda p: p * 1e-3, seed=0)
+    model = GRPO(
+        "MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, learning_rate=lambda p: p * 1e-3, seed=0
+    )
     model.learn(50)
     assert model.num_timesteps > 50 and model._current_progress_remaining == 0.0
     assert model.policy.optimizer.param_groups[0]["lr"] == 0.0

@@ -253,7 +253,13 @@ def test_grpo_loss_stats_and_requirements():
     lp = torch.zeros(2, 3)
     mask = torch.ones(2, 3, dtype=torch.bool)
     out = grpo_loss(lp, lp, torch.ones(2, 3), mask, clip_range=0.2)
-    assert out.clip_fraction == 0 and out.approx_kl == 0 and out.clip_fraction_low == 0 and out.clip_fraction_high == 0 and out.kl == 0
+    assert (
+        out.clip_fraction == 0
+        and out.approx_kl == 0
+        and out.clip_fraction_low == 0
+        and out.clip_fraction_high == 0
+        and out.kl == 0
+    )
     with pytest.raises(ValueError, match="ref_log_probs"):
         grpo_loss(lp, lp, lp, mask, clip_range=0.2, beta=0.1)
     with pytest.raises(ValueError, match="entropies"):

@@ -67,6 +67,11 @@ def unbatch_info(info: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
             for i in envs:
                 out[i][key] = parts[i]
             continue
+        if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype != object:
+            value = value.tolist()  # Python scalars in one call (what _plain gives one by one)
+            for i in envs:
+                out[i][key] = value[i]
+            continue
         for i in envs:
             out[i][key] = _plain(value[i])
     return out
@@ -164,14 +169,15 @@ class VectorEnvAdapter(VecEnv):
             }
             top = unbatch_info(rest, self.num_envs)
             finals = unbatch_info(info.get("final_info", {}), self.num_envs)
-            for i in range(self.num_envs):
-                if dones[i]:
+            for i, done in enumerate(dones.tolist()):
+                if done:
                     infos[i] = finals[i]
                     self.reset_infos[i] = top[i]
                 else:
                     infos[i] = top[i]
+        time_limit = (truncated & ~terminated).tolist()
         for i in range(self.num_envs):  # as DummyVecEnv: on every step, for every env
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["TimeLimit.truncated"] = time_limit[i]
         for i in np.flatnonzero(dones).tolist():
             infos[i]["terminal_observation"] = None if final_obs is None else final_obs[i]
         return obs, np.asarray(rewards, dtype=np.float32), dones, infos
