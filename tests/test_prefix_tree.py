@@ -188,6 +188,17 @@ def test_prefix_tree_pays_for_short_completions_only(prompt_len, width, expected
     assert prefix_tree_pays(model, prompt_len, *runs(8, 8, width)) is expected
 
 
+def test_ragged_rounds_take_the_tree_where_padded_ones_do_not():
+    """GSM8K-like rounds (120-token prompts, up to 63 fed tokens): every row at 63 tokens makes the
+    tree's attention too costly; rows of mixed lengths (the usual round) make it the cheaper pass."""
+    model = make_model(n_embd=128)
+    _, first_rows, inverse = runs(8, 8, 63)
+    assert not prefix_tree_pays(model, 120, torch.full((64,), 63), first_rows, inverse)
+    ragged = torch.arange(64) * 7 % 59 + 5  # 5 .. 63 tokens, ~34 on average
+    assert int(ragged.max()) == 63
+    assert prefix_tree_pays(model, 120, ragged, first_rows, inverse)
+
+
 def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     assert prefix_tree_pays(make_model(), 6, *runs(8, 8, 3))
     # flash-attention style kernels take no arbitrary mask

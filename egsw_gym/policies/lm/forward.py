@@ -33,13 +33,16 @@ from egsw_gym.policies.lm.inputs import (
 
 __all__ = ["prefix_tree_logits", "sequence_log_probs", "shared_prefill", "shared_prompt_logits"]
 
-# The prefix-tree pass attends over ``S = L + R * C`` keys per run where the KV-cache route attends
-# over ``L + C`` per row, and saves a model call and a cache gather. Measured with the tiny GPT-2
-# (CPU, 1 thread, 8 runs of 8), forward + backward: 6-token prompts and 4-token answers 12.8 -> 9.0
-# ms; 60 / 17 tokens 60 -> 47 ms; 120 / 64 tokens 228 -> 291 ms. It is used while its extra
-# attention is at most this fraction of the pass's dense compute (a key costs ~4d FLOPs a layer, a
-# token ~24d^2, so a token is worth ~6d keys: 0.03 / 0.15 / 0.59 in the three cases above)...
-PREFIX_TREE_MAX_EXTRA_ATTENTION = 0.25
+# The prefix-tree pass computes ``U * S`` tokens (``S`` = the prompt plus the longest run's laid-out
+# completion tokens) attending to ``S`` keys each, where the KV-cache route computes ``U * L + B * C``
+# tokens attending to ``L`` or ``L + C`` keys, but saves a model call and a cache gather and skips
+# finished rows' padding. In units of one attention pair (~4d FLOPs a layer; a token's dense
+# layers ~24d^2, i.e. ~6d pairs) the tree is used while its cost is at most this multiple of the
+# cache route's. Measured with the tiny GPT-2 (d = 128; CPU, 1 thread; 8 runs of 8), forward +
+# backward, tree / cache time at cost ratio: 6-token prompts, 4-token answers 0.70 at 1.03;
+# GSM8K-style rounds 0.73 at 0.84, 0.92 at 1.05, 1.01 at 1.21, and 1.28 at 1.48 (every row padded
+# to 63 tokens).
+PREFIX_TREE_MAX_COST_RATIO = 1.2
 # ...and while its (runs, S, S) mask stays small (the mask is built in memory).
 PREFIX_TREE_MAX_MASK_ELEMENTS = 1 << 22
 
@@ -116,8 +119,7 @@ def prefix_tree_pays(
     """Whether :func:`prefix_tree_logits` serves ``model`` and is cheaper than the KV-cache route.
 
     ``prompt_len`` is the packed prompt width, ``widths`` ``(B,)`` the completion tokens of each row
-    fed to the model (``length - 1`` for teacher forcing); see
-    :data:`PREFIX_TREE_MAX_EXTRA_ATTENTION`.
+    fed to the model (``length - 1`` for teacher forcing); see :data:`PREFIX_TREE_MAX_COST_RATIO`.
     """
     width = int(widths.max()) if len(widths) else 0
     if custom_mask_attention(model, prompt_len + width + 1) is None:
@@ -129,9 +131,10 @@ def prefix_tree_pays(
     if n_runs * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
         return False
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    # attention pairs of the tree vs the two-pass route (which runs every row's `width` columns)
-    extra = n_runs * size * size - (n_runs * prompt_len**2 + batch * width * (prompt_len + width))
-    return extra <= PREFIX_TREE_MAX_EXTRA_ATTENTION * 6 * hidden * n_runs * size
+    dense = 6 * hidden  # a token's dense layers, in attention pairs
+    tree = n_runs * size * (dense + size)
+    cache = n_runs * prompt_len * (dense + prompt_len) + batch * width * (dense + prompt_len + width)
+    return tree <= PREFIX_TREE_MAX_COST_RATIO * cache
 
 
 def prefix_tree_logits(
