@@ -391,11 +391,13 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         ref_log_probs = None
         if self.beta > 0:
             assert self.ref_policy is not None
-            # The reference never changes within an update: evaluate it once, not per epoch.
-            with torch.no_grad():
+            # The reference never changes within an update: evaluate it once, not per epoch
+            # (inference mode: no autograd bookkeeping at all; cloned into an ordinary tensor).
+            with torch.inference_mode():
                 ref_log_probs, _ = self.ref_policy.evaluate_sequences(
                     batch.first_obs, batch.step_obs, batch.actions, mask
                 )
+            ref_log_probs = ref_log_probs.clone()
         max_len = self.dr_grpo_max_len if self.dr_grpo_max_len is not None else plan.max_len
         steps: list[tuple[GRPOLossOutput, float]] = []
         for _ in range(self.n_epochs):
