@@ -249,3 +249,50 @@ def test_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
         rounds.append(torch.stack(out))
     assert torch.equal(rounds[0], rounds[1])
     assert dims == {True: {2, 4}, False: {2}}  # the prefill's 2D mask, then the decode steps'
+
+
+DECODER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+EVERY_LISTED = {
+    "gpt2": CONFIGS["gpt2"],
+    "gpt_neox": {k: v for k, v in DECODER.items() if k != "num_key_value_heads"},
+    "gemma": {**DECODER, "head_dim": 8},
+    "qwen3": {**DECODER, "head_dim": 8},
+    "mistral": {**DECODER, "sliding_window": None},
+    **{name: DECODER for name in ("granite", "llama", "olmo2", "phi", "phi3", "qwen2", "stablelm")},
+}
+
+
+def test_every_listed_architecture_is_checked():
+    from egsw_gym.policies.lm.compat import CUSTOM_MASK_MODEL_TYPES
+
+    assert set(EVERY_LISTED) == CUSTOM_MASK_MODEL_TYPES
+
+
+@pytest.mark.parametrize("model_type", sorted(EVERY_LISTED))
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_listed_architectures_honour_the_prefix_tree_mask(model_type, attn):
+    """What puts a model type in CUSTOM_MASK_MODEL_TYPES: its tree pass equals one pass per row."""
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=VOCAB,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **EVERY_LISTED[model_type],
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+    ids, mask, actions = uneven_batch()
+    ids, mask = prepare_prompt(ids, mask)
+    with torch.no_grad():
+        logits = prefix_tree_logits(model, ids, mask, actions, *distinct_prompts(ids, mask)).float()
+        tree = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        full, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+    assert torch.allclose(tree, full, atol=1e-5)
