@@ -212,8 +212,10 @@ class TextGenerationVectorEnv(VectorEnv):
             self._rngs[i] = rng
         return rng
 
-    def _reset_slot(self, i: int, options: dict | None) -> dict[str, Any]:
-        problem = self.core.choose_problem(self._rng(i), options)
+    def _reset_slot(self, i: int, options: dict | None, problem: Any = None) -> dict[str, Any]:
+        """Start slot ``i``'s next episode on ``problem`` (``None``: chosen with its generator)."""
+        if problem is None:
+            problem = self.core.choose_problem(self._rng(i), options)
         row, mask = self.core.encode(problem)
         P = self.max_prompt_tokens
         self._ids[i].fill(self.pad_token_id)
@@ -279,12 +281,9 @@ class TextGenerationVectorEnv(VectorEnv):
         entries, first = [], {}  # first slot of each (seed, options)
         for i, s in enumerate(seeds):
             key = None if s is None else (s, str(slot_options[i]))
-            if key in first:  # same seed and options as slot j: same problem, generator deferred
-                j = first[key]
-                self._ids[i], self._mask[i], self._t[i] = self._ids[j], self._mask[j], 0
-                self.problems[i] = self.problems[j]
+            if key in first:  # same seed and options as an earlier slot: its problem, generator deferred
                 self._rngs[i], self._deferred[i] = None, (s, slot_options[i])
-                entries.append((i, self.core.reset_info(self.problems[i])))
+                entries.append((i, self._reset_slot(i, slot_options[i], self.problems[first[key]])))
                 continue
             if s is not None:
                 self._rngs[i] = seeding.np_random(s)[0]

@@ -19,6 +19,14 @@ from egsw_gym.policies.lm.inputs import prefix_tree  # noqa: E402
 torch.set_num_threads(1)
 
 VOCAB = 40
+DECODER = {  # a Llama-style decoder config, shared by the architectures that take these fields
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 CONFIGS = {
     "gpt2": {
         "n_embd": 32,
@@ -27,14 +35,7 @@ CONFIGS = {
         "n_positions": 64,
         **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), 0.0),  # as LMPolicy builds it
     },
-    "llama": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-    },
+    "llama": DECODER,
 }
 
 
@@ -251,14 +252,6 @@ def test_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
     assert dims == {True: {2, 4}, False: {2}}  # the prefill's 2D mask, then the decode steps'
 
 
-DECODER = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 EVERY_LISTED = {
     "gpt2": CONFIGS["gpt2"],
     "gpt_neox": {k: v for k, v in DECODER.items() if k != "num_key_value_heads"},

@@ -237,16 +237,19 @@ def sequence_log_probs(
     if steps == 0:
         empty = torch.zeros(batch, 0, device=ids.device)
         return empty, empty.clone()
-    full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
-    positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
+    if lengths is not None:
+        lengths = lengths.to(ids.device)
     shared = distinct_prompts(ids, mask) if share_prompts else None
     logits = None
-    widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths.to(ids.device)
+    widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths
     widths = (widths - 1).clamp(0, steps - 1)  # actions fed back as inputs: all but each row's last
     if shared is not None and prefix_tree_pays(model, ids.shape[1], widths, *shared):
         logits = prefix_tree_logits(model, ids, mask, actions, *shared, widths)
-    elif shared is not None and not checkpoints_activations(model):
-        logits = shared_prompt_logits(model, ids, mask, actions, full_mask, positions, *shared)
+    else:  # the two routes that feed whole rows: their mask and positions
+        full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
+        positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
+        if shared is not None and not checkpoints_activations(model):
+            logits = shared_prompt_logits(model, ids, mask, actions, full_mask, positions, *shared)
     if logits is None:
         cache_kw, has_keep = forward_kwargs(model)
         kwargs: dict[str, Any] = {
@@ -269,7 +272,7 @@ def sequence_log_probs(
     log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropies = -(log_p.exp() * log_p).sum(-1)
     if lengths is not None:  # 0 after each row's end, whichever route computed it
-        valid = torch.arange(steps, device=ids.device) < lengths.to(ids.device)[:, None]
+        valid = torch.arange(steps, device=ids.device) < lengths[:, None]
         zero = torch.zeros((), device=log_probs.device)
         log_probs, entropies = torch.where(valid, log_probs, zero), torch.where(valid, entropies, zero)
     return log_probs, entropies
