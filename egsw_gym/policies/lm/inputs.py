@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "PrefixTree",
+    "causal_attention_mask",
     "distinct_prompts",
     "last_position",
     "last_true",
@@ -98,6 +99,33 @@ def position_ids_from_mask(attention_mask: torch.Tensor, max_position: int | Non
     if max_position is not None:
         positions = positions.clamp_(max=max_position)
     return positions
+
+
+def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The ``(B, 1, L, L)`` boolean attention mask of a left-padded batch (True: attend).
+
+    Query ``i`` sees every real key ``j <= i``, which is what ``transformers`` builds from the 2D
+    mask for SDPA attention; passed as it is, the model builds none. A padding query sees only
+    itself: its output is never used, but a query that may attend to nothing would give undefined
+    values (and NaN keys or values in a KV cache).
+
+    Parameters
+    ----------
+    attention_mask : torch.Tensor
+        ``(B, L)`` 1 for real tokens, 0 for padding.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, L, L)`` bool.
+    """
+    length = attention_mask.shape[1]
+    device = attention_mask.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
+    allowed = (causal & attention_mask.bool()[:, None, :]) | torch.eye(
+        length, dtype=torch.bool, device=device
+    )
+    return allowed[:, None]
 
 
 def last_position(config: Any) -> int | None:

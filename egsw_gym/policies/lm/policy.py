@@ -36,6 +36,7 @@ from egsw_gym.policies.lm.compat import custom_mask_attention, forward_kwargs, o
 from egsw_gym.policies.lm.decode import StaticDecoder, StaticRound, choose_tokens, compile_available
 from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
 from egsw_gym.policies.lm.inputs import (
+    causal_attention_mask,
     distinct_prompts,
     last_position,
     last_true,
@@ -370,14 +371,17 @@ class LMPolicy(GRPOPolicy):
         mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
         inputs = {
             "input_ids": ids,
-            "attention_mask": mask,
+            # SDPA models take the 4D mask as it is, so transformers builds none (~0.2 ms a round).
+            "attention_mask": causal_attention_mask(mask)
+            if custom_mask_attention(self.model, length) == "sdpa"
+            else mask,
             "position_ids": position_ids_from_mask(mask, self._max_position),
             self._cache_kw: None,
         }
         if self._has_logits_to_keep:
             inputs["logits_to_keep"] = 1
         with self._autocast():
-            cache, logits = self._forward_step(inputs, prefill=True)
+            cache, logits = self._forward_step(inputs, prompt_mask=mask)
         state = LMState(cache, mask_buffer, length, mask.sum(1, keepdim=True), ids[:, -1:])
         decoder = self._static_decoder()
         if decoder is not None:
@@ -440,20 +444,22 @@ class LMPolicy(GRPOPolicy):
         if self._has_logits_to_keep:
             inputs["logits_to_keep"] = 1
         with self._autocast():
-            state.cache, logits = self._forward_step(inputs, prefill=False)
+            state.cache, logits = self._forward_step(inputs)
         chosen = self._next_token(logits, deterministic)
         self._eager_decode_seconds += time.process_time() - t0
         return chosen
 
-    def _forward_step(self, inputs: dict[str, Any], prefill: bool) -> tuple[Any, torch.Tensor]:
+    def _forward_step(
+        self, inputs: dict[str, Any], prompt_mask: torch.Tensor | None = None
+    ) -> tuple[Any, torch.Tensor]:
         """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
 
-        A prefill whose batch repeats prompts (a GRPO round: ``group_size`` rows per prompt) runs each
-        run of repeated prompts once (:func:`distinct_prompts`,
-        :func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows' caches and logits are the same
-        as a full prefill's.
+        A prefill (``prompt_mask``: the ``(B, L)`` mask of the packed prompts) whose batch repeats
+        prompts (a GRPO round: ``group_size`` rows per prompt) runs each run of repeated prompts once
+        (:func:`distinct_prompts`, :func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows'
+        caches and logits are the same as a full prefill's.
         """
-        shared = distinct_prompts(inputs["input_ids"], inputs["attention_mask"]) if prefill else None
+        shared = None if prompt_mask is None else distinct_prompts(inputs["input_ids"], prompt_mask)
         if shared is not None:
             prefilled = shared_prefill(self.model, inputs, *shared)
             if prefilled is not None:
