@@ -170,6 +170,49 @@ def test_gradient_checkpointing_models_share_prompts_through_the_tree():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_a_reference_pass_then_a_training_pass_on_equal_inputs_lay_them_out_once(monkeypatch):
+    """GRPO evaluates one batch twice: the reference (inference mode), then the policy (with grad).
+    The second call reuses the first's layout (equal arguments, other tensors), its values are
+    those of a fresh layout, and its backward runs (the layout is not made of inference tensors)."""
+    ids, mask, actions = uneven_batch(steps=4)
+    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
+    reference, policy = make_model(), make_model()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    calls = []
+    monkeypatch.setattr(forward, "prefix_tree", lambda *a: calls.append(1) or prefix_tree(*a))
+    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
+    with torch.inference_mode():
+        ref_lp, _ = sequence_log_probs(reference, ids, mask, actions, lengths=lengths)
+    lp, ent = sequence_log_probs(policy, ids.clone(), mask.clone(), actions.clone(), lengths=lengths.clone())
+    (lp.sum() + ent.sum()).backward()
+    assert len(calls) == 1
+    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
+    fresh_lp, fresh_ent = sequence_log_probs(policy, ids, mask, actions, lengths=lengths)
+    fresh_ref, _ = sequence_log_probs(reference, ids, mask, actions, lengths=lengths)  # reuses that one
+    assert len(calls) == 2
+    assert torch.equal(lp, fresh_lp) and torch.equal(ent, fresh_ent) and torch.equal(ref_lp, fresh_ref)
+
+
+def test_arguments_changed_in_place_are_laid_out_again(monkeypatch):
+    """The reuse compares values against copies: a caller that rewrites its tensors in place between
+    two calls gets the layout of the new values."""
+    ids, mask, actions = uneven_batch(steps=4)
+    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
+    model = make_model()
+    calls = []
+    monkeypatch.setattr(forward, "prefix_tree", lambda *a: calls.append(1) or prefix_tree(*a))
+    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
+    with torch.no_grad():
+        sequence_log_probs(model, ids, mask, actions, lengths=lengths)
+        actions[:, :2] = (actions[:, :2] + 1) % VOCAB
+        again, _ = sequence_log_probs(model, ids, mask, actions, lengths=lengths)
+        monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
+        fresh, _ = sequence_log_probs(model, ids, mask, actions.clone(), lengths=lengths)
+    assert len(calls) == 3 and torch.equal(again, fresh)
+
+
 def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(widths, first_rows, inverse)`` of ``n_runs`` runs of ``run_len`` rows with ``width`` tokens."""
     n = n_runs * run_len
@@ -217,9 +260,10 @@ def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, *runs(8, 8, 1024))
 
 
-def test_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
-    """An eager decode step hands sdpa its (B, 1, 1, K) mask as it is; the tokens and log-probs of a
-    round are exactly those of the 2D-mask route (transformers building the mask)."""
+def test_prefill_and_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
+    """The prefill hands sdpa its (B, 1, L, L) mask and an eager decode step its (B, 1, 1, K) mask as
+    they are; the tokens and log-probs of a round (left-padded prompts) are exactly those of the
+    2D-mask route (transformers building the masks)."""
     import egsw_gym.policies.lm.policy as policy_module
     from egsw_gym.policies.lm import LMPolicy
 
@@ -249,7 +293,7 @@ def test_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
             out.append(torch.stack([actions.float(), log_probs, entropies]))
         rounds.append(torch.stack(out))
     assert torch.equal(rounds[0], rounds[1])
-    assert dims == {True: {2, 4}, False: {2}}  # the prefill's 2D mask, then the decode steps'
+    assert dims == {True: {4}, False: {2}}
 
 
 EVERY_LISTED = {

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -24,6 +24,7 @@ from egsw_gym.policies.lm.compat import (
     unwrap_peft,
 )
 from egsw_gym.policies.lm.inputs import (
+    PrefixTree,
     distinct_prompts,
     last_position,
     position_ids_from_mask,
@@ -145,6 +146,7 @@ def prefix_tree_logits(
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
     widths: torch.Tensor | None = None,
+    tree: PrefixTree | None = None,
 ) -> torch.Tensor:
     """``(B, T, V)`` next-token logits before each action, in one pass per run of repeated prompts.
 
@@ -153,11 +155,13 @@ def prefix_tree_logits(
     gradients) as one teacher-forced pass over every row, up to float rounding. ``widths`` ``(B,)``
     limits each row to its first ``widths[b]`` actions as inputs (logits of its first
     ``widths[b] + 1`` steps; the later steps repeat its last ones and are meant to be masked).
+    ``tree``: the layout of these arguments, when the caller has it already.
     """
     _, has_keep = forward_kwargs(model)
     prompt_len = ids.shape[1]
     config = getattr(unwrap_peft(model), "config", None)
-    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, widths, last_position(config))
+    if tree is None:
+        tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, widths, last_position(config))
     allowed = tree.allowed[:, None]  # (runs, 1, S, S): one mask for every head
     if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
         dtype = next(model.parameters()).dtype
@@ -178,6 +182,95 @@ def prefix_tree_logits(
     first = logits[:, offset][inverse].unsqueeze(1)  # (B, 1, V): the distribution of the first action
     rest = logits[inverse[:, None], tree.columns - prompt_len + 1 + offset]  # (B, T - 1, V)
     return torch.cat([first, rest], dim=1)
+
+
+class _Inputs(NamedTuple):
+    """What :func:`sequence_log_probs` derives from its arguments before any model runs."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    actions: torch.Tensor
+    lengths: torch.Tensor | None
+    widths: torch.Tensor
+    shared: tuple[torch.Tensor, torch.Tensor] | None
+    trees: dict[int | None, PrefixTree]  # by the model's last position, built when first used
+
+
+class _LastInputs:
+    """The inputs of the last :func:`sequence_log_probs` call, reused when the next call's arguments
+    are equal (GRPO's reference pass and training pass evaluate the same batch). Keys and entries
+    are copies, built outside inference mode: a caller that later changes its tensors in place
+    cannot make a stale entry match or change one, and a training pass may save them for backward
+    even when a reference pass in inference mode built them."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.inputs: _Inputs | None = None
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        for x, y in zip(a, b, strict=True):
+            if torch.is_tensor(x) != torch.is_tensor(y):
+                return False
+            if torch.is_tensor(x):
+                if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device or not torch.equal(x, y):
+                    return False
+            elif x != y:
+                return False
+        return True
+
+    def get(self, key: tuple) -> _Inputs | None:
+        return self.inputs if self.key is not None and self._same(self.key, key) else None
+
+    def put(self, key: tuple, inputs: _Inputs) -> None:
+        with torch.inference_mode(False):
+            self.key = tuple(k.clone() if torch.is_tensor(k) else k for k in key)
+        self.inputs = inputs
+
+
+_LAST_INPUTS = _LastInputs()
+
+
+def _prepare_inputs(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    actions: torch.Tensor,
+    fill_token_id: int,
+    share_prompts: bool,
+    lengths: torch.Tensor | None,
+) -> _Inputs:
+    """Packed prompts, actions, fed widths and runs of repeated prompts (see :class:`_LastInputs`)."""
+    key = (prompt_ids, prompt_mask, actions, lengths, fill_token_id, share_prompts)
+    cached = _LAST_INPUTS.get(key)
+    if cached is not None:
+        return cached
+    with torch.inference_mode(False):
+        ids, mask = (t.clone() for t in prepare_prompt(prompt_ids, prompt_mask, fill_token_id))
+        actions = actions.to(ids.device, torch.long, copy=True)
+        batch, steps = actions.shape
+        if lengths is not None:
+            lengths = lengths.to(ids.device, copy=True)
+        widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths
+        widths = (widths - 1).clamp(
+            0, max(steps - 1, 0)
+        )  # actions fed back as inputs: all but each row's last
+        shared = distinct_prompts(ids, mask) if share_prompts and steps else None
+        inputs = _Inputs(ids, mask, actions, lengths, widths, shared, {})
+    _LAST_INPUTS.put(key, inputs)
+    return inputs
+
+
+def _tree(inputs: _Inputs, max_position: int | None) -> PrefixTree:
+    """The prefix-tree layout of ``inputs`` for a model whose last position is ``max_position``."""
+    tree = inputs.trees.get(max_position)
+    if tree is None:
+        assert inputs.shared is not None
+        with torch.inference_mode(False):
+            tree = prefix_tree(
+                inputs.ids, inputs.mask, inputs.actions[:, :-1], *inputs.shared, inputs.widths, max_position
+            )
+        inputs.trees[max_position] = tree
+    return tree
 
 
 def sequence_log_probs(
@@ -231,20 +324,16 @@ def sequence_log_probs(
     entropies : torch.Tensor
         ``(B, T)`` float32 Shannon entropy (nats) of each step's next-token distribution.
     """
-    ids, mask = prepare_prompt(prompt_ids, prompt_mask, fill_token_id)
-    actions = actions.long().to(ids.device)
+    prepared = _prepare_inputs(prompt_ids, prompt_mask, actions, fill_token_id, share_prompts, lengths)
+    ids, mask, actions, lengths, widths, shared = prepared[:6]
     batch, steps = actions.shape
     if steps == 0:
         empty = torch.zeros(batch, 0, device=ids.device)
         return empty, empty.clone()
-    if lengths is not None:
-        lengths = lengths.to(ids.device)
-    shared = distinct_prompts(ids, mask) if share_prompts else None
     logits = None
-    widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths
-    widths = (widths - 1).clamp(0, steps - 1)  # actions fed back as inputs: all but each row's last
     if shared is not None and prefix_tree_pays(model, ids.shape[1], widths, *shared):
-        logits = prefix_tree_logits(model, ids, mask, actions, *shared, widths)
+        tree = _tree(prepared, last_position(getattr(unwrap_peft(model), "config", None)))
+        logits = prefix_tree_logits(model, ids, mask, actions, *shared, widths, tree)
     else:  # the two routes that feed whole rows: their mask and positions
         full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
         positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
