@@ -212,17 +212,17 @@ class TextGenerationVectorEnv(VectorEnv):
             self._rngs[i] = rng
         return rng
 
-    def _reset_slot(self, i: int, options: dict | None, problem: Any = None) -> dict[str, Any]:
-        """Start slot ``i``'s next episode on ``problem`` (``None``: chosen with its generator)."""
-        if problem is None:
-            problem = self.core.choose_problem(self._rng(i), options)
+    def _reset_slots(self, slots: list[int], options: dict | None) -> dict[str, Any]:
+        """Start the next episode of ``slots`` on one problem, chosen with the first slot's generator."""
+        problem = self.core.choose_problem(self._rng(slots[0]), options)
         row, mask = self.core.encode(problem)
         P = self.max_prompt_tokens
-        self._ids[i].fill(self.pad_token_id)
-        self._mask[i].fill(0)
-        self._ids[i, :P], self._mask[i, :P] = row, mask
-        self._t[i] = 0
-        self.problems[i] = problem
+        self._ids[slots] = self.pad_token_id
+        self._mask[slots] = 0
+        self._ids[slots, :P], self._mask[slots, :P] = row, mask
+        self._t[slots] = 0
+        for i in slots:
+            self.problems[i] = problem
         return self.core.reset_info(problem)
 
     def _per_slot(self, name: str, value: Any, check, offset: bool = False) -> list:
@@ -278,18 +278,19 @@ class TextGenerationVectorEnv(VectorEnv):
                 raise ValueError(f"unknown reset option(s) {unknown}; allowed: {RESET_OPTION_KEYS}")
             idx = self._per_slot("options['prompt_index']", options.get("prompt_index"), lambda v: v)
             slot_options = [None if k is None else {"prompt_index": k} for k in idx]
-        entries, first = [], {}  # first slot of each (seed, options)
+        resets: dict[tuple, list[int]] = {}  # slots reset alike: same seed and options (unseeded: alone)
         for i, s in enumerate(seeds):
-            key = None if s is None else (s, str(slot_options[i]))
-            if key in first:  # same seed and options as an earlier slot: its problem, generator deferred
-                self._rngs[i], self._deferred[i] = None, (s, slot_options[i])
-                entries.append((i, self._reset_slot(i, slot_options[i], self.problems[first[key]])))
-                continue
+            resets.setdefault((i,) if s is None else (s, str(slot_options[i])), []).append(i)
+        entries = []
+        for slots in resets.values():
+            first, s = slots[0], seeds[slots[0]]
             if s is not None:
-                self._rngs[i] = seeding.np_random(s)[0]
-                self._deferred.pop(i, None)
-                first[key] = i
-            entries.append((i, self._reset_slot(i, slot_options[i])))
+                self._rngs[first] = seeding.np_random(s)[0]
+                self._deferred.pop(first, None)
+            for i in slots[1:]:  # the first slot's problem; their generators deferred
+                self._rngs[i], self._deferred[i] = None, (s, slot_options[i])
+            info = self._reset_slots(slots, slot_options[first])
+            entries.extend((i, info) for i in slots)
         infos = merge_infos(entries, self.num_envs)
         self._held[:] = False
         self._any_held = False
@@ -343,12 +344,19 @@ class TextGenerationVectorEnv(VectorEnv):
             return self._obs(), rewards, terminated, truncated, {}
         entries: list[tuple[int, dict[str, Any]]] = []
         P = self.max_prompt_tokens
+        # The slots of a GRPO group share one problem object, and often a completion: score each
+        # (problem, completion) once a step (the verifier is a function of the two).
+        finished: dict[tuple[int, bytes], tuple[float, dict[str, Any]]] = {}
         for i in done.tolist():
             final_obs = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
-            rewards[i], final_info = self.core.finish(self.problems[i], self._ids[i, P : P + self._t[i]])
+            generated = self._ids[i, P : P + self._t[i]]
+            key = (id(self.problems[i]), generated.tobytes())
+            if key not in finished:
+                finished[key] = self.core.finish(self.problems[i], generated)
+            rewards[i], final_info = finished[key]
             entries.append((i, {"final_obs": final_obs, "final_info": final_info}))
             if self.autoreset and not self._hold_episodes:
-                entries.append((i, self._reset_slot(i, None)))
+                entries.append((i, self._reset_slots([i], None)))
             else:
                 self._held[i] = self._any_held = True
         return self._obs(), rewards, terminated, truncated, merge_infos(entries, self.num_envs)

@@ -337,6 +337,26 @@ def test_vector_env_matches_single_envs(task):
     assert episodes > 30
 
 
+def test_a_step_scores_each_completion_of_a_shared_problem_once(monkeypatch):
+    """Slots reset alike hold one problem: equal completions of it are verified once a step, with the
+    same reward and final info in every slot; other completions and other problems on their own."""
+    venv = TextGenerationVectorEnv(6, task="arithmetic", max_new_tokens=4)
+    venv.reset(seed=[5, 5, 5, 5, 7, 7])
+    calls = []
+    score = venv.task.score
+    monkeypatch.setattr(venv.task, "score", lambda c, p: calls.append((c, p.prompt)) or score(c, p))
+    one, two = _tokens(venv, "1")[0], _tokens(venv, "2")[0]
+    venv.step(np.array([one, one, two, one, one, one]))
+    _, reward, term, _, infos = venv.step(np.full(6, EOS))
+    assert term.all() and len(calls) == 3  # ("1", p5), ("2", p5), ("1", p7)
+    assert len(set(calls)) == 3
+    for i in range(6):
+        expected = score("2" if i == 2 else "1", venv.problems[i])
+        assert reward[i] == expected.score and infos["final_info"]["completion"][i] == (
+            "2" if i == 2 else "1"
+        )
+
+
 def test_make_vec_and_vector_reset_options():
     venv = gym.make_vec("egsw/Arithmetic-v0", 4, vectorization_mode="vector_entry_point")
     assert isinstance(venv.unwrapped, TextGenerationVectorEnv)
