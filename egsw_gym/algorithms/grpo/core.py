@@ -534,21 +534,26 @@ def grpo_loss(
     loss = aggregate_loss(per_step, mask, loss_type, max_len)
 
     with torch.no_grad():
-        n = mask.sum().clamp_min(1)
-
-        def mmean(x: torch.Tensor) -> float:
-            return float(torch.where(mask, x.to(log_probs.dtype), torch.zeros_like(log_probs)).sum() / n)
-
         high = clip_range if clip_range_high is None else clip_range_high
         below, above = ratio < 1.0 - clip_range, ratio > 1.0 + high
         log_ratio = log_probs - old_log_probs
+        terms = [below | above, below & (advantages < 0), above & (advantages > 0), ratio - 1.0 - log_ratio]
+        terms += [x for x in (kl, entropies) if x is not None]
+        # Means over the valid steps, all in one reduction (one host transfer).
+        stacked = torch.stack([x.to(log_probs.dtype) for x in terms])
+        sums = torch.where(mask, stacked, torch.zeros((), dtype=stacked.dtype, device=stacked.device)).sum(
+            (1, 2)
+        )
+        means = (sums / mask.sum().clamp_min(1)).tolist()
+        clipped, low, high_frac, approx_kl = means[:4]
+        rest = iter(means[4:])
         stats = GRPOLossOutput(
             loss=loss,
-            clip_fraction=mmean(below | above),
-            clip_fraction_low=mmean(below & (advantages < 0)),
-            clip_fraction_high=mmean(above & (advantages > 0)),
-            kl=mmean(kl) if kl is not None else 0.0,
-            entropy=mmean(entropies) if entropies is not None else float("nan"),
-            approx_kl=mmean((torch.exp(log_ratio) - 1.0) - log_ratio),
+            clip_fraction=clipped,
+            clip_fraction_low=low,
+            clip_fraction_high=high_frac,
+            kl=next(rest) if kl is not None else 0.0,
+            entropy=next(rest) if entropies is not None else float("nan"),
+            approx_kl=approx_kl,
         )
     return stats
