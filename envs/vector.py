@@ -268,6 +268,17 @@ class TextGenerationVectorEnv(VectorEnv):
         tuple of (dict, dict)
             Batched observation and the reset infos (dict of arrays with ``_key`` masks).
         """
+        obs, entries = self.reset_entries(seed=seed, options=options)
+        return obs, merge_infos(entries, self.num_envs)
+
+    def reset_entries(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, Any]]]]:
+        """:meth:`reset`, with the infos as ``(slot, info)`` pairs (:func:`merge_infos` builds the vector info).
+
+        :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` reads them as they are, for SB3's per-env
+        info dicts, instead of merging them into arrays and splitting those again.
+        """
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             super().reset(seed=int(seed))
         seeds = self._per_slot("seed", seed, self._check_seed, offset=True)
@@ -291,12 +302,11 @@ class TextGenerationVectorEnv(VectorEnv):
                 self._rngs[i], self._deferred[i] = None, (s, slot_options[i])
             info = self._reset_slots(slots, slot_options[first])
             entries.extend((i, info) for i in slots)
-        infos = merge_infos(entries, self.num_envs)
         self._held[:] = False
         self._any_held = False
         self._hold_episodes, self._hold_pending = self._hold_pending, False
         self._started = True
-        return self._obs(), infos
+        return self._obs(), entries
 
     def step(
         self, actions: np.ndarray
@@ -315,6 +325,13 @@ class TextGenerationVectorEnv(VectorEnv):
             (nonzero only for slots whose episode ended), ``terminated``/``truncated`` bool ``(n,)``,
             and the SAME_STEP infos described in the module docstring.
         """
+        obs, rewards, terminated, truncated, entries = self.step_entries(actions)
+        return obs, rewards, terminated, truncated, merge_infos(entries, self.num_envs) if entries else {}
+
+    def step_entries(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[tuple[int, dict[str, Any]]]]:
+        """:meth:`step`, with the infos as ``(slot, info)`` pairs (see :meth:`reset_entries`)."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions)
@@ -341,7 +358,7 @@ class TextGenerationVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         done = np.flatnonzero(terminated | truncated)
         if len(done) == 0:
-            return self._obs(), rewards, terminated, truncated, {}
+            return self._obs(), rewards, terminated, truncated, []
         entries: list[tuple[int, dict[str, Any]]] = []
         P = self.max_prompt_tokens
         # The slots of a GRPO group share one problem object, and often a completion: score each
@@ -359,7 +376,7 @@ class TextGenerationVectorEnv(VectorEnv):
                 entries.append((i, self._reset_slots([i], None)))
             else:
                 self._held[i] = self._any_held = True
-        return self._obs(), rewards, terminated, truncated, merge_infos(entries, self.num_envs)
+        return self._obs(), rewards, terminated, truncated, entries
 
     def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
         """Per slot, the prompt followed by the completion so far: strings with ``render_mode="ansi"``,

@@ -15,6 +15,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import egsw_gym  # noqa: F401  (registers the ids)
+import egsw_gym.envs.vector as vector_module
 from egsw_gym.common.tokenizer import build_char_tokenizer
 from egsw_gym.common.vec_env import VectorEnvAdapter
 from egsw_gym.envs.tasks import ArithmeticTask
@@ -381,9 +382,28 @@ def test_make_vec_and_vector_reset_options():
 
 
 # ----------------------------------------------------------------------------------------- adapter
-def test_adapter_matches_dummy_vec_env():
+class _PassThrough(gym.vector.VectorWrapper):
+    """A wrapper that changes nothing (and passes per-env reset options through, as the env takes them)."""
+
+    supports_per_env_options = True
+
+
+class _Forwarding(_PassThrough):
+    """...and forwards attribute lookups (step_entries too) to the env."""
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+@pytest.mark.parametrize("wrapper", [None, _PassThrough, _Forwarding])
+def test_adapter_matches_dummy_vec_env(wrapper, monkeypatch):
+    """Driven through the env's per-slot entries (no wrapper) or through a wrapper's step (which the
+    adapter must not bypass, even when the wrapper forwards attribute lookups): DummyVecEnv's results."""
     n = 4
-    adapter = VectorEnvAdapter(TextGenerationVectorEnv(n, max_new_tokens=4))
+    vector = TextGenerationVectorEnv(n, max_new_tokens=4)
+    merges = []
+    monkeypatch.setattr(vector_module, "merge_infos", lambda *a: merges.append(1) or merge_infos(*a))
+    adapter = VectorEnvAdapter(vector if wrapper is None else wrapper(vector))
     dummy = DummyVecEnv([lambda: TextGenerationEnv(max_new_tokens=4) for _ in range(n)])
     for v in (adapter, dummy):
         v.seed(21)
@@ -409,8 +429,11 @@ def test_adapter_matches_dummy_vec_env():
                 else:
                     assert a[key] == d[key], key
         assert adapter.reset_infos == dummy.reset_infos
-    assert adapter.get_attr("max_new_tokens") == [4] * n
-    assert adapter.env_is_wrapped(gym.Wrapper) == [False] * n
+    if wrapper is None:
+        assert adapter.get_attr("max_new_tokens") == [4] * n
+        assert adapter.env_is_wrapped(gym.Wrapper) == [False] * n
+    # gymnasium's merged info is built only when a wrapper's step is what the adapter calls
+    assert (len(merges) == 0) == (wrapper is None)
 
 
 def test_adapter_rejects_next_step_autoreset_and_trains_ppo():
