@@ -48,18 +48,19 @@ def _split_entries(
     entries: Iterable[tuple[int, dict[str, Any]]], num_envs: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
     """Per env: its top-level info, its ``final_info`` and its ``final_obs`` (``None``), from
-    ``(env, info)`` pairs (later pairs win), as :func:`unbatch_info` splits the merged info."""
+    ``(env, info)`` pairs (later pairs win), as :func:`unbatch_info` splits the merged info; values
+    are kept as the env made them (as ``DummyVecEnv`` passes its envs' infos on)."""
     top: list[dict[str, Any]] = [{} for _ in range(num_envs)]
     finals: list[dict[str, Any]] = [{} for _ in range(num_envs)]
     final_obs: list[Any] = [None] * num_envs
     for i, info in entries:
         for key, value in info.items():
             if key == "final_info":
-                finals[i] = {k: _plain(v) for k, v in value.items()}
+                finals[i] = dict(value)  # its own dict: the adapter and VecMonitor add keys to it
             elif key == "final_obs":
                 final_obs[i] = value
             else:
-                top[i][key] = _plain(value)
+                top[i][key] = value
     return top, finals, final_obs
 
 
