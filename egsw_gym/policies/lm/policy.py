@@ -22,6 +22,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from egsw_gym.policies.base import GRPOPolicy
+from egsw_gym.policies.lm.activations import use_fast_tanh_gelu
 from egsw_gym.policies.lm.build import (
     apply_lora,
     build_model,
@@ -194,6 +195,7 @@ class LMPolicy(GRPOPolicy):
             self.model = apply_lora(self.model, lora_config)
         if disable_dropout:  # after LoRA, which brings its own dropout modules
             zero_dropout(self.model)
+        use_fast_tanh_gelu(self.model)  # same function; faster on CPU where no gradient is recorded
         self._cache_kw, self._has_logits_to_keep = forward_kwargs(self.model)
         self._max_position = last_position(self.base_model.config)
         self._fill_token_id = self._special_id("bos_token_id", "eos_token_id", "pad_token_id")
