@@ -24,7 +24,9 @@ Same everything that defines a step:
 
 Timing is interleaved in one process: TRL's trainer drives, and each TRL step's ``on_step_end``
 callback runs one of our steps (rollout + update), so the sides alternate A, B, A, B and load on a
-shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``.
+shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``. Each
+side draws from random streams of its own (:class:`RandomStreams`), so neither side's samples, and
+so its completion lengths, depend on the other side's code.
 ``--turn-steps K`` alternates turns of K steps instead (A x K, B x K, ...): each side then starts
 only one step in K with the caches the other side left behind. Strict alternation (K = 1, the
 default) starts every step cold, which costs the smaller step relatively more (measured on
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -238,6 +241,36 @@ def our_step(model: Any, callback: Any) -> tuple[float, float]:
     return time.perf_counter() - t0, float((batch.rewards * batch.mask).sum(1).mean())
 
 
+class RandomStreams:
+    """One side's global random states (torch, numpy, ``random``), kept apart from the other side's.
+
+    Both sides sample from the process-wide generators. Shared, each side's samples (hence its
+    completion lengths and step times) would depend on how many numbers the other side drew, i.e.
+    on the other side's code; kept apart, each side's run is what it would be alone.
+    """
+
+    def __init__(self) -> None:
+        self.state = self._get()
+
+    @staticmethod
+    def _get() -> tuple:
+        return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+    @staticmethod
+    def _set(state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+    def __enter__(self) -> None:
+        self.other = self._get()
+        self._set(self.state)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.state = self._get()
+        self._set(self.other)
+
+
 def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[str, list[float]]:
     """TRL drives; after each TRL step its callback runs one of ours (A, B, A, B in one process)."""
     from transformers import TrainerCallback
@@ -245,6 +278,7 @@ def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[s
     ours = make_ours(args, ckpt)
     assert_ours_fp32(ours)
     _, our_callback = ours._setup_learn(10**9, None, True, "bench", False)
+    our_random = RandomStreams()  # ours as seeded; TRL's trainer seeds the global ones again
     result: dict[str, list[float]] = {"ours_t": [], "ours_r": [], "trl_t": []}
 
     class Interleave(TrainerCallback):
@@ -256,7 +290,8 @@ def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[s
             if len(result["trl_t"]) % args.turn_steps and len(result["trl_t"]) < args.steps:
                 return  # TRL's turn goes on
             while len(result["ours_t"]) < len(result["trl_t"]):  # our turn: as many steps as TRL's
-                seconds, reward = our_step(ours, our_callback)
+                with our_random:
+                    seconds, reward = our_step(ours, our_callback)
                 result["ours_t"].append(seconds)
                 result["ours_r"].append(reward)
 

@@ -277,7 +277,8 @@ class TextGenerationVectorEnv(VectorEnv):
         """:meth:`reset`, with the infos as ``(slot, info)`` pairs (:func:`merge_infos` builds the vector info).
 
         :class:`~egsw_gym.common.vec_env.VectorEnvAdapter` reads them as they are, for SB3's per-env
-        info dicts, instead of merging them into arrays and splitting those again.
+        info dicts, instead of merging them into arrays and splitting those again. Slots reset or
+        scored alike share one dict: read them, do not change them.
         """
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             super().reset(seed=int(seed))
@@ -362,15 +363,16 @@ class TextGenerationVectorEnv(VectorEnv):
         entries: list[tuple[int, dict[str, Any]]] = []
         P = self.max_prompt_tokens
         # The slots of a GRPO group share one problem object, and often a completion: score each
-        # (problem, completion) once a step (the verifier is a function of the two).
-        finished: dict[tuple[int, bytes], tuple[float, dict[str, Any]]] = {}
+        # (problem, completion) once a step (the verifier is a function of the two). The entry
+        # keeps its problem alive, so no later problem of this step can reuse its id.
+        finished: dict[tuple[int, bytes], tuple[Any, float, dict[str, Any]]] = {}
         for i in done.tolist():
             final_obs = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
-            generated = self._ids[i, P : P + self._t[i]]
-            key = (id(self.problems[i]), generated.tobytes())
+            problem, generated = self.problems[i], self._ids[i, P : P + self._t[i]]
+            key = (id(problem), generated.tobytes())
             if key not in finished:
-                finished[key] = self.core.finish(self.problems[i], generated)
-            rewards[i], final_info = finished[key]
+                finished[key] = (problem, *self.core.finish(problem, generated))
+            _, rewards[i], final_info = finished[key]
             entries.append((i, {"final_obs": final_obs, "final_info": final_info}))
             if self.autoreset and not self._hold_episodes:
                 entries.append((i, self._reset_slots([i], None)))
