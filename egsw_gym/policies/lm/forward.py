@@ -204,8 +204,7 @@ class _LastInputs:
     even when a reference pass in inference mode built them."""
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.inputs: _Inputs | None = None
+        self.entry: tuple[tuple, _Inputs] | None = None  # one attribute: replaced atomically
 
     @staticmethod
     def _same(a: tuple, b: tuple) -> bool:
@@ -220,12 +219,12 @@ class _LastInputs:
         return True
 
     def get(self, key: tuple) -> _Inputs | None:
-        return self.inputs if self.key is not None and self._same(self.key, key) else None
+        entry = self.entry
+        return entry[1] if entry is not None and self._same(entry[0], key) else None
 
     def put(self, key: tuple, inputs: _Inputs) -> None:
         with torch.inference_mode(False):
-            self.key = tuple(k.clone() if torch.is_tensor(k) else k for k in key)
-        self.inputs = inputs
+            self.entry = (tuple(k.clone() if torch.is_tensor(k) else k for k in key), inputs)
 
 
 _LAST_INPUTS = _LastInputs()
