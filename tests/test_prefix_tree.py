@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 import egsw_gym.policies.lm.forward as forward  # noqa: E402
 from egsw_gym.policies.lm import distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
 from egsw_gym.policies.lm.forward import prefix_tree_logits, prefix_tree_pays, shared_prompt_logits  # noqa: E402
-from egsw_gym.policies.lm.inputs import prefix_tree  # noqa: E402
+from egsw_gym.policies.lm.inputs import last_position, prefix_tree  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -44,6 +44,13 @@ def make_model(model_type: str = "gpt2", attn: str = "sdpa", **overrides) -> tor
     fields = {**CONFIGS[model_type], **overrides}
     config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **fields)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+
+
+def tree_logits(model, ids, mask, actions):
+    """prefix_tree_logits of packed prompts and whole rows, as sequence_log_probs lays them out."""
+    first_rows, inverse = distinct_prompts(ids, mask)
+    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, None, last_position(model.config))
+    return prefix_tree_logits(model, tree, ids.shape[1], inverse)
 
 
 def uneven_batch(steps: int = 4, seed: int = 0):
@@ -105,12 +112,11 @@ def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model
     model = make_model(model_type, attn)
     ids, mask, actions = uneven_batch(steps)
     ids, mask = prepare_prompt(ids, mask)
-    shared = distinct_prompts(ids, mask)
     results = []
     for tree in (True, False):
         model.zero_grad()
         if tree:
-            log_p = torch.log_softmax(prefix_tree_logits(model, ids, mask, actions, *shared).float(), -1)
+            log_p = torch.log_softmax(tree_logits(model, ids, mask, actions).float(), -1)
             lp = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             ent = -(log_p.exp() * log_p).sum(-1)
         else:
@@ -329,7 +335,7 @@ def test_listed_architectures_honour_the_prefix_tree_mask(model_type, attn):
     ids, mask, actions = uneven_batch()
     ids, mask = prepare_prompt(ids, mask)
     with torch.no_grad():
-        logits = prefix_tree_logits(model, ids, mask, actions, *distinct_prompts(ids, mask)).float()
+        logits = tree_logits(model, ids, mask, actions).float()
         tree = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         full, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
     assert torch.allclose(tree, full, atol=1e-5)

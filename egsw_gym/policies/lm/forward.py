@@ -139,33 +139,23 @@ def prefix_tree_pays(
 
 
 def prefix_tree_logits(
-    model: torch.nn.Module,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    actions: torch.Tensor,
-    first_rows: torch.Tensor,
-    inverse: torch.Tensor,
-    widths: torch.Tensor | None = None,
-    tree: PrefixTree | None = None,
+    model: torch.nn.Module, tree: PrefixTree, prompt_len: int, inverse: torch.Tensor
 ) -> torch.Tensor:
     """``(B, T, V)`` next-token logits before each action, in one pass per run of repeated prompts.
 
-    The run's prompt is followed by all its rows' actions but the last, each row's tokens seeing only
-    the prompt and themselves (:func:`~egsw_gym.policies.lm.inputs.prefix_tree`). Same values (and
-    gradients) as one teacher-forced pass over every row, up to float rounding. ``widths`` ``(B,)``
-    limits each row to its first ``widths[b]`` actions as inputs (logits of its first
-    ``widths[b] + 1`` steps; the later steps repeat its last ones and are meant to be masked).
-    ``tree``: the layout of these arguments, when the caller has it already.
+    ``tree`` is the layout of :func:`~egsw_gym.policies.lm.inputs.prefix_tree` (each run's prompt,
+    ``prompt_len`` columns, then all its rows' actions but the last, each row's tokens seeing only
+    the prompt and themselves), ``inverse`` ``(B,)`` every row's run. Same values (and gradients) as
+    one teacher-forced pass over every row, up to float rounding; a row laid out with ``widths[b]``
+    actions gets the logits of its first ``widths[b] + 1`` steps, and the later steps repeat its
+    last ones (meant to be masked).
     """
     _, has_keep = forward_kwargs(model)
-    prompt_len = ids.shape[1]
     config = getattr(unwrap_peft(model), "config", None)
-    if tree is None:
-        tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, widths, last_position(config))
     allowed = tree.allowed[:, None]  # (runs, 1, S, S): one mask for every head
     if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
         dtype = next(model.parameters()).dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
             ~allowed, torch.finfo(dtype).min
         )
     kwargs: dict[str, Any] = {}
@@ -250,9 +240,8 @@ def _prepare_inputs(
         if lengths is not None:
             lengths = lengths.to(ids.device, copy=True)
         widths = torch.full((batch,), steps, device=ids.device) if lengths is None else lengths
-        widths = (widths - 1).clamp(
-            0, max(steps - 1, 0)
-        )  # actions fed back as inputs: all but each row's last
+        # Actions fed back as inputs: all but each row's last.
+        widths = (widths - 1).clamp(0, max(steps - 1, 0))
         shared = distinct_prompts(ids, mask) if share_prompts and steps else None
         inputs = _Inputs(ids, mask, actions, lengths, widths, shared, {})
     _LAST_INPUTS.put(key, inputs)
@@ -332,7 +321,7 @@ def sequence_log_probs(
     logits = None
     if shared is not None and prefix_tree_pays(model, ids.shape[1], widths, *shared):
         tree = _tree(prepared, last_position(getattr(unwrap_peft(model), "config", None)))
-        logits = prefix_tree_logits(model, ids, mask, actions, *shared, widths, tree)
+        logits = prefix_tree_logits(model, tree, ids.shape[1], shared[1])
     else:  # the two routes that feed whole rows: their mask and positions
         full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
         positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
