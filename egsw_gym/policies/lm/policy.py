@@ -33,6 +33,7 @@ from egsw_gym.policies.lm.build import (
     resolve_tokenizer,
     zero_dropout,
 )
+from egsw_gym.policies.lm.cache import reserve_cache
 from egsw_gym.policies.lm.compat import custom_mask_attention, forward_kwargs, output_cache, unwrap_peft
 from egsw_gym.policies.lm.decode import StaticDecoder, StaticRound, choose_tokens, compile_available
 from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
@@ -390,6 +391,8 @@ class LMPolicy(GRPOPolicy):
             state.static = decoder.begin(cache, mask, self.obs_len)
             if state.static is not None:
                 state.cache = None
+        if state.cache is not None:
+            reserve_cache(state.cache, self.obs_len)  # a round fits the observation window
         return state, self._next_token(logits, deterministic)
 
     def _static_decoder(self) -> StaticDecoder | None:
