@@ -435,3 +435,22 @@ def test_sampled_tokens_follow_the_tempered_distribution():
     assert (freq[:10] == 0).all()
     assert (freq - expected).abs().max() < 0.01
     assert torch.allclose(log_probs, expected.log()[actions])
+
+
+def test_train_mode_switch_sets_every_module_like_nn_module_train():
+    """LMPolicy.train sets the flags directly; the result equals nn.Module.train's, and a module that
+    customises train() is still called (the plain recursion runs)."""
+    policy = make_policy()
+    for mode in (False, True, False):
+        assert policy.set_training_mode(mode) is None
+        assert all(m.training is mode for m in policy.modules())
+    calls = []
+
+    class Custom(torch.nn.Module):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    policy.extra = Custom()
+    policy.set_training_mode(True)
+    assert calls == [True] and all(m.training for m in policy.modules())
