@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from egsw_gym.common.tokenizer import load_tokenizer
+from egsw_gym.common.tokenizer import encode_text, load_tokenizer
 
 from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
@@ -208,7 +208,7 @@ class TextGenerationCore:
             out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = out["input_ids"] if hasattr(out, "keys") else out
             return [int(i) for i in ids]
-        return list(self.tokenizer.encode(self.task.raw_prompt(problem, self.system_prompt)))
+        return encode_text(self.tokenizer, self.task.raw_prompt(problem, self.system_prompt))
 
     # ------------------------------------------------------------------------------------ spaces
     def observation_space(self) -> spaces.Dict:

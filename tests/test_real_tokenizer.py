@@ -170,3 +170,40 @@ def test_grpo_learn_save_load_evaluate_with_a_local_checkpoint(checkpoint, tmp_p
     acc = evaluate_accuracy(loaded.policy, "egsw/ReasoningGym-v0", n=4, env_kwargs=env_kwargs)
     assert acc["n"] == 4 and acc["accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert np.isfinite(mean)
+
+
+def test_encode_text_equals_tokenizer_encode_and_takes_the_backend_only_when_safe(checkpoint, monkeypatch):
+    """encode_text asks the Rust backend directly only while it is in the state encode() would set
+    (no truncation or padding, special tokens split as configured); the ids always equal encode()'s."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from egsw_gym.common.tokenizer import build_char_tokenizer, encode_text
+
+    bpe = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    with_bos = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", with_bos.pad_token_id)]
+    )
+    texts = ["12+3=", "", " leading space", "<|im_start|>user\nhi<|im_end|>", "ünïcode 3*4=", "x" * 300]
+    for tok in (build_char_tokenizer(), bpe, with_bos):
+        wants = [tok.encode(text) for text in texts]
+        calls = []  # encode()'s argument handling: what the shortcut skips
+        setup = type(tok).set_truncation_and_padding
+        monkeypatch.setattr(
+            type(tok), "set_truncation_and_padding", lambda *a, **k: calls.append(1) or setup(*a, **k)
+        )
+        assert [encode_text(tok, text) for text in texts] == wants
+        assert not calls  # the backend answered
+        monkeypatch.undo()
+        tok(texts[-1], truncation=True, max_length=5)  # leaves truncation set on the backend
+        assert tok.backend_tokenizer.truncation is not None
+        monkeypatch.setattr(
+            type(tok), "set_truncation_and_padding", lambda *a, **k: calls.append(1) or setup(*a, **k)
+        )
+        assert encode_text(tok, texts[-1]) == wants[-1] and len(calls) == 1  # encode() ran, untruncated
+        monkeypatch.undo()
+        special = f"1{tok.eos_token}2"
+        whole = tok.encode(special)
+        tok.split_special_tokens = True
+        assert encode_text(tok, special) == tok.encode(special) != whole  # the special is split now

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from egsw_gym.common.local_pretrained import from_local_directory
 
-__all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "load_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "encode_text", "load_tokenizer"]
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 #: printable ASCII without the whitespace controls other than space and newline.
@@ -82,3 +82,50 @@ def load_tokenizer(tokenizer=None):
             f"tokenizer must be None, a local directory or a Hugging Face tokenizer, got {type(tokenizer).__name__}"
         )
     return tokenizer
+
+
+@lru_cache(maxsize=1)
+def _plain_encode_methods() -> tuple:
+    """``(PreTrainedTokenizerBase.encode, TokenizersBackend._encode_plus)``, or ``()`` where absent."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # pragma: no cover - older transformers: always the tokenizer's own encode
+        return ()
+    return PreTrainedTokenizerBase.encode, TokenizersBackend._encode_plus
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """``tokenizer.encode(text)``: the ids of ``text`` with the tokenizer's special tokens added.
+
+    For a ``transformers`` fast tokenizer whose ``encode`` is the library's own, this asks the Rust
+    backend directly (``backend_tokenizer.encode(text).ids``): what ``encode`` does after its
+    argument handling, about 5 us against 17 us a call (a GRPO step encodes each new prompt). The
+    shortcut is taken only while the backend is in the state ``encode`` would put it in (no
+    truncation, no padding, special tokens split as the tokenizer says); otherwise, and for every
+    other tokenizer, ``tokenizer.encode`` runs.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer or any object with ``encode``
+        The tokenizer.
+    text : str
+        The text.
+
+    Returns
+    -------
+    list of int
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    plain = _plain_encode_methods()
+    if (
+        backend is not None
+        and plain
+        and type(tokenizer).encode is plain[0]
+        and getattr(type(tokenizer), "_encode_plus", None) is plain[1]
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return backend.encode(text).ids
+    return list(tokenizer.encode(text))
