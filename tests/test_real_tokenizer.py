@@ -172,6 +172,14 @@ def test_grpo_learn_save_load_evaluate_with_a_local_checkpoint(checkpoint, tmp_p
     assert np.isfinite(mean)
 
 
+def _counting(method, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return method(*args, **kwargs)
+
+    return counted
+
+
 def test_encode_text_equals_tokenizer_encode_and_takes_the_backend_only_when_safe(checkpoint, monkeypatch):
     """encode_text asks the Rust backend directly only while it is in the state encode() would set
     (no truncation or padding, special tokens split as configured); the ids always equal encode()'s."""
@@ -190,17 +198,13 @@ def test_encode_text_equals_tokenizer_encode_and_takes_the_backend_only_when_saf
         wants = [tok.encode(text) for text in texts]
         calls = []  # encode()'s argument handling: what the shortcut skips
         setup = type(tok).set_truncation_and_padding
-        monkeypatch.setattr(
-            type(tok), "set_truncation_and_padding", lambda *a, **k: calls.append(1) or setup(*a, **k)
-        )
+        monkeypatch.setattr(type(tok), "set_truncation_and_padding", _counting(setup, calls))
         assert [encode_text(tok, text) for text in texts] == wants
         assert not calls  # the backend answered
         monkeypatch.undo()
         tok(texts[-1], truncation=True, max_length=5)  # leaves truncation set on the backend
         assert tok.backend_tokenizer.truncation is not None
-        monkeypatch.setattr(
-            type(tok), "set_truncation_and_padding", lambda *a, **k: calls.append(1) or setup(*a, **k)
-        )
+        monkeypatch.setattr(type(tok), "set_truncation_and_padding", _counting(setup, calls))
         assert encode_text(tok, texts[-1]) == wants[-1] and len(calls) == 1  # encode() ran, untruncated
         monkeypatch.undo()
         special = f"1{tok.eos_token}2"
