@@ -4,6 +4,12 @@ The tokenizer lives in ``egsw_gym.common`` because policies and ``egsw_gym.llm``
 the environments do; ``egsw_gym.envs.tokenizer`` keeps working for existing imports.
 """
 
-from egsw_gym.common.tokenizer import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer, load_tokenizer
+from egsw_gym.common.tokenizer import (
+    CHARACTERS,
+    SPECIAL_TOKENS,
+    build_char_tokenizer,
+    encode_text,
+    load_tokenizer,
+)
 
-__all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "load_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "encode_text", "load_tokenizer"]
