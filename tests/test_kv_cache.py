@@ -101,6 +101,11 @@ def test_eager_decode_on_the_growing_cache_matches_concatenation(monkeypatch, en
     )
     obs, _ = venv.reset(seed=[3, 3, 3, 3, 5, 5, 7, 7])
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
+    with torch.inference_mode():
+        first = policy.act(obs, None)[3]
+    prompt_len = first.mask_buffer.shape[1] - policy.obs_len
+    room = min(policy.obs_len, 2 * prompt_len)  # as many new tokens as the prompt has, in the window
+    assert [layer._buffers_kv[0].shape[-2] for layer in first.cache.layers] == [room] * 2
     steps = policy.obs_len + 4
     grown, state = rollout(policy, obs, steps, seed=4)
     assert all(isinstance(layer, GrowingLayer) for layer in state.cache.layers)

@@ -417,7 +417,10 @@ class LMPolicy(GRPOPolicy):
             if state.static is not None:
                 state.cache = None
         if state.cache is not None:
-            reserve_cache(state.cache, self.obs_len)  # a round fits the observation window
+            # Room for as many new tokens as the prompt has, within the observation window (which
+            # every round fits); a longer round doubles it. Reserving the whole window up front
+            # would hold a large model's cache for tokens most rounds never generate.
+            reserve_cache(state.cache, min(self.obs_len, 2 * length))
         return state, self._next_token(logits, deterministic)
 
     def _static_decoder(self) -> StaticDecoder | None:
