@@ -53,6 +53,7 @@ def test_growing_layer_honours_replaced_tensors():
         layer.reorder_cache(index)
     k, v = states(g)
     torch.testing.assert_close(grown.update(k, v)[0], reference.update(k, v)[0], rtol=0, atol=0)
+    assert grown._buffers_kv[0].shape[-2] == 16  # re-adopted into the same room, not doubled
     for layer in (reference, grown):
         layer.crop(-2)
     k, v = states(g)

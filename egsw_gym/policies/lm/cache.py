@@ -67,8 +67,9 @@ def _make_growing_layer_class() -> type | None:
             end = length + key_states.shape[-2]
             key_buffer, value_buffer = self._buffers_kv
             replaced = self.keys is not self._views[0] or self.values is not self._views[1]
-            if replaced or end > key_buffer.shape[-2] or key_states.shape[:-2] != key_buffer.shape[:-2]:
-                self._adopt(self.keys, self.values, max(end, 2 * key_buffer.shape[-2]))
+            room = key_buffer.shape[-2]
+            if replaced or end > room or key_states.shape[:-2] != key_buffer.shape[:-2]:
+                self._adopt(self.keys, self.values, room if end <= room else max(end, 2 * room))
                 key_buffer, value_buffer = self._buffers_kv
             key_buffer[..., length:end, :].copy_(key_states)
             value_buffer[..., length:end, :].copy_(value_states)
