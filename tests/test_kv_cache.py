@@ -115,3 +115,20 @@ def test_eager_decode_on_the_growing_cache_matches_concatenation(monkeypatch, en
     assert all(type(layer) is DynamicLayer for layer in state.cache.layers)
     for a, b in zip(grown, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reserve_cache_leaves_a_layer_it_cannot_convert(monkeypatch):
+    """A transformers whose DynamicLayer no longer fits GrowingLayer: the cache keeps its layers."""
+    g = torch.Generator().manual_seed(3)
+    cache = DynamicCache()
+    cache.update(*states(g, length=3), 0)
+    layer = cache.layers[0]
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("DynamicLayer.__init__ changed")
+
+    monkeypatch.setattr(GrowingLayer, "__init__", broken)
+    assert not reserve_cache(cache, 10)
+    assert cache.layers[0] is layer
+    k, v = states(g)
+    assert cache.update(k, v, 0)[0].shape[-2] == 4  # still works, by concatenation

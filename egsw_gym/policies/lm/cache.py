@@ -88,7 +88,8 @@ def reserve_cache(cache: Any, capacity: int) -> bool:
 
     Returns whether any layer was converted. Layers of other types (sliding windows, static,
     quantized...) and caches without ``layers`` are left as they are; their updates keep working,
-    only without the reserved room.
+    only without the reserved room. So is a layer that cannot be converted (a ``transformers``
+    version whose ``DynamicLayer`` no longer fits :class:`GrowingLayer`).
     """
     layers = getattr(cache, "layers", None)
     if GrowingLayer is None or not isinstance(layers, list) or getattr(cache, "offloading", False):
@@ -99,6 +100,10 @@ def reserve_cache(cache: Any, capacity: int) -> bool:
             continue
         if not (torch.is_tensor(layer.keys) and torch.is_tensor(layer.values)) or layer.keys.dim() != 4:
             continue
-        layers[index] = GrowingLayer(layer.keys, layer.values, max(capacity, layer.keys.shape[-2]))
+        try:
+            grown = GrowingLayer(layer.keys, layer.values, max(capacity, layer.keys.shape[-2]))
+        except Exception:  # an optimisation only: the layer keeps concatenating, as transformers does
+            continue
+        layers[index] = grown
         converted = True
     return converted
