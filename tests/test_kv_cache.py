@@ -62,6 +62,20 @@ def test_growing_layer_honours_replaced_tensors():
     assert got[0].shape[-2] == 4
 
 
+def test_growing_layer_refuses_states_that_do_not_extend_the_cache():
+    """A smaller batch would broadcast through copy_: refused, as DynamicLayer's torch.cat refuses it."""
+    g = torch.Generator().manual_seed(4)
+    keys, values = states(g, batch=3, length=2)
+    reference, grown = DynamicLayer(), GrowingLayer(keys.clone(), values.clone(), capacity=8)
+    reference.update(keys, values)
+    wrong = states(g, batch=1)
+    with pytest.raises(RuntimeError):
+        reference.update(*wrong)
+    with pytest.raises(RuntimeError, match="do not extend"):
+        grown.update(*wrong)
+    assert grown.get_seq_length() == 2
+
+
 def test_reserve_cache_converts_only_plain_dynamic_layers():
     g = torch.Generator().manual_seed(2)
     cache = DynamicCache()

@@ -30,17 +30,19 @@ def _dynamic_layer_class() -> type | None:
     return DynamicLayer
 
 
+_DYNAMIC_LAYER = _dynamic_layer_class()
+
+
 def _make_growing_layer_class() -> type | None:
-    base = _dynamic_layer_class()
-    if base is None:  # pragma: no cover - see above
+    if _DYNAMIC_LAYER is None:  # pragma: no cover - see above
         return None
 
-    class GrowingLayer(base):
+    class GrowingLayer(_DYNAMIC_LAYER):
         """A ``DynamicLayer`` whose ``keys``/``values`` are views of buffers with room to grow.
 
         ``update`` writes the new states after the current ones and returns the longer views; when
         the room runs out the buffers double. Anything that replaces ``keys``/``values`` (a row
-        gather, a crop, an offload) is honoured: the next update copies them into fresh buffers.
+        gather, a crop) is honoured: the next update copies them into buffers of the same room.
         """
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
@@ -66,9 +68,16 @@ def _make_growing_layer_class() -> type | None:
             length = self.keys.shape[-2]
             end = length + key_states.shape[-2]
             key_buffer, value_buffer = self._buffers_kv
+            for name, new, old in (("key", key_states, self.keys), ("value", value_states, self.values)):
+                if new.shape[:-2] != old.shape[:-2] or new.shape[-1] != old.shape[-1]:
+                    # torch.cat would refuse; copy_ would broadcast a smaller batch silently.
+                    raise RuntimeError(
+                        f"new {name} states of shape {tuple(new.shape)} do not extend cached ones of "
+                        f"shape {tuple(old.shape)} (only the sequence dimension, -2, may differ)"
+                    )
             replaced = self.keys is not self._views[0] or self.values is not self._views[1]
             room = key_buffer.shape[-2]
-            if replaced or end > room or key_states.shape[:-2] != key_buffer.shape[:-2]:
+            if replaced or end > room:
                 self._adopt(self.keys, self.values, room if end <= room else max(end, 2 * room))
                 key_buffer, value_buffer = self._buffers_kv
             key_buffer[..., length:end, :].copy_(key_states)
@@ -96,7 +105,7 @@ def reserve_cache(cache: Any, capacity: int) -> bool:
         return False
     converted = False
     for index, layer in enumerate(layers):
-        if type(layer) is not GrowingLayer.__mro__[1] or not layer.is_initialized:
+        if type(layer) is not _DYNAMIC_LAYER or not layer.is_initialized:
             continue
         if not (torch.is_tensor(layer.keys) and torch.is_tensor(layer.values)) or layer.keys.dim() != 4:
             continue
