@@ -13,8 +13,9 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 import egsw_gym.policies.lm.forward as forward  # noqa: E402
 from egsw_gym.policies.lm import distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
-from egsw_gym.policies.lm.forward import prefix_tree_logits, prefix_tree_pays, shared_prompt_logits  # noqa: E402
-from egsw_gym.policies.lm.inputs import last_position, prefix_tree  # noqa: E402
+from egsw_gym.policies.lm.forward import prefix_tree_logits, prefix_tree_rows, shared_prompt_logits  # noqa: E402
+from egsw_gym.policies.lm.inputs import last_position  # noqa: E402
+from egsw_gym.policies.lm.tree import pack_runs, prefix_tree  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -46,11 +47,13 @@ def make_model(model_type: str = "gpt2", attn: str = "sdpa", **overrides) -> tor
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
 
 
-def tree_logits(model, ids, mask, actions):
+def tree_logits(model, ids, mask, actions, n_rows=None):
     """prefix_tree_logits of packed prompts and whole rows, as sequence_log_probs lays them out."""
     first_rows, inverse = distinct_prompts(ids, mask)
-    tree = prefix_tree(ids, mask, actions[:, :-1], first_rows, inverse, None, last_position(model.config))
-    return prefix_tree_logits(model, tree, ids.shape[1], inverse)
+    tree = prefix_tree(
+        ids, mask, actions[:, :-1], first_rows, inverse, None, last_position(model.config), n_rows
+    )
+    return prefix_tree_logits(model, tree)
 
 
 def uneven_batch(steps: int = 4, seed: int = 0):
@@ -67,48 +70,85 @@ def uneven_batch(steps: int = 4, seed: int = 0):
     return ids, mask, actions
 
 
+def test_pack_runs_fills_rows_evenly_without_overlap():
+    prompts, tokens = [4, 7, 2, 5, 3], [9, 3, 12, 6, 1]  # runs of 13, 10, 14, 11 and 4 tokens
+    assert pack_runs(prompts, tokens, 5) == ([0, 1, 2, 3, 4], [3, 0, 5, 2, 4], 19, 6)  # one run a row
+    assert pack_runs(prompts, tokens, 9).row == [0, 1, 2, 3, 4]
+    packing = pack_runs(prompts, tokens, 2)
+    # longest first into the emptiest row: 14 -> row 0, 13 -> 1, 11 -> 1, 10 -> 0, 4 -> 0
+    assert packing.row == [1, 0, 0, 1, 0]
+    first = {
+        r: min((u for u in range(5) if packing.row[u] == r), key=packing.base.__getitem__) for r in (0, 1)
+    }
+    align = max(prompts[u] for u in first.values())
+    assert packing.first_column == align - 1
+    for r in (0, 1):
+        spans = sorted(
+            (packing.base[u], packing.base[u] + prompts[u] + tokens[u])
+            for u in range(5)
+            if packing.row[u] == r
+        )
+        assert spans[0][0] == align - prompts[first[r]]  # the first prompt ends in first_column
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # back to back
+    ends = [packing.base[u] + prompts[u] + tokens[u] for u in range(5)]
+    assert packing.size == max(ends) == 30  # rows of 28 and 24 tokens
+    assert pack_runs(prompts, tokens, 1).size == sum(prompts) + sum(tokens)
+
+
+@pytest.mark.parametrize("n_rows", [None, 3, 2, 1])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_prefix_tree_layout_matches_a_loop_reference(ragged):
+def test_prefix_tree_layout_matches_a_loop_reference(ragged, n_rows):
     """Every laid-out completion token sits after its run's prompt, at its own position, seeing only
-    the prompt's real tokens and its own earlier tokens; prompt tokens see the earlier real prompt."""
+    the prompt's real tokens and its own earlier tokens; prompt tokens see the earlier real prompt;
+    runs packed into one row never see each other."""
     ids, mask, actions = uneven_batch(steps=4)
     ids, mask = prepare_prompt(ids, mask)
     first_rows, inverse = distinct_prompts(ids, mask)
     completions = actions[:, :-1]
     widths = torch.tensor([3, 0, 2, 1, 3, 3, 2, 0, 1, 3]) if ragged else None
-    tree = prefix_tree(ids, mask, completions, first_rows, inverse, widths)
+    tree = prefix_tree(ids, mask, completions, first_rows, inverse, widths, None, n_rows)
     width = torch.full((len(ids),), 3) if widths is None else widths
-    runs, size = tree.input_ids.shape
+    n_tree_rows, size = tree.input_ids.shape
     prompt_len = ids.shape[1]
-    run_tokens = [int(width[inverse == u].sum()) for u in range(runs)]
-    assert runs == 4 and size == prompt_len + max(run_tokens)
-    for u in range(runs):
-        real = [k for k in range(prompt_len) if mask[first_rows[u], k]]
-        for q in real:
-            assert tree.input_ids[u, q] == ids[first_rows[u], q]
-            assert tree.position_ids[u, q] == real.index(q)
-            assert tree.allowed[u, q].nonzero().flatten().tolist() == [k for k in real if k <= q]
-    used = {u: set() for u in range(runs)}
-    for b in range(len(ids)):
-        u, w = int(inverse[b]), int(width[b])
-        real = [k for k in range(prompt_len) if mask[b, k]]
-        for j in range(w):
-            c = int(tree.columns[b, j])
-            assert c >= prompt_len and c not in used[u]  # its own column
-            used[u].add(c)
-            assert tree.input_ids[u, c] == completions[b, j]
-            assert tree.position_ids[u, c] == len(real) + j
-            visible = real + [int(x) for x in tree.columns[b, : j + 1]]
-            assert tree.allowed[u, c].nonzero().flatten().tolist() == sorted(visible)
-        # steps past the laid-out tokens repeat the row's last column (or the prompt's last)
-        assert (tree.columns[b, w:] == (tree.columns[b, w - 1] if w else prompt_len - 1)).all()
+    run_tokens = [int(width[inverse == u].sum()) for u in range(4)]
+    assert n_tree_rows == (n_rows or 4) and tree.allowed.shape == (n_tree_rows, size, size)
+    if n_rows is None:  # one run a row, prompts left-padded: the unpacked layout
+        assert torch.equal(tree.rows, inverse) and size == prompt_len + max(run_tokens)
+        assert (tree.columns[:, 0] == prompt_len - 1).all()
+    assert tree.first_column == int(tree.columns.min())
+    used = {r: set() for r in range(n_tree_rows)}
+    for u in range(4):
+        b0 = int(first_rows[u])
+        row, end = int(tree.rows[b0]), int(tree.columns[b0, 0])
+        real = [k for k in range(prompt_len) if mask[b0, k]]
+        prompt_cols = list(range(end - len(real) + 1, end + 1))
+        for i, (k, q) in enumerate(zip(real, prompt_cols, strict=True)):
+            assert tree.input_ids[row, q] == ids[b0, k] and tree.position_ids[row, q] == i
+            assert tree.allowed[row, q].nonzero().flatten().tolist() == prompt_cols[: i + 1]
+            assert q not in used[row]
+            used[row].add(q)
+        for b in (inverse == u).nonzero().flatten().tolist():
+            w = int(width[b])
+            assert int(tree.rows[b]) == row and int(tree.columns[b, 0]) == end
+            for j in range(w):
+                c = int(tree.columns[b, 1 + j])
+                assert c > end and c not in used[row]  # its own column, after its prompt
+                used[row].add(c)
+                assert tree.input_ids[row, c] == completions[b, j]
+                assert tree.position_ids[row, c] == len(real) + j
+                visible = prompt_cols + [int(x) for x in tree.columns[b, 1 : j + 2]]
+                assert tree.allowed[row, c].nonzero().flatten().tolist() == sorted(visible)
+            # steps past the laid-out tokens repeat the row's last column (or the prompt's last)
+            assert (tree.columns[b, 1 + w :] == tree.columns[b, w]).all()
+    assert max(max(cols) for cols in used.values()) == size - 1  # no column is wasted at the end
     # every query may attend to something (padding and unused columns: to themselves)
     assert tree.allowed.any(-1).all()
 
 
 @pytest.mark.parametrize(("model_type", "attn"), [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa")])
 @pytest.mark.parametrize("steps", [1, 4])
-def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model_type, attn, steps):
+@pytest.mark.parametrize("n_rows", [None, 2])
+def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model_type, attn, steps, n_rows):
     model = make_model(model_type, attn)
     ids, mask, actions = uneven_batch(steps)
     ids, mask = prepare_prompt(ids, mask)
@@ -116,7 +156,7 @@ def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model
     for tree in (True, False):
         model.zero_grad()
         if tree:
-            log_p = torch.log_softmax(tree_logits(model, ids, mask, actions).float(), -1)
+            log_p = torch.log_softmax(tree_logits(model, ids, mask, actions, n_rows).float(), -1)
             lp = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             ent = -(log_p.exp() * log_p).sum(-1)
         else:
@@ -147,19 +187,20 @@ def test_lengths_skip_nothing_real_and_zero_the_rest(share):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("route", ["tree", "cache"])
-def test_sequence_log_probs_takes_the_route_prefix_tree_pays_chooses(monkeypatch, route):
-    """Both shared routes give the single pass's log-probs; which one runs follows prefix_tree_pays."""
+@pytest.mark.parametrize("route", ["tree", "packed tree", "cache"])
+def test_sequence_log_probs_takes_the_route_prefix_tree_rows_chooses(monkeypatch, route):
+    """Every shared route gives the single pass's log-probs; which one runs follows prefix_tree_rows."""
     model = make_model()
     ids, mask, actions = uneven_batch()
     ran = []
-    monkeypatch.setattr(forward, "prefix_tree_pays", lambda *a: route == "tree")
+    rows = {"tree": 4, "packed tree": 2, "cache": None}[route]
+    monkeypatch.setattr(forward, "prefix_tree_rows", lambda *a: rows)
     for name, fn in (("tree", prefix_tree_logits), ("cache", shared_prompt_logits)):
         monkeypatch.setattr(forward, fn.__name__, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
     with torch.no_grad():
         shared_lp, _ = sequence_log_probs(model, ids, mask, actions)
         full_lp, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
-    assert ran == [route]
+    assert ran == [route.split()[-1]]
     assert torch.allclose(shared_lp, full_lp, atol=1e-5)
 
 
@@ -229,6 +270,15 @@ def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Ten
     )
 
 
+def tree_rows(model, prompt_len, widths, first_rows, inverse):
+    """prefix_tree_rows for runs whose prompts all have ``prompt_len`` real tokens."""
+    return prefix_tree_rows(model, torch.full((len(first_rows),), prompt_len), widths, first_rows, inverse)
+
+
+def prefix_tree_pays(*args) -> bool:
+    return tree_rows(*args) is not None
+
+
 @pytest.mark.parametrize(
     ("prompt_len", "width", "expected"),
     [(6, 3, True), (60, 16, True), (120, 63, False)],  # arithmetic-, countdown- and GSM8K-like rounds
@@ -236,6 +286,25 @@ def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Ten
 def test_prefix_tree_pays_for_short_completions_only(prompt_len, width, expected):
     model = make_model(n_embd=128)  # the tiny default model's width, where the rule was measured
     assert prefix_tree_pays(model, prompt_len, *runs(8, 8, width)) is expected
+
+
+def test_runs_of_unequal_length_are_packed_and_equal_ones_are_not():
+    """Packing only removes padding: runs of one length keep a row each (two a row would only
+    lengthen the attention); an arithmetic-like round of ragged runs goes in fewer rows."""
+    model = make_model(n_embd=128)
+    assert tree_rows(model, 6, *runs(8, 8, 3)) == 8
+    _, first_rows, inverse = runs(8, 8, 3)
+    ragged = torch.tensor([1, 3, 2, 3, 0, 2, 1, 3]).repeat(8)[
+        torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    ]
+    ragged[inverse == 3] = 3  # one run much longer than the others: every other row pads to it
+    ragged[inverse == 5] = 0
+    rows = tree_rows(model, 6, ragged, first_rows, inverse)
+    assert rows is not None and rows < 8
+    # the chosen packing is the cheapest the cost model sees (fewer tokens, similar attention)
+    lengths, tokens = [6] * 8, torch.zeros(8, dtype=torch.long).index_add_(0, inverse, ragged).tolist()
+    packed, alone = pack_runs(lengths, tokens, rows), pack_runs(lengths, tokens, 8)
+    assert rows * packed.size < 8 * alone.size
 
 
 def test_ragged_rounds_take_the_tree_where_padded_ones_do_not():

@@ -2,8 +2,9 @@
 
 - :func:`shared_prefill`: one pass per run of repeated prompts, its KV cache gathered back to
   every row (GRPO's groups repeat each prompt ``group_size`` times in a row);
-- :func:`prefix_tree_logits`: teacher-forced logits of a whole run of repeated prompts in one pass,
-  the run's completions side by side behind one copy of the prompt (a prefix-tree attention mask);
+- :func:`prefix_tree_logits`: teacher-forced logits of every run of repeated prompts in one pass,
+  each run's completions side by side behind one copy of its prompt (a prefix-tree attention mask),
+  runs packed into rows (:mod:`~egsw_gym.policies.lm.tree`);
 - :func:`sequence_log_probs`: teacher-forced log-probs and entropies of whole completions, with
   gradients (the training pass of :meth:`~egsw_gym.policies.lm.LMPolicy.evaluate_sequences` and of
   :func:`~egsw_gym.llm.warm_start.warm_start`).
@@ -24,28 +25,35 @@ from egsw_gym.policies.lm.compat import (
     unwrap_peft,
 )
 from egsw_gym.policies.lm.inputs import (
-    PrefixTree,
     distinct_prompts,
     last_position,
     position_ids_from_mask,
-    prefix_tree,
     prepare_prompt,
 )
+from egsw_gym.policies.lm.tree import PrefixTree, pack_runs, prefix_tree
 
-__all__ = ["prefix_tree_logits", "sequence_log_probs", "shared_prefill", "shared_prompt_logits"]
+__all__ = [
+    "prefix_tree_logits",
+    "prefix_tree_rows",
+    "sequence_log_probs",
+    "shared_prefill",
+    "shared_prompt_logits",
+]
 
-# The prefix-tree pass computes ``U * S`` tokens (``S`` = the prompt plus the longest run's laid-out
-# completion tokens) attending to ``S`` keys each, where the KV-cache route computes ``U * L + B * C``
-# tokens attending to ``L`` or ``L + C`` keys, but saves a model call and a cache gather and skips
-# finished rows' padding. In units of one attention pair (~4d FLOPs a layer; a token's dense
-# layers ~24d^2, i.e. ~6d pairs) the tree is used while its cost is at most this multiple of the
-# cache route's. Measured with the tiny GPT-2 (d = 128; CPU, 1 thread; 8 runs of 8), forward +
-# backward, tree / cache time at cost ratio: 6-token prompts, 4-token answers 0.70 at 1.03;
-# GSM8K-style rounds 0.73 at 0.84, 0.92 at 1.05, 1.01 at 1.21, and 1.28 at 1.48 (every row padded
-# to 63 tokens).
+# The prefix-tree pass computes ``K * S`` tokens (``K`` rows of ``S`` columns, the packed runs)
+# attending to ``S`` keys each, where the KV-cache route computes ``U * L + B * C`` tokens attending
+# to ``L`` or ``L + C`` keys, but saves a model call and a cache gather and skips finished rows'
+# padding. In units of one attention pair (~4d FLOPs a layer; a token's dense layers ~24d^2, i.e.
+# ~6d pairs; an output column's logits 2dV FLOPs once, i.e. V / (2 * layers) pairs a layer) the
+# tree is used while its cost is at most this multiple of the cache route's. Measured with the tiny
+# GPT-2 (d = 128; CPU, 1 thread; 8 runs of 8, one run per row), forward + backward, tree / cache
+# time at cost ratio: 6-token prompts, 4-token answers 0.70 at 1.03; GSM8K-style rounds 0.73 at
+# 0.84, 0.92 at 1.05, 1.01 at 1.21, and 1.28 at 1.48 (every row padded to 63 tokens).
 PREFIX_TREE_MAX_COST_RATIO = 1.2
-# ...and while its (runs, S, S) mask stays small (the mask is built in memory).
+# ...and while its (K, S, S) mask stays small (the mask is built in memory).
 PREFIX_TREE_MAX_MASK_ELEMENTS = 1 << 22
+# Row counts tried for the tree: one or two runs a row (the cheaper is used).
+PREFIX_TREE_MAX_RUNS_PER_ROW = 2
 
 
 def shared_prefill(
@@ -110,57 +118,72 @@ def shared_prompt_logits(
     return torch.cat([first_logits, rest], dim=1)
 
 
-def prefix_tree_pays(
+def prefix_tree_rows(
     model: torch.nn.Module,
-    prompt_len: int,
+    prompt_lengths: torch.Tensor,
     widths: torch.Tensor,
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
-) -> bool:
-    """Whether :func:`prefix_tree_logits` serves ``model`` and is cheaper than the KV-cache route.
+) -> int | None:
+    """How many rows :func:`prefix_tree_logits` should pack the runs into; ``None`` where it cannot
+    serve ``model`` or the KV-cache route is cheaper.
 
-    ``prompt_len`` is the packed prompt width, ``widths`` ``(B,)`` the completion tokens of each row
-    fed to the model (``length - 1`` for teacher forcing); see :data:`PREFIX_TREE_MAX_COST_RATIO`.
+    ``prompt_lengths`` ``(U,)`` are the runs' real prompt tokens, ``widths`` ``(B,)`` the completion
+    tokens of each row fed to the model (``length - 1`` for teacher forcing). Packings of 1 to
+    :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`~egsw_gym.policies.lm.tree.pack_runs`)
+    are costed as in :data:`PREFIX_TREE_MAX_COST_RATIO`: fewer rows pad less but attend over
+    longer ones. The cheapest is compared with the cache route.
     """
-    width = int(widths.max()) if len(widths) else 0
+    lengths = prompt_lengths.tolist()
+    prompt_len, width = max(lengths), int(widths.max()) if len(widths) else 0
     if custom_mask_attention(model, prompt_len + width + 1) is None:
-        return False
+        return None
     config = getattr(unwrap_peft(model), "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+    dense = 6 * hidden  # a token's dense layers, in attention pairs
+    logit = (getattr(config, "vocab_size", None) or 0) / (2 * layers)  # an output column's logits
     n_runs, batch = len(first_rows), len(inverse)
     run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
-    size = prompt_len + int(run_tokens.max())
-    if n_runs * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
-        return False
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    dense = 6 * hidden  # a token's dense layers, in attention pairs
-    tree = n_runs * size * (dense + size)
-    cache = n_runs * prompt_len * (dense + prompt_len) + batch * width * (dense + prompt_len + width)
-    return tree <= PREFIX_TREE_MAX_COST_RATIO * cache
+    best: tuple[float, int] | None = None
+    for runs_per_row in range(1, PREFIX_TREE_MAX_RUNS_PER_ROW + 1):
+        n_rows = -(-n_runs // runs_per_row)
+        packing = pack_runs(lengths, run_tokens.tolist(), n_rows)
+        size = packing.size
+        if n_rows * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
+            continue
+        cost = n_rows * (size * (dense + size) + (size - packing.first_column) * logit)
+        if best is None or cost < best[0]:
+            best = (cost, n_rows)
+    cache = (
+        n_runs * prompt_len * (dense + prompt_len)
+        + batch * width * (dense + prompt_len + width)
+        + (n_runs + batch * width) * logit
+    )
+    return best[1] if best is not None and best[0] <= PREFIX_TREE_MAX_COST_RATIO * cache else None
 
 
-def prefix_tree_logits(
-    model: torch.nn.Module, tree: PrefixTree, prompt_len: int, inverse: torch.Tensor
-) -> torch.Tensor:
-    """``(B, T, V)`` next-token logits before each action, in one pass per run of repeated prompts.
+def prefix_tree_logits(model: torch.nn.Module, tree: PrefixTree) -> torch.Tensor:
+    """``(B, T, V)`` next-token logits before each action, in one pass over the packed runs.
 
-    ``tree`` is the layout of :func:`~egsw_gym.policies.lm.inputs.prefix_tree` (each run's prompt,
-    ``prompt_len`` columns, then all its rows' actions but the last, each row's tokens seeing only
-    the prompt and themselves), ``inverse`` ``(B,)`` every row's run. Same values (and gradients) as
-    one teacher-forced pass over every row, up to float rounding; a row laid out with ``widths[b]``
-    actions gets the logits of its first ``widths[b] + 1`` steps, and the later steps repeat its
-    last ones (meant to be masked).
+    ``tree`` is the layout of :func:`~egsw_gym.policies.lm.tree.prefix_tree` (each run's prompt,
+    then all its rows' actions but the last, each row's tokens seeing only the prompt and
+    themselves). Same values (and gradients) as one teacher-forced pass over every row, up to float
+    rounding; a row laid out with ``widths[b]`` actions gets the logits of its first
+    ``widths[b] + 1`` steps, and the later steps repeat its last ones (meant to be masked).
     """
     _, has_keep = forward_kwargs(model)
     config = getattr(unwrap_peft(model), "config", None)
-    allowed = tree.allowed[:, None]  # (runs, 1, S, S): one mask for every head
+    allowed = tree.allowed[:, None]  # (K, 1, S, S): one mask for every head
     if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
         dtype = next(model.parameters()).dtype
         allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
             ~allowed, torch.finfo(dtype).min
         )
+    size = tree.input_ids.shape[1]
     kwargs: dict[str, Any] = {}
-    if has_keep:  # the prompt's last column and every completion column: the tail of each row
-        kwargs["logits_to_keep"] = tree.input_ids.shape[1] - prompt_len + 1
+    if has_keep:  # no row reads the outputs left of first_column
+        kwargs["logits_to_keep"] = size - tree.first_column
     logits = model(
         input_ids=tree.input_ids,
         attention_mask=allowed,
@@ -168,10 +191,7 @@ def prefix_tree_logits(
         use_cache=False,
         **kwargs,
     ).logits
-    offset = logits.shape[1] - (tree.input_ids.shape[1] - prompt_len + 1)  # 0 with logits_to_keep
-    first = logits[:, offset][inverse].unsqueeze(1)  # (B, 1, V): the distribution of the first action
-    rest = logits[inverse[:, None], tree.columns - prompt_len + 1 + offset]  # (B, T - 1, V)
-    return torch.cat([first, rest], dim=1)
+    return logits[tree.rows[:, None], tree.columns - (size - logits.shape[1])]
 
 
 class _Inputs(NamedTuple):
@@ -183,7 +203,9 @@ class _Inputs(NamedTuple):
     lengths: torch.Tensor | None
     widths: torch.Tensor
     shared: tuple[torch.Tensor, torch.Tensor] | None
-    trees: dict[int | None, PrefixTree]  # by the model's last position, built when first used
+    trees: dict[
+        tuple[int | None, int], PrefixTree
+    ]  # by (the model's last position, rows), built when first used
 
 
 class _LastInputs:
@@ -248,16 +270,22 @@ def _prepare_inputs(
     return inputs
 
 
-def _tree(inputs: _Inputs, max_position: int | None) -> PrefixTree:
-    """The prefix-tree layout of ``inputs`` for a model whose last position is ``max_position``."""
-    tree = inputs.trees.get(max_position)
+def _tree(inputs: _Inputs, max_position: int | None, n_rows: int) -> PrefixTree:
+    """The prefix-tree layout of ``inputs`` in ``n_rows`` rows, for a model whose last position is ``max_position``."""
+    tree = inputs.trees.get((max_position, n_rows))
     if tree is None:
         assert inputs.shared is not None
         with torch.inference_mode(False):
             tree = prefix_tree(
-                inputs.ids, inputs.mask, inputs.actions[:, :-1], *inputs.shared, inputs.widths, max_position
+                inputs.ids,
+                inputs.mask,
+                inputs.actions[:, :-1],
+                *inputs.shared,
+                inputs.widths,
+                max_position,
+                n_rows,
             )
-        inputs.trees[max_position] = tree
+        inputs.trees[(max_position, n_rows)] = tree
     return tree
 
 
@@ -297,7 +325,7 @@ def sequence_log_probs(
         once, instead of one teacher-forced pass over every row's prompt plus completion. Same
         log-probs and gradients up to float rounding; GRPO's groups repeat every prompt
         ``group_size`` times in a row, so this saves most of the prompt compute. Short runs take one
-        prefix-tree pass (:func:`prefix_tree_logits`, where :func:`prefix_tree_pays`), longer ones
+        prefix-tree pass (:func:`prefix_tree_logits`, where :func:`prefix_tree_rows` finds it cheaper), longer ones
         a prompt pass whose KV cache every row's pass reuses (:func:`shared_prompt_logits`); models
         whose cache cannot be gathered by rows fall back to the single pass.
     lengths : torch.Tensor or None
@@ -319,9 +347,10 @@ def sequence_log_probs(
         empty = torch.zeros(batch, 0, device=ids.device)
         return empty, empty.clone()
     logits = None
-    if shared is not None and prefix_tree_pays(model, ids.shape[1], widths, *shared):
-        tree = _tree(prepared, last_position(getattr(unwrap_peft(model), "config", None)))
-        logits = prefix_tree_logits(model, tree, ids.shape[1], shared[1])
+    n_rows = None if shared is None else prefix_tree_rows(model, mask[shared[0]].sum(1), widths, *shared)
+    if n_rows is not None:
+        tree = _tree(prepared, last_position(getattr(unwrap_peft(model), "config", None)), n_rows)
+        logits = prefix_tree_logits(model, tree)
     else:  # the two routes that feed whole rows: their mask and positions
         full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
         positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))

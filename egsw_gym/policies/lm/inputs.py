@@ -9,18 +9,16 @@ positions. Nothing here calls a model.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 __all__ = [
-    "PrefixTree",
     "causal_attention_mask",
     "distinct_prompts",
     "last_position",
     "last_true",
     "position_ids_from_mask",
-    "prefix_tree",
     "prepare_prompt",
 ]
 
@@ -181,98 +179,3 @@ def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     if len(first_rows) == batch:
         return None
     return first_rows, starts.cumsum(0) - 1
-
-
-class PrefixTree(NamedTuple):
-    """One row per run of repeated prompts: the prompt, then every completion of the run side by side.
-
-    ``input_ids``/``position_ids`` are ``(U, S)``; ``allowed`` is ``(U, S, S)``, True where a query
-    column may attend to a key column; ``columns`` ``(B, C)`` holds, for every batch row, the tree
-    columns of its completion tokens (the prompt's last column is ``L - 1``).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    allowed: torch.Tensor
-    columns: torch.Tensor
-
-
-def prefix_tree(
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    completions: torch.Tensor,
-    first_rows: torch.Tensor,
-    inverse: torch.Tensor,
-    widths: torch.Tensor | None = None,
-    max_position: int | None = None,
-) -> PrefixTree:
-    """Lay out each run of a repeated prompt as one sequence: ``prompt, c_1, c_2, ..., c_R``.
-
-    A causal LM run over such a sequence, with each completion ``c_k`` allowed to attend only to the
-    prompt and to its own earlier tokens (a prefix-tree mask), and positions that continue each
-    completion from the end of the prompt, computes for every completion token exactly what a pass
-    over ``prompt + c_k`` alone computes. One pass then covers a whole group, where the KV-cache
-    route (:func:`~egsw_gym.policies.lm.forward.shared_prompt_logits`) needs two passes and a gather.
-
-    Parameters
-    ----------
-    ids, mask : torch.Tensor
-        ``(B, L)`` packed, left-padded prompts (:func:`prepare_prompt`).
-    completions : torch.Tensor
-        ``(B, C)`` completion tokens to lay out (for teacher forcing, every action but the last).
-    first_rows, inverse : torch.Tensor
-        The runs of :func:`distinct_prompts`.
-    widths : torch.Tensor or None
-        ``(B,)`` how many of each row's completion tokens to lay out (the rest are never read: a
-        finished episode's padding); ``None`` lays out all ``C``.
-    max_position : int or None
-        See :func:`position_ids_from_mask`.
-
-    Returns
-    -------
-    PrefixTree
-        ``S = L + `` the longest run's laid-out tokens. ``columns[b, j]`` for ``j >= widths[b]``
-        repeats the row's last laid-out column (the prompt's last one if it has none); columns no
-        row uses hold fill tokens that attend only to themselves.
-    """
-    batch, width = completions.shape
-    n_runs, prompt_len = len(first_rows), ids.shape[1]
-    device = ids.device
-    if widths is None:
-        widths = torch.full((batch,), width, device=device)
-    widths = widths.clamp(0, width)
-    # Each row's first column: after the prompt and the earlier rows of its run.
-    ends = widths.cumsum(0)
-    run_start = (ends - widths)[first_rows]
-    offsets = prompt_len + ends - widths - run_start[inverse]
-    size = int((offsets + widths).max())  # the prompt and the run with the most tokens
-    steps = torch.arange(width, device=device)
-    laid = steps[None, :] < widths[:, None]  # (B, C): tokens placed in the tree
-    last = torch.where(widths > 0, offsets + widths - 1, prompt_len - 1)  # the row's or the prompt's
-    columns = torch.where(laid, offsets[:, None] + steps, last[:, None])
-    rows = inverse[:, None].expand(batch, width)[laid]
-    placed = columns[laid]
-
-    prompt_mask = mask[first_rows].bool()
-    input_ids = torch.zeros(n_runs, size, dtype=torch.long, device=device)
-    input_ids[:, :prompt_len] = ids[first_rows]
-    input_ids[rows, placed] = completions.long()[laid]
-    position_ids = torch.zeros_like(input_ids)
-    position_ids[:, :prompt_len] = position_ids_from_mask(prompt_mask)
-    position_ids[rows, placed] = (prompt_mask.sum(1)[inverse, None] + steps)[laid]
-    if max_position is not None:
-        position_ids.clamp_(max=max_position)
-
-    # Key column k is visible from query column q if it comes no later and is a real prompt token
-    # or a token of q's own row; every column sees itself, so no query (padding, unused columns) is
-    # left with nothing to attend to.
-    owner = torch.full((n_runs, size), -2, device=device)  # -2: unused, -1: real prompt token
-    owner[:, :prompt_len] = torch.where(prompt_mask, -1, -2)
-    owner[rows, placed] = torch.arange(batch, device=device)[:, None].expand(batch, width)[laid]
-    order = torch.arange(size, device=device)
-    causal = order[None, :] <= order[:, None]
-    visible = (owner[:, None, :] == -1) | (
-        (owner[:, None, :] == owner[:, :, None]) & (owner[:, :, None] >= 0)
-    )
-    allowed = (causal[None] & visible) | torch.eye(size, dtype=torch.bool, device=device)
-    return PrefixTree(input_ids, position_ids, allowed, columns)
