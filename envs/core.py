@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from egsw_gym.common.tokenizer import encode_text, load_tokenizer
+from egsw_gym.common.tokenizer import decode_ids, encode_text, load_tokenizer
 
 from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
@@ -325,7 +325,7 @@ class TextGenerationCore:
         ids = generated.tolist()
         if ids and ids[-1] == self.eos_token_id:
             ids = ids[:-1]
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+        return decode_ids(self.tokenizer, ids, skip_special_tokens=True) if ids else ""
 
     def finish(self, problem: Problem, generated: np.ndarray) -> tuple[float, dict[str, Any]]:
         """Score a finished episode.

@@ -8,8 +8,16 @@ from egsw_gym.common.tokenizer import (
     CHARACTERS,
     SPECIAL_TOKENS,
     build_char_tokenizer,
+    decode_ids,
     encode_text,
     load_tokenizer,
 )
 
-__all__ = ["SPECIAL_TOKENS", "CHARACTERS", "build_char_tokenizer", "encode_text", "load_tokenizer"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "CHARACTERS",
+    "build_char_tokenizer",
+    "decode_ids",
+    "encode_text",
+    "load_tokenizer",
+]

@@ -172,6 +172,39 @@ def test_grpo_learn_save_load_evaluate_with_a_local_checkpoint(checkpoint, tmp_p
     assert np.isfinite(mean)
 
 
+def test_decode_ids_equals_tokenizer_decode_and_takes_the_backend_only_when_safe(checkpoint, monkeypatch):
+    """decode_ids asks the Rust backend directly only where decode() would add nothing to it (the
+    library's own decode, no clean-up of tokenization spaces); the text always equals decode()'s."""
+    import transformers.tokenization_utils_base as base
+    from transformers import AutoTokenizer
+
+    from egsw_gym.common.tokenizer import build_char_tokenizer, decode_ids, encode_text
+
+    bpe = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    texts = ["12+3=", "", " leading space , .", "<|im_start|>user\nhi<|im_end|>", "ünïcode 3*4=", "x" * 300]
+    for tok in (build_char_tokenizer(), bpe):
+        sequences = [encode_text(tok, t) for t in texts] + [
+            [tok.eos_token_id, *encode_text(tok, "7"), tok.eos_token_id]
+        ]
+        for skip in (True, False):
+            wants = [tok.decode(ids, skip_special_tokens=skip) for ids in sequences]
+            calls = []  # decode()'s argument handling: what the shortcut skips
+            monkeypatch.setattr(base, "to_py_obj", _counting(base.to_py_obj, calls))
+            assert [decode_ids(tok, ids, skip) for ids in sequences] == wants
+            assert not calls  # the backend answered
+            tok.clean_up_tokenization_spaces = True  # decode() may now change the backend's text
+            assert [decode_ids(tok, ids, skip) for ids in sequences] == [
+                tok.decode(ids, skip_special_tokens=skip) for ids in sequences
+            ]
+            assert len(calls) == 2 * len(sequences)  # decode() ran each time
+            tok.clean_up_tokenization_spaces = False
+            monkeypatch.undo()
+    # a tokenizer class with its own decode is asked, whatever it returns
+    shouting = type("Shouting", (type(bpe),), {"decode": lambda self, ids, **kw: "LOUD"})
+    bpe.__class__ = shouting
+    assert decode_ids(bpe, [1, 2]) == "LOUD"
+
+
 def _counting(method, calls: list):
     def counted(*args, **kwargs):
         calls.append(1)
