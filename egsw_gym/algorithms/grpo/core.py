@@ -121,13 +121,17 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) 
     return out * mask
 
 
+#: A set of values counts as zero-std when ``max - min <= ZERO_STD_TOL * (1 + |max|)``.
+ZERO_STD_TOL = 1e-6
+
+
 def group_normalize(
     values: torch.Tensor,
     group_ids: torch.Tensor,
     *,
     scale_by_std: bool = True,
     eps: float = 1e-8,
-    zero_std_tol: float = 1e-6,
+    zero_std_tol: float = ZERO_STD_TOL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalise ``values`` within the sets named by ``group_ids``: ``(x - mean_g) / (std_g + eps)``.
 
@@ -158,8 +162,17 @@ def group_normalize(
         raise ValueError(
             f"values and group_ids must be 1-D of equal length, got {tuple(values.shape)} and {tuple(group_ids.shape)}"
         )
+    out, zero_std, idx = _group_normalize(values, group_ids, scale_by_std, eps, zero_std_tol)
+    return out, zero_std[idx]
+
+
+def _group_normalize(
+    values: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool, eps: float, zero_std_tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_normalize` with the per-set flags: ``(normalized, zero_std of each set, set of each sample)``."""
     if values.numel() == 0:
-        return values.clone(), torch.zeros_like(values, dtype=torch.bool)
+        empty = torch.zeros(0, dtype=torch.bool, device=values.device)
+        return values.clone(), empty, torch.zeros(0, dtype=torch.long, device=values.device)
     _, idx, count = torch.unique(group_ids, return_inverse=True, return_counts=True)
     n = count.numel()
     count_f = count.to(values.dtype)
@@ -173,7 +186,7 @@ def group_normalize(
     zero_std = ((vmax - vmin) <= zero_std_tol * (1.0 + vmax.abs())) | (count == 1)
     out = centred / (std[idx] + eps) if scale_by_std else centred
     out = torch.where(zero_std[idx], torch.zeros_like(out), out)
-    return out, zero_std[idx]
+    return out, zero_std, idx
 
 
 def check_sr_temperature(name: str, value: object) -> object:
@@ -306,9 +319,8 @@ def group_advantages(
             f"group_ids must have shape (B,) = ({rewards.shape[0]},), got {tuple(group_ids.shape)}"
         )
     returns = discounted_returns(rewards, mask, gamma)
-    outcome_adv, zero_std = group_normalize(returns, group_ids, scale_by_std=scale_by_std, eps=eps)
-    unique_groups = torch.unique(group_ids)
-    n_zero = int(torch.unique(group_ids[zero_std]).numel())
+    outcome_adv, zero_std_groups, _ = _group_normalize(returns, group_ids, scale_by_std, eps, ZERO_STD_TOL)
+    n_zero, n_groups = int(zero_std_groups.sum()), len(zero_std_groups)
     if advantage == "outcome":
         adv = outcome_adv[:, None].expand_as(rewards) * mask
     elif advantage == "sr_grpo":
@@ -324,7 +336,7 @@ def group_advantages(
         set_ids = gidx[:, None] * T + torch.arange(T, device=rewards.device)[None, :]
         adv = torch.zeros_like(rtg)
         adv[mask], _ = group_normalize(rtg[mask], set_ids[mask], scale_by_std=scale_by_std, eps=eps)
-    return GroupAdvantages(adv.to(rewards.dtype), n_zero, int(unique_groups.numel()))
+    return GroupAdvantages(adv.to(rewards.dtype), n_zero, n_groups)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ from typing import NamedTuple
 
 import torch
 
-from egsw_gym.policies.lm.inputs import position_ids_from_mask
-
 __all__ = ["Packing", "PrefixTree", "pack_runs", "prefix_tree"]
 
 
@@ -170,19 +168,21 @@ def prefix_tree(
     position_ids = torch.zeros_like(input_ids)
     run_of = torch.full_like(input_ids, -1)  # -1: unused column
     owner = torch.full_like(input_ids, -1)  # batch row of a completion token, -1 elsewhere
-    # Prompt tokens: left-padded column k of run u goes to column prompt_end[u] - L + k.
-    at = (
-        run_row[:, None].expand(n_runs, prompt_len)[prompt_mask],
-        (prompt_end[:, None] - prompt_len + torch.arange(prompt_len, device=device))[prompt_mask],
-    )
-    input_ids[at] = ids[first_rows][prompt_mask]
-    position_ids[at] = position_ids_from_mask(prompt_mask)[prompt_mask]
-    run_of[at] = torch.arange(n_runs, device=device)[:, None].expand(n_runs, prompt_len)[prompt_mask]
-    at = (rows[:, None].expand(batch, width)[laid], completion_columns[laid])
-    input_ids[at] = completions.long()[laid]
-    position_ids[at] = (prompt_lengths[inverse][:, None] + steps)[laid]
-    run_of[at] = inverse[:, None].expand(batch, width)[laid]
-    owner[at] = torch.arange(batch, device=device)[:, None].expand(batch, width)[laid]
+    # Prompt tokens: left-padded column k of run u goes to column prompt_end[u] - L + k, at position
+    # (its index among the run's real tokens) k - (L - prompt_lengths[u]).
+    run, k = prompt_mask.nonzero(as_tuple=True)
+    offset = k - prompt_len
+    at = (run_row[run], prompt_end[run] + offset)
+    input_ids[at] = ids[first_rows[run], k]
+    position_ids[at] = prompt_lengths[run] + offset
+    run_of[at] = run
+    # Completion token j of batch row b: its row's first column plus j, at position prompt + j.
+    b, j = laid.nonzero(as_tuple=True)
+    at = (rows[b], completion_columns[b, j])
+    input_ids[at] = completions[b, j].long()
+    position_ids[at] = prompt_lengths[inverse[b]] + j
+    run_of[at] = inverse[b]
+    owner[at] = b
     if max_position is not None:
         position_ids.clamp_(max=max_position)
 
