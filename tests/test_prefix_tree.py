@@ -195,13 +195,32 @@ def test_sequence_log_probs_takes_the_route_prefix_tree_rows_chooses(monkeypatch
     ran = []
     rows = {"tree": 4, "packed tree": 2, "cache": None}[route]
     monkeypatch.setattr(forward, "prefix_tree_rows", lambda *a: rows)
-    for name, fn in (("tree", prefix_tree_logits), ("cache", shared_prompt_logits)):
+    for name, fn in (("tree", forward.prefix_tree_outputs), ("cache", shared_prompt_logits)):
         monkeypatch.setattr(forward, fn.__name__, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
     with torch.no_grad():
-        shared_lp, _ = sequence_log_probs(model, ids, mask, actions)
-        full_lp, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+        shared_lp, shared_ent = sequence_log_probs(model, ids, mask, actions)
+        full_lp, full_ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
     assert ran == [route.split()[-1]]
-    assert torch.allclose(shared_lp, full_lp, atol=1e-5)
+    assert torch.allclose(shared_lp, full_lp, atol=1e-5) and torch.allclose(shared_ent, full_ent, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [4, 2])
+def test_sequence_log_probs_through_the_tree_matches_the_single_pass_with_gradients(monkeypatch, rows):
+    """sequence_log_probs reads the tree's outputs at each row's columns (no (B, T, V) gather): its
+    log-probs, entropies and their gradients equal the single pass's, ragged lengths included."""
+    ids, mask, actions = uneven_batch(steps=4)
+    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
+    monkeypatch.setattr(forward, "prefix_tree_rows", lambda *a: rows)
+    results = []
+    for share in (True, False):
+        model = make_model()
+        lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=share, lengths=lengths)
+        (lp.sum() + 0.5 * ent.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((lp.detach(), ent.detach(), grads))
+    (lp_t, ent_t, g_t), (lp_f, ent_f, g_f) = results
+    assert torch.allclose(lp_t, lp_f, atol=1e-5) and torch.allclose(ent_t, ent_f, atol=1e-5)
+    assert torch.allclose(g_t, g_f, rtol=1e-4, atol=1e-5) and g_f.abs().max() > 1e-2
 
 
 def test_gradient_checkpointing_models_share_prompts_through_the_tree():

@@ -34,6 +34,7 @@ from egsw_gym.policies.lm.tree import PrefixTree, pack_runs, prefix_tree
 
 __all__ = [
     "prefix_tree_logits",
+    "prefix_tree_outputs",
     "prefix_tree_rows",
     "sequence_log_probs",
     "shared_prefill",
@@ -163,14 +164,16 @@ def prefix_tree_rows(
     return best[1] if best is not None and best[0] <= PREFIX_TREE_MAX_COST_RATIO * cache else None
 
 
-def prefix_tree_logits(model: torch.nn.Module, tree: PrefixTree) -> torch.Tensor:
-    """``(B, T, V)`` next-token logits before each action, in one pass over the packed runs.
+def prefix_tree_outputs(
+    model: torch.nn.Module, tree: PrefixTree
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The packed runs' next-token logits, and where each row's steps read them.
 
-    ``tree`` is the layout of :func:`~egsw_gym.policies.lm.tree.prefix_tree` (each run's prompt,
-    then all its rows' actions but the last, each row's tokens seeing only the prompt and
-    themselves). Same values (and gradients) as one teacher-forced pass over every row, up to float
-    rounding; a row laid out with ``widths[b]`` actions gets the logits of its first
-    ``widths[b] + 1`` steps, and the later steps repeat its last ones (meant to be masked).
+    Returns ``logits`` ``(K, S', V)`` (the tree's columns from ``tree.first_column`` on, or all of
+    them for a model without ``logits_to_keep``) and ``(rows, columns)``, ``(B, 1)`` and ``(B, T)``
+    indices into its first two dimensions: ``logits[rows, columns]`` are the ``(B, T, V)`` logits
+    of :func:`prefix_tree_logits`. Reading per-step values (log-probs, entropies) through the
+    indices instead of gathering the logits first skips a ``(B, T, V)`` copy and its backward.
     """
     _, has_keep = forward_kwargs(model)
     config = getattr(unwrap_peft(model), "config", None)
@@ -191,7 +194,20 @@ def prefix_tree_logits(model: torch.nn.Module, tree: PrefixTree) -> torch.Tensor
         use_cache=False,
         **kwargs,
     ).logits
-    return logits[tree.rows[:, None], tree.columns - (size - logits.shape[1])]
+    return logits, (tree.rows[:, None], tree.columns - (size - logits.shape[1]))
+
+
+def prefix_tree_logits(model: torch.nn.Module, tree: PrefixTree) -> torch.Tensor:
+    """``(B, T, V)`` next-token logits before each action, in one pass over the packed runs.
+
+    ``tree`` is the layout of :func:`~egsw_gym.policies.lm.tree.prefix_tree` (each run's prompt,
+    then all its rows' actions but the last, each row's tokens seeing only the prompt and
+    themselves). Same values (and gradients) as one teacher-forced pass over every row, up to float
+    rounding; a row laid out with ``widths[b]`` actions gets the logits of its first
+    ``widths[b] + 1`` steps, and the later steps repeat its last ones (meant to be masked).
+    """
+    logits, at = prefix_tree_outputs(model, tree)
+    return logits[at]
 
 
 class _Inputs(NamedTuple):
@@ -347,10 +363,11 @@ def sequence_log_probs(
         empty = torch.zeros(batch, 0, device=ids.device)
         return empty, empty.clone()
     logits = None
+    at = None  # where each (row, step) reads the logits; None: they are (B, T, V) already
     n_rows = None if shared is None else prefix_tree_rows(model, mask[shared[0]].sum(1), widths, *shared)
     if n_rows is not None:
         tree = _tree(prepared, last_position(getattr(unwrap_peft(model), "config", None)), n_rows)
-        logits = prefix_tree_logits(model, tree)
+        logits, at = prefix_tree_outputs(model, tree)
     else:  # the two routes that feed whole rows: their mask and positions
         full_mask = torch.cat([mask, torch.ones_like(actions)], dim=1)
         positions = position_ids_from_mask(full_mask, last_position(getattr(model, "config", None)))
@@ -375,8 +392,11 @@ def sequence_log_probs(
     if temperature != 1.0:
         logits = logits / temperature
     log_p = torch.log_softmax(logits, dim=-1)
-    log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropies = -(log_p.exp() * log_p).sum(-1)
+    if at is None:
+        log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    else:  # the tree's outputs, read at each row's columns
+        log_probs, entropies = log_p[(*at, actions)], entropies[at]
     if lengths is not None:  # 0 after each row's end, whichever route computed it
         valid = torch.arange(steps, device=ids.device) < lengths[:, None]
         zero = torch.zeros((), device=log_probs.device)
