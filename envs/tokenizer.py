@@ -4,20 +4,5 @@ The tokenizer lives in ``egsw_gym.common`` because policies and ``egsw_gym.llm``
 the environments do; ``egsw_gym.envs.tokenizer`` keeps working for existing imports.
 """
 
-from egsw_gym.common.tokenizer import (
-    CHARACTERS,
-    SPECIAL_TOKENS,
-    build_char_tokenizer,
-    decode_ids,
-    encode_text,
-    load_tokenizer,
-)
-
-__all__ = [
-    "SPECIAL_TOKENS",
-    "CHARACTERS",
-    "build_char_tokenizer",
-    "decode_ids",
-    "encode_text",
-    "load_tokenizer",
-]
+from egsw_gym.common.tokenizer import *  # noqa: F403 (the module's __all__, re-exported as it is)
+from egsw_gym.common.tokenizer import __all__  # noqa: F401
