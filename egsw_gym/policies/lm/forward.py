@@ -146,10 +146,11 @@ def prefix_tree_rows(
     logit = (getattr(config, "vocab_size", None) or 0) / (2 * layers)  # an output column's logits
     n_runs, batch = len(first_rows), len(inverse)
     run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
+    tokens = run_tokens.tolist()
     best: tuple[float, int] | None = None
     for runs_per_row in range(1, PREFIX_TREE_MAX_RUNS_PER_ROW + 1):
         n_rows = -(-n_runs // runs_per_row)
-        packing = pack_runs(lengths, run_tokens.tolist(), n_rows)
+        packing = pack_runs(lengths, tokens, n_rows)
         size = packing.size
         if n_rows * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
             continue
