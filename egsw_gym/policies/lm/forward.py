@@ -220,9 +220,8 @@ class _Inputs(NamedTuple):
     lengths: torch.Tensor | None
     widths: torch.Tensor
     shared: tuple[torch.Tensor, torch.Tensor] | None
-    trees: dict[
-        tuple[int | None, int], PrefixTree
-    ]  # by (the model's last position, rows), built when first used
+    # Layouts by (the model's last position, rows), each built when first used.
+    trees: dict[tuple[int | None, int], PrefixTree]
 
 
 class _LastInputs:
@@ -342,9 +341,10 @@ def sequence_log_probs(
         once, instead of one teacher-forced pass over every row's prompt plus completion. Same
         log-probs and gradients up to float rounding; GRPO's groups repeat every prompt
         ``group_size`` times in a row, so this saves most of the prompt compute. Short runs take one
-        prefix-tree pass (:func:`prefix_tree_logits`, where :func:`prefix_tree_rows` finds it cheaper), longer ones
-        a prompt pass whose KV cache every row's pass reuses (:func:`shared_prompt_logits`); models
-        whose cache cannot be gathered by rows fall back to the single pass.
+        prefix-tree pass (:func:`prefix_tree_outputs`, where :func:`prefix_tree_rows` finds it
+        cheaper), longer ones a prompt pass whose KV cache every row's pass reuses
+        (:func:`shared_prompt_logits`); models whose cache cannot be gathered by rows fall back to
+        the single pass.
     lengths : torch.Tensor or None
         ``(B,)`` the number of real actions of each row (its episode's length). The log-probs and
         entropies after it are 0, and the prefix-tree pass does not compute them. ``None``: every
