@@ -23,6 +23,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "interleaved_medians",
     "peak_rss_mib",
     "print_env_report",
+    "ratio_interval",
     "reset_peak_rss",
 ]
 
@@ -146,6 +148,52 @@ def interleaved_medians(
 def median(values: list[float]) -> float:
     """``statistics.median`` (re-exported so benchmarks need one import)."""
     return float(statistics.median(values))
+
+
+def ratio_interval(
+    ours: list[float], baseline: list[float], level: float = 0.95, reps: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap interval of ``median(ours) / median(baseline)`` over paired rounds.
+
+    ``ours[i]`` and ``baseline[i]`` were timed in the same round (interleaved), so rounds are
+    resampled as pairs (``scipy.stats.bootstrap(paired=True)``, percentile method, seeded): the
+    interval covers the step-to-step noise of one run, not the drift of the host between runs.
+
+    Parameters
+    ----------
+    ours, baseline : list of float
+        Per-round times of the two sides, equally long (at least 2).
+    level : float
+        Confidence level.
+    reps : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+    """
+    from scipy.stats import bootstrap
+
+    if len(ours) != len(baseline) or len(ours) < 2:
+        raise ValueError(f"need two equally long lists of >= 2 times, got {len(ours)} and {len(baseline)}")
+
+    def ratio(a, b, axis=-1):
+        return np.median(a, axis=axis) / np.median(b, axis=axis)
+
+    result = bootstrap(
+        (np.asarray(ours, dtype=float), np.asarray(baseline, dtype=float)),
+        ratio,
+        paired=True,
+        vectorized=True,
+        n_resamples=reps,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def reset_peak_rss() -> bool:

@@ -24,9 +24,11 @@ Same everything that defines a step:
 
 Timing is interleaved in one process: TRL's trainer drives, and each TRL step's ``on_step_end``
 callback runs one of our steps (rollout + update), so the sides alternate A, B, A, B and load on a
-shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``. Each
-side draws from random streams of its own (:class:`RandomStreams`), so neither side's samples, and
-so its completion lengths, depend on the other side's code.
+shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``; the
+ratio's 95% interval is a paired bootstrap over those steps (:func:`_env_report.ratio_interval`: the
+step-to-step noise of this run, not the host's drift between runs, which moved arithmetic's ratio by
+~2% between runs). Each side draws from random streams of its own (:class:`RandomStreams`), so
+neither side's samples, and so its completion lengths, depend on the other side's code.
 ``--turn-steps K`` alternates turns of K steps instead (A x K, B x K, ...): each side then starts
 only one step in K with the caches the other side left behind. Strict alternation (K = 1, the
 default) starts every step cold, which costs the smaller step relatively more (measured on
@@ -423,7 +425,7 @@ def main() -> None:
     if args.memory_side:
         measure_memory(args)
         return
-    from _env_report import median, print_env_report
+    from _env_report import median, print_env_report, ratio_interval
 
     print_env_report({"egsw": "float32", "TRL": "float32 (bf16=False, fp16=False, asserted)"})
     with tempfile.TemporaryDirectory() as tmp:
@@ -452,7 +454,8 @@ def main() -> None:
             f"{name:8s} {median(times[w:]):16.3f} {times[0]:13.3f} "
             f"{mem.get('step_peak_mib', float('nan')):18.1f} {mem.get('peak_rss_mib', float('nan')):13.1f}"
         )
-    print(f"ratio ours/TRL = {ours_s / trl_s:.3f}  (target <= 0.5)")
+    low, high = ratio_interval(ours_t[w:], trl_t[w:])
+    print(f"ratio ours/TRL = {ours_s / trl_s:.3f}, 95% CI over steps {low:.3f}-{high:.3f}  (target <= 0.5)")
     print("learning curves, mean reward per step (fraction correct):")
     print("  step  " + " ".join(f"{i:5d}" for i in range(1, args.steps + 1)))
     print("  egsw  " + " ".join(f"{r:5.2f}" for r in ours_r))
@@ -471,6 +474,7 @@ def main() -> None:
                 ours_s_per_step=ours_s,
                 trl_s_per_step=trl_s,
                 ratio=ours_s / trl_s,
+                ratio_95ci=[low, high],
                 memory=memory,
                 ours_rewards=ours_r,
                 trl_rewards=trl_r,

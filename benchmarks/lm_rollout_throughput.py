@@ -14,7 +14,8 @@ tokens, all float32 on the CPU threads given. Rows per batch size:
 Every row generates ``batch * new_tokens`` tokens; the ratio is tokens/s over ``generate``'s
 (targets: env+act[compiled] >= 1.5x at batch 8 and 64, >= 1x at 256). All rows are timed in turn
 within each of ``--reps`` rounds (A, B, C, A, B, C, ...) after a warm-up, and the medians are
-reported, so load on a shared machine hits all alike.
+reported, so load on a shared machine hits all alike; each ratio comes with a 95% bootstrap interval
+over the rounds (:func:`_env_report.ratio_interval`: step-to-step noise within the run).
 
 Usage: ``python benchmarks/lm_rollout_throughput.py [--threads 1] [--batch 8 64 256] [--new-tokens 32]
 [--size default|tiny4] [--quick]``
@@ -31,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env_report import interleaved_medians, median, print_env_report  # noqa: E402
+from _env_report import interleaved_medians, median, print_env_report, ratio_interval  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -149,11 +150,14 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
         )
         fns["act[compiled]"] = lambda: run_act(compiled)
         fns["env+act[compiled]"] = lambda: run_env_act(compiled)
-    times = {name: median(ts) for name, ts in interleaved_medians(fns, args.reps).items()}
+    runs = interleaved_medians(fns, args.reps)
+    times = {name: median(ts) for name, ts in runs.items()}
     results = {
         name: {"seconds": t, "tokens_per_s": batch * N / t, "ms_per_step": 1000 * t / N}
         for name, t in times.items()
     }
+    # tokens/s ratio = generate's time / the row's time, over the same rounds
+    intervals = {name: ratio_interval(runs["generate"], ts) for name, ts in runs.items()}
     ref = results["generate"]["tokens_per_s"]
     for name, r in results.items():
         row = {
@@ -166,13 +170,15 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
             "tokens_per_s": round(r["tokens_per_s"]),
             "ms_per_step": round(r["ms_per_step"], 3),
             "ratio_vs_generate": round(r["tokens_per_s"] / ref, 3),
+            "ratio_95ci": [round(x, 3) for x in intervals[name]],
             "reps": args.reps,
         }
         print("RESULT " + json.dumps(row), flush=True)
     print(
         f"batch {batch:4d}: generate {ref:9.0f} tok/s | "
         + " | ".join(
-            f"{name} {r['tokens_per_s']:9.0f} tok/s ({r['tokens_per_s'] / ref:.2f}x)"
+            f"{name} {r['tokens_per_s']:9.0f} tok/s ({r['tokens_per_s'] / ref:.2f}x, "
+            f"95% CI {intervals[name][0]:.2f}-{intervals[name][1]:.2f})"
             for name, r in results.items()
             if name != "generate"
         ),
