@@ -4,8 +4,10 @@ Same seeds, same hyperparameters (those of ``shared/baselines/ppo_bench.py``: RL
 CartPole-v1, SB3 defaults on HalfCheetah-v5). For each seed the two models train in lockstep: they
 take turns to ``learn`` one chunk of ``--chunk`` steps (a few PPO iterations; which one goes first
 alternates), so that load from other processes on a shared machine hits both alike. Only time
-inside ``learn`` is counted. Prints each run's wall and CPU time, the ratio of the totals and the
-median of the per-chunk ratios (robust to load spikes). Target: EGSW / SB3 wall-time ratio <= 1.05.
+inside ``learn`` is counted. Prints each run's wall and CPU time, the ratio of the totals, the
+median of the per-chunk ratios (robust to load spikes) and the ratio of the sides' median chunk
+times with its 95% paired-bootstrap interval over chunks (``_env_report.ratio_interval``). Target:
+EGSW / SB3 wall-time ratio <= 1.05.
 
 Usage::
 
@@ -98,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     import stable_baselines3 as sb3
-    from _env_report import print_env_report
+    from _env_report import print_env_report, ratio_interval
 
     print_env_report({"SB3 PPO": "float32", "EGSW-PPO": "float32"})
 
@@ -113,6 +115,7 @@ def main() -> None:
         chunk = a.chunk or (2560 if task == "cartpole" else 2048)
         runs: dict[str, list[tuple[float, float]]] = {"sb3": [], "egsw": []}
         chunk_ratios: list[float] = []
+        chunk_walls: dict[str, list[float]] = {"sb3": [], "egsw": []}
         for seed in a.seeds:
             models = {"sb3": make(sb3.PPO, seed), "egsw": make(egsw_gym.PPO, seed, egsw=egsw)}
             totals = {name: [0.0, 0.0] for name in models}
@@ -123,6 +126,7 @@ def main() -> None:
                 for name in order:
                     wall, cpu = timed_learn(models[name], min(chunk, steps - k * chunk))
                     walls[name] = wall
+                    chunk_walls[name].append(wall)
                     totals[name][0] += wall
                     totals[name][1] += cpu
                 chunk_ratios.append(walls["egsw"] / walls["sb3"])
@@ -133,6 +137,7 @@ def main() -> None:
                     f"wall={wall:7.2f}s cpu={cpu:7.2f}s",
                     flush=True,
                 )
+        low, high = ratio_interval(chunk_walls["egsw"], chunk_walls["sb3"])
         sb3_wall = sum(w for w, _ in runs["sb3"])
         egsw_wall = sum(w for w, _ in runs["egsw"])
         sb3_cpu = sum(c for _, c in runs["sb3"])
@@ -140,11 +145,13 @@ def main() -> None:
         summary[task] = dict(
             steps=steps, chunk=chunk, egsw_mode=mode, seeds=a.seeds, sb3_wall_s=round(sb3_wall, 2), egsw_wall_s=round(egsw_wall, 2),
             wall_ratio=round(egsw_wall / sb3_wall, 4), median_chunk_wall_ratio=round(statistics.median(chunk_ratios), 4),
+            chunk_median_ratio_95ci=[round(low, 4), round(high, 4)],
             cpu_ratio=round(egsw_cpu / sb3_cpu, 4),
         )  # fmt: skip
         print(
             f"{task:12s} SB3 {sb3_wall:.2f}s  EGSW-PPO {egsw_wall:.2f}s  wall ratio {egsw_wall / sb3_wall:.3f} "
-            f"(median per chunk {statistics.median(chunk_ratios):.3f}, cpu ratio {egsw_cpu / sb3_cpu:.3f}; target <= 1.05)",
+            f"(median per chunk {statistics.median(chunk_ratios):.3f}; ratio of median chunk times, 95% CI "
+            f"{low:.3f}-{high:.3f}; cpu ratio {egsw_cpu / sb3_cpu:.3f}; target <= 1.05)",
             flush=True,
         )
     print("RESULT " + json.dumps(summary))
