@@ -27,6 +27,8 @@ The package is split by what each part depends on:
 - :mod:`~egsw_gym.policies.lm.compat`: the ``transformers`` / ``peft`` version shims;
 - :mod:`~egsw_gym.policies.lm.build`: validation of the spaces and construction of the model;
 - :mod:`~egsw_gym.policies.lm.decode`: the static-cache, compiled decode path;
+- :mod:`~egsw_gym.policies.lm.shared_decode`: eager decoding of GRPO's runs of one prompt with one
+  KV-cache sequence per run (no copy of each prompt's cache per row);
 - :mod:`~egsw_gym.policies.lm.policy`: :class:`LMPolicy` and its round state :class:`LMState`.
 
 Everything public is re-exported here (``from egsw_gym.policies.lm import LMPolicy, ...``), which is

@@ -30,6 +30,7 @@ from egsw_gym.policies.lm.inputs import (
     position_ids_from_mask,
     prepare_prompt,
 )
+from egsw_gym.policies.lm.shared_decode import additive_mask
 from egsw_gym.policies.lm.tree import PrefixTree, pack_runs, prefix_tree
 
 __all__ = [
@@ -58,7 +59,11 @@ PREFIX_TREE_MAX_RUNS_PER_ROW = 2
 
 
 def shared_prefill(
-    model: torch.nn.Module, inputs: dict[str, Any], first_rows: torch.Tensor, inverse: torch.Tensor
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+    gather: bool = True,
 ) -> tuple[Any, torch.Tensor] | None:
     """Run a batch of prompts for the rows ``first_rows`` only, then give every row its prompt's state.
 
@@ -66,12 +71,13 @@ def shared_prefill(
     other values are passed as they are). Returns the KV cache gathered back to every row
     (``inverse``, see :func:`distinct_prompts`) and the ``(B, V)`` logits at the last prompt
     position; ``None`` when the model's cache cannot be gathered by rows (the caller then runs the
-    whole batch).
+    whole batch). ``gather=False`` leaves the cache with one row per run (a decode laid out as runs,
+    :mod:`~egsw_gym.policies.lm.shared_decode`); ``None`` then only when the model returns none.
     """
     distinct = {k: v[first_rows] if torch.is_tensor(v) else v for k, v in inputs.items()}
     output = model(**distinct, use_cache=True)
     cache = output_cache(output)
-    if cache is None or not gather_cache(cache, inverse):
+    if cache is None or (gather and not gather_cache(cache, inverse)):
         return None
     return cache, output.logits[:, -1][inverse]
 
@@ -180,10 +186,7 @@ def prefix_tree_outputs(
     config = getattr(unwrap_peft(model), "config", None)
     allowed = tree.allowed[:, None]  # (K, 1, S, S): one mask for every head
     if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
-        dtype = next(model.parameters()).dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, torch.finfo(dtype).min
-        )
+        allowed = additive_mask(allowed, next(model.parameters()).dtype)
     size = tree.input_ids.shape[1]
     kwargs: dict[str, Any] = {}
     if has_keep:  # no row reads the outputs left of first_column

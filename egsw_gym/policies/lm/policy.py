@@ -45,6 +45,7 @@ from egsw_gym.policies.lm.inputs import (
     position_ids_from_mask,
     prepare_prompt,
 )
+from egsw_gym.policies.lm.shared_decode import RunDecode, uniform_runs
 
 __all__ = ["AUTO_COMPILE_AFTER_S", "LMPolicy", "LMState"]
 
@@ -57,11 +58,12 @@ class LMState:
     ----------
     cache : Any
         The model's KV cache (a ``transformers`` ``Cache``).
-    mask_buffer : torch.Tensor
+    mask_buffer : torch.Tensor or None
         ``(B, capacity)`` attention mask, allocated once per round: the packed prompt mask followed
         by ones, so a step passes the view ``mask_buffer[:, :length]`` instead of concatenating.
+        ``None`` when the round decodes as runs (``runs``).
     length : int
-        Tokens in the cache.
+        Tokens of each row so far (its prompt's packed columns and its generated tokens).
     next_positions : torch.Tensor
         ``(B, 1)`` position id of the next token fed (real tokens so far per row).
     last_actions : torch.Tensor
@@ -69,14 +71,18 @@ class LMState:
     static : StaticRound or None
         Set when the round decodes on a static cache with a compiled step
         (:mod:`egsw_gym.policies.lm.decode`); ``cache`` is then ``None``.
+    runs : RunDecode or None
+        Set when the round's rows come in runs of one prompt decoded with one cache sequence per
+        run (:mod:`egsw_gym.policies.lm.shared_decode`); ``cache`` then has one row per run.
     """
 
     cache: Any
-    mask_buffer: torch.Tensor
+    mask_buffer: torch.Tensor | None
     length: int
     next_positions: torch.Tensor
     last_actions: torch.Tensor
     static: StaticRound | None = None
+    runs: RunDecode | None = None
 
 
 #: ``compile_decode="auto"`` compiles once this many seconds of CPU time (``time.process_time``,
@@ -159,6 +165,12 @@ class LMPolicy(GRPOPolicy):
     """
 
     uses_step_observations = False
+
+    #: Decode a round whose rows come in runs of one prompt of equal length (GRPO's groups) with one
+    #: KV-cache sequence per run (:mod:`~egsw_gym.policies.lm.shared_decode`): the same numbers up
+    #: to float rounding, without a copy of each prompt's cache per row. ``False``: one cache row per
+    #: sequence, as ``generate`` decodes.
+    shared_prompt_decode: bool = True
 
     def __init__(
         self,
@@ -390,13 +402,10 @@ class LMPolicy(GRPOPolicy):
         return actions.clone(), log_probs.clone(), entropies.clone(), state
 
     def _prefill(self, obs: PyTorchObs, deterministic: bool) -> tuple[LMState, tuple[torch.Tensor, ...]]:
-        """First step of a round: run the prompts, choose the first tokens, maybe go static."""
+        """First step of a round: run the prompts, choose the first tokens, maybe go static or runs."""
         ids, mask = self._obs_tensors(obs)
         ids, mask = prepare_prompt(ids, mask, self._fill_token_id)
         batch, length = ids.shape
-        # One allocation for the whole round: the prompt mask then ones for every token fed
-        # later (a round takes at most obs_len steps; _eager_step grows it beyond).
-        mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
         inputs = {
             "input_ids": ids,
             # SDPA models take the 4D mask as it is, so transformers builds none (~0.2 ms a round).
@@ -408,20 +417,52 @@ class LMPolicy(GRPOPolicy):
         }
         if self._has_logits_to_keep:
             inputs["logits_to_keep"] = 1
-        with self._autocast():
-            cache, logits = self._forward_step(inputs, prompt_mask=mask)
-        state = LMState(cache, mask_buffer, length, mask.sum(1, keepdim=True), ids[:, -1:])
         decoder = self._static_decoder()
+        shared = distinct_prompts(ids, mask)
+        runs = None if decoder is not None else self._decode_runs(shared, mask, length)
+        # Room for as many new tokens as the prompt has, within the observation window (which
+        # every round fits); a longer round doubles it. Reserving the whole window up front
+        # would hold a large model's cache for tokens most rounds never generate.
+        room = max(min(self.obs_len, 2 * length) - length, 1)
+        with self._autocast():
+            prefilled = None if runs is None else shared_prefill(self.model, inputs, *shared, gather=False)
+            if prefilled is not None:
+                cache, logits = prefilled
+                state = LMState(cache, None, length, mask.sum(1, keepdim=True), ids[:, -1:], runs=runs)
+                reserve_cache(cache, runs.cache_length(room))
+                return state, self._next_token(logits, deterministic)
+            cache, logits = self._forward_step(inputs, shared)
+        # One allocation for the whole round: the prompt mask then ones for every token fed
+        # later (a round takes at most obs_len steps; _eager_step grows it beyond).
+        mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
+        state = LMState(cache, mask_buffer, length, mask.sum(1, keepdim=True), ids[:, -1:])
         if decoder is not None:
             state.static = decoder.begin(cache, mask, self.obs_len)
             if state.static is not None:
                 state.cache = None
         if state.cache is not None:
-            # Room for as many new tokens as the prompt has, within the observation window (which
-            # every round fits); a longer round doubles it. Reserving the whole window up front
-            # would hold a large model's cache for tokens most rounds never generate.
             reserve_cache(state.cache, min(self.obs_len, 2 * length))
         return state, self._next_token(logits, deterministic)
+
+    def _decode_runs(
+        self, shared: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor, length: int
+    ) -> RunDecode | None:
+        """The run layout of a round (:mod:`~egsw_gym.policies.lm.shared_decode`), or ``None`` where
+        its rows do not come in runs of one length or the model cannot take the layout's mask."""
+        if not self.shared_prompt_decode or shared is None:
+            return None
+        first_rows, _ = shared
+        size = uniform_runs(first_rows, mask.shape[0])
+        if size is None:
+            return None
+        # The runs' sequences grow by `size` keys a step: the model must honour the custom mask
+        # (no sliding window shorter than they may grow) for the whole round.
+        attention = custom_mask_attention(self.model, length + size * self.obs_len)
+        if attention is None:
+            return None
+        dtype = None if attention == "sdpa" else next(self.model.parameters()).dtype
+        steps = max(min(self.obs_len, 2 * length) - length, 1)
+        return RunDecode.start(mask[first_rows], size, steps, dtype)
 
     def _static_decoder(self) -> StaticDecoder | None:
         """The compiled decoder when this round should use it (see ``compile_decode``), else ``None``."""
@@ -461,38 +502,55 @@ class LMPolicy(GRPOPolicy):
         """A decode step on the model's dynamic KV cache (timed, for ``compile_decode="auto"``)."""
         t0 = time.process_time()
         length = state.length + 1
-        if length > state.mask_buffer.shape[1]:
-            state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
-        mask = state.mask_buffer[:, :length]
-        if custom_mask_attention(self.model, length) == "sdpa":
-            # The (B, 1, 1, K) mask of one new token as it is: transformers then builds none (~0.15
-            # ms a step on the tiny model), and computes the same attention.
-            mask = mask[:, None, None, :].bool()
-        inputs = {
-            "input_ids": state.last_actions,
-            "attention_mask": mask,
-            "position_ids": self._positions(state),
-            self._cache_kw: state.cache,
-        }
-        if self._has_logits_to_keep:
-            inputs["logits_to_keep"] = 1
-        with self._autocast():
-            state.cache, logits = self._forward_step(inputs)
+        if state.runs is not None:
+            logits = self._run_step(state, length)
+        else:
+            if length > state.mask_buffer.shape[1]:
+                state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
+            mask = state.mask_buffer[:, :length]
+            if custom_mask_attention(self.model, length) == "sdpa":
+                # The (B, 1, 1, K) mask of one new token as it is: transformers then builds none
+                # (~0.15 ms a step on the tiny model), and computes the same attention.
+                mask = mask[:, None, None, :].bool()
+            inputs = {
+                "input_ids": state.last_actions,
+                "attention_mask": mask,
+                "position_ids": self._positions(state),
+                self._cache_kw: state.cache,
+            }
+            if self._has_logits_to_keep:
+                inputs["logits_to_keep"] = 1
+            with self._autocast():
+                state.cache, logits = self._forward_step(inputs)
         chosen = self._next_token(logits, deterministic)
         self._eager_decode_seconds += time.process_time() - t0
         return chosen
 
+    def _run_step(self, state: LMState, length: int) -> torch.Tensor:
+        """A decode step of a round laid out as runs: each run's ``R`` new tokens side by side in one
+        sequence of the batch (``(G, R)``), each at its own row's position. ``(B, V)`` logits."""
+        runs = state.runs
+        inputs = {
+            "input_ids": state.last_actions.view(-1, runs.size),
+            "attention_mask": runs.step_mask(length - runs.prompt_length),
+            "position_ids": self._positions(state).view(-1, runs.size),
+            self._cache_kw: state.cache,
+        }
+        with self._autocast():
+            output = self.model(**inputs, use_cache=True)
+        state.cache = output_cache(output)
+        return output.logits.reshape(-1, output.logits.shape[-1])
+
     def _forward_step(
-        self, inputs: dict[str, Any], prompt_mask: torch.Tensor | None = None
+        self, inputs: dict[str, Any], shared: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[Any, torch.Tensor]:
         """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
 
-        A prefill (``prompt_mask``: the ``(B, L)`` mask of the packed prompts) whose batch repeats
-        prompts (a GRPO round: ``group_size`` rows per prompt) runs each run of repeated prompts once
-        (:func:`distinct_prompts`, :func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows'
-        caches and logits are the same as a full prefill's.
+        A prefill whose batch repeats prompts (``shared``, from :func:`distinct_prompts`: a GRPO
+        round holds ``group_size`` rows per prompt) runs each run of repeated prompts once
+        (:func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows' caches and logits are the
+        same as a full prefill's.
         """
-        shared = None if prompt_mask is None else distinct_prompts(inputs["input_ids"], prompt_mask)
         if shared is not None:
             prefilled = shared_prefill(self.model, inputs, *shared)
             if prefilled is not None:
