@@ -11,6 +11,11 @@ tokens, all float32 on the CPU threads given. Rows per batch size:
 - ``act[compiled]`` / ``env+act[compiled]``: the same with ``compile_decode=True`` (static KV
   cache, compiled single-token step); the compilation (first call) is timed separately and printed.
 
+``--group-size G`` resets the environment with each seed on ``G`` adjacent slots, so the batch holds
+``batch / G`` prompts ``G`` times each, as a GRPO round does (and as TRL hands ``generate`` its
+repeated prompts); ``generate`` then gets that batch as it is, and the eager ``act`` rows decode each
+run of ``G`` rows as one KV-cache sequence (:mod:`egsw_gym.policies.lm.shared_decode`).
+
 Every row generates ``batch * new_tokens`` tokens; the ratio is tokens/s over ``generate``'s
 (targets: env+act[compiled] >= 1.5x at batch 8 and 64, >= 1x at 256). All rows are timed in turn
 within each of ``--reps`` rounds (A, B, C, A, B, C, ...) after a warm-up, and the medians are
@@ -18,7 +23,7 @@ reported, so load on a shared machine hits all alike; each ratio comes with a 95
 over the rounds (:func:`_env_report.ratio_interval`: step-to-step noise within the run).
 
 Usage: ``python benchmarks/lm_rollout_throughput.py [--threads 1] [--batch 8 64 256] [--new-tokens 32]
-[--size default|tiny4] [--quick]``
+[--prompt-tokens 8] [--group-size 1] [--size default|tiny4] [--quick]``
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=8, help="max_prompt_tokens of the env (P)")
+    p.add_argument(
+        "--group-size", type=int, default=1, help="slots per prompt (GRPO's group size); divides every batch"
+    )
     p.add_argument("--reps", type=int, default=7)
     p.add_argument(
         "--size",
@@ -53,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.reps = 3
+    bad = [b for b in args.batch if args.group_size < 1 or b % args.group_size]
+    if bad:
+        p.error(f"--group-size {args.group_size} must be >= 1 and divide every --batch (not {bad})")
     return args
 
 
@@ -97,7 +108,9 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
         )
         compiled.set_training_mode(False)
     venv.unwrapped.autoreset = False  # a GRPO round's mode (finished slots wait for the reset)
-    obs0, _ = venv.reset(seed=0)
+    # One seed per slot, or per run of group_size slots (a GRPO round's repeated prompts).
+    seeds = [slot // args.group_size for slot in range(batch)]
+    obs0, _ = venv.reset(seed=seeds)
     prompt_ids = torch.as_tensor(obs0["input_ids"][:, :P])
     prompt_mask = torch.as_tensor(obs0["attention_mask"][:, :P])
 
@@ -127,7 +140,7 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
     def run_env_act(pol: LMPolicy) -> None:
         # GRPO's round: reset, then act/step; finished slots wait (autoreset off) while the model
         # still steps every row (masked in GRPO), so it does batch * N token steps, like generate.
-        obs, _ = venv.reset(seed=0)
+        obs, _ = venv.reset(seed=seeds)
         state = None
         for _ in range(N):
             actions, _, _, state = pol.act({k: torch.as_tensor(v) for k, v in obs.items()}, state)
@@ -165,6 +178,7 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
             "batch": batch,
             "prompt_tokens": P,
             "new_tokens": N,
+            "group_size": args.group_size,
             "size": args.size,
             "threads": torch.get_num_threads(),
             "tokens_per_s": round(r["tokens_per_s"]),
