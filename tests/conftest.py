@@ -54,6 +54,49 @@ def tiny_lm_env() -> Callable[..., Any]:
 
 
 @pytest.fixture
+def eager_lm_setup() -> Callable[..., tuple[Any, Any]]:
+    """``eager_lm_setup(env_id, n_envs, max_new_tokens)``: a batched text env (``vector_entry_point``)
+    and an eager-decoding ``LMPolicy`` on it (2 layers, 32 wide, seed 0), for decode-path tests."""
+    import gymnasium as gym
+
+    from egsw_gym.policies.lm import LMPolicy
+
+    def make(env_id: str, n_envs: int, max_new_tokens: int) -> tuple[Any, Any]:
+        venv = gym.make_vec(
+            env_id, n_envs, vectorization_mode="vector_entry_point", max_new_tokens=max_new_tokens
+        )
+        policy = LMPolicy(
+            venv.single_observation_space,
+            venv.single_action_space,
+            lambda _: 1e-3,
+            model_config=dict(n_layer=2, n_embd=32, n_head=2, seed=0),
+            compile_decode=False,
+        )
+        return venv, policy
+
+    return make
+
+
+@pytest.fixture
+def act_round() -> Callable[..., tuple[list[torch.Tensor], Any]]:
+    """``act_round(policy, obs, steps, seed, deterministic=False)``: ``steps`` calls of ``policy.act``
+    from ``torch.manual_seed(seed)``; returns the ``(B, steps)`` actions, log-probs and entropies
+    and the last state."""
+
+    def run(
+        policy: Any, obs: Any, steps: int, seed: int, deterministic: bool = False
+    ) -> tuple[list[torch.Tensor], Any]:
+        torch.manual_seed(seed)
+        state, out = None, []
+        for _ in range(steps):
+            actions, log_probs, entropies, state = policy.act(obs, state, deterministic=deterministic)
+            out.append((actions, log_probs, entropies))
+        return [torch.stack(x, 1) for x in zip(*out, strict=True)], state
+
+    return run
+
+
+@pytest.fixture
 def flat_params() -> Callable[[Any], torch.Tensor]:
     """``flat_params(model)``: all policy parameters as one detached vector (for exact comparisons)."""
     return lambda model: torch.cat([p.detach().flatten() for p in model.policy.parameters()])

@@ -3,13 +3,11 @@ keys, values, tokens, log-probs and entropies as transformers' concatenating ``D
 
 from __future__ import annotations
 
-import gymnasium as gym
 import pytest
 import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 import egsw_gym.policies.lm.policy as policy_module
-from egsw_gym.policies.lm import LMPolicy
 from egsw_gym.policies.lm.cache import GrowingLayer, reserve_cache
 
 transformers = pytest.importorskip("transformers")
@@ -93,27 +91,13 @@ def test_reserve_cache_converts_only_plain_dynamic_layers():
     assert not reserve_cache(object(), 10)  # not a layered cache: left alone
 
 
-def rollout(policy, obs, steps, seed):
-    torch.manual_seed(seed)
-    state, out = None, []
-    for _ in range(steps):
-        actions, log_probs, entropies, state = policy.act(obs, state)
-        out.append((actions, log_probs, entropies))
-    return [torch.stack(x, 1) for x in zip(*out, strict=True)], state
-
-
 @pytest.mark.parametrize("env_id", ["egsw/Arithmetic-v0", "egsw/GSM8K-v0"])
-def test_eager_decode_on_the_growing_cache_matches_concatenation(monkeypatch, env_id):
+def test_eager_decode_on_the_growing_cache_matches_concatenation(
+    monkeypatch, env_id, eager_lm_setup, act_round
+):
     """Same tokens, log-probs and entropies with and without the reserved room, GRPO-style groups
     (shared prefill) included, over more steps than the observation window (the room doubles)."""
-    venv = gym.make_vec(env_id, 8, vectorization_mode="vector_entry_point", max_new_tokens=12)
-    policy = LMPolicy(
-        venv.single_observation_space,
-        venv.single_action_space,
-        lambda _: 1e-3,
-        model_config=dict(n_layer=2, n_embd=32, n_head=2, seed=0),
-        compile_decode=False,
-    )
+    venv, policy = eager_lm_setup(env_id, 8, 12)
     obs, _ = venv.reset(seed=[3, 3, 3, 3, 5, 5, 7, 7])
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     with torch.inference_mode():
@@ -122,10 +106,10 @@ def test_eager_decode_on_the_growing_cache_matches_concatenation(monkeypatch, en
     room = min(policy.obs_len, 2 * prompt_len)  # as many new tokens as the prompt has, in the window
     assert [layer._buffers_kv[0].shape[-2] for layer in first.cache.layers] == [room] * 2
     steps = policy.obs_len + 4
-    grown, state = rollout(policy, obs, steps, seed=4)
+    grown, state = act_round(policy, obs, steps, seed=4)
     assert all(isinstance(layer, GrowingLayer) for layer in state.cache.layers)
     monkeypatch.setattr(policy_module, "reserve_cache", lambda cache, capacity: False)
-    plain, state = rollout(policy, obs, steps, seed=4)
+    plain, state = act_round(policy, obs, steps, seed=4)
     assert all(type(layer) is DynamicLayer for layer in state.cache.layers)
     for a, b in zip(grown, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

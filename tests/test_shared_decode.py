@@ -4,13 +4,11 @@ row per sequence."""
 
 from __future__ import annotations
 
-import gymnasium as gym
 import pytest
 import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 import egsw_gym.policies.lm.policy as policy_module
-from egsw_gym.policies.lm import LMPolicy
 from egsw_gym.policies.lm.cache import GrowingLayer
 from egsw_gym.policies.lm.shared_decode import RunDecode, additive_mask, run_decode_mask, uniform_runs
 
@@ -57,29 +55,6 @@ def test_uniform_runs(first_rows, batch, want):
     assert uniform_runs(torch.tensor(first_rows), batch) == want
 
 
-def make_policy(env_id, max_new_tokens, n_envs=16):
-    venv = gym.make_vec(
-        env_id, n_envs, vectorization_mode="vector_entry_point", max_new_tokens=max_new_tokens
-    )
-    policy = LMPolicy(
-        venv.single_observation_space,
-        venv.single_action_space,
-        lambda _: 1e-3,
-        model_config=dict(n_layer=2, n_embd=32, n_head=2, seed=0),
-        compile_decode=False,
-    )
-    return venv, policy
-
-
-def rollout(policy, obs, steps, seed, deterministic):
-    torch.manual_seed(seed)
-    state, out = None, []
-    for _ in range(steps):
-        actions, log_probs, entropies, state = policy.act(obs, state, deterministic=deterministic)
-        out.append((actions, log_probs, entropies))
-    return [torch.stack(x, 1) for x in zip(*out, strict=True)], state
-
-
 def assert_same_round(a, b):
     (tokens_a, logp_a, ent_a), (tokens_b, logp_b, ent_b) = a, b
     torch.testing.assert_close(tokens_a, tokens_b, rtol=0, atol=0)
@@ -89,26 +64,28 @@ def assert_same_round(a, b):
 
 @pytest.mark.parametrize("env_id, max_new_tokens", [("egsw/Arithmetic-v0", 5), ("egsw/GSM8K-v0", 24)])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_runs_decode_like_one_cache_row_per_sequence(env_id, max_new_tokens, deterministic):
+def test_runs_decode_like_one_cache_row_per_sequence(
+    env_id, max_new_tokens, deterministic, eager_lm_setup, act_round
+):
     """GRPO-style groups (4 runs of 4): one cache sequence per run, the same round as per-row
     caches, over more steps than the observation window (the mask and the cache grow)."""
-    venv, policy = make_policy(env_id, max_new_tokens)
+    venv, policy = eager_lm_setup(env_id, 16, max_new_tokens)
     obs, _ = venv.reset(seed=[3] * 4 + [5] * 4 + [7] * 4 + [9] * 4)
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     steps = policy.obs_len + 3
-    runs, state = rollout(policy, obs, steps, seed=4, deterministic=deterministic)
+    runs, state = act_round(policy, obs, steps, seed=4, deterministic=deterministic)
     assert state.runs is not None and state.runs.size == 4
     assert all(isinstance(layer, GrowingLayer) for layer in state.cache.layers)
     assert [layer.keys.shape[0] for layer in state.cache.layers] == [4, 4]  # one row per run
     assert state.cache.get_seq_length() == state.runs.cache_length(steps - 1)
     policy.shared_prompt_decode = False
-    rows, state = rollout(policy, obs, steps, seed=4, deterministic=deterministic)
+    rows, state = act_round(policy, obs, steps, seed=4, deterministic=deterministic)
     assert state.runs is None and state.cache.layers[0].keys.shape[0] == 16
     assert_same_round(runs, rows)
 
 
-def test_runs_reserve_room_for_as_many_new_tokens_as_the_prompt_has():
-    venv, policy = make_policy("egsw/Arithmetic-v0", 5, n_envs=8)
+def test_runs_reserve_room_for_as_many_new_tokens_as_the_prompt_has(eager_lm_setup):
+    venv, policy = eager_lm_setup("egsw/Arithmetic-v0", 8, 5)
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     with torch.inference_mode():
         state = policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None)[3]
@@ -117,22 +94,22 @@ def test_runs_reserve_room_for_as_many_new_tokens_as_the_prompt_has():
     assert [layer._buffers_kv[0].shape[-2] for layer in state.cache.layers] == [runs.cache_length(room)] * 2
 
 
-def test_runs_with_eager_attention_use_the_additive_mask():
-    venv, policy = make_policy("egsw/Arithmetic-v0", 5, n_envs=8)
+def test_runs_with_eager_attention_use_the_additive_mask(eager_lm_setup, act_round):
+    venv, policy = eager_lm_setup("egsw/Arithmetic-v0", 8, 5)
     policy.model.config._attn_implementation = "eager"
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
-    runs, state = rollout(policy, obs, 6, seed=0, deterministic=False)
+    runs, state = act_round(policy, obs, 6, seed=0)
     assert state.runs is not None and state.runs.mask.dtype == torch.float32
     policy.shared_prompt_decode = False
-    rows, _ = rollout(policy, obs, 6, seed=0, deterministic=False)
+    rows, _ = act_round(policy, obs, 6, seed=0)
     assert_same_round(runs, rows)
 
 
-def test_rounds_that_cannot_run_as_runs_decode_per_row(monkeypatch):
+def test_rounds_that_cannot_run_as_runs_decode_per_row(monkeypatch, eager_lm_setup):
     """Runs of unequal length, and a model that would not honour the layout's mask (a sliding window
     shorter than the runs may grow), keep one cache row per sequence."""
-    venv, policy = make_policy("egsw/Arithmetic-v0", 5, n_envs=8)
+    venv, policy = eager_lm_setup("egsw/Arithmetic-v0", 8, 5)
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 2 + [3] * 2)
     with torch.inference_mode():
         assert policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None)[3].runs is None
