@@ -1,7 +1,8 @@
 """Pure forward passes of a causal LM over prompts and completions (no policy state).
 
 - :func:`shared_prefill`: one pass per run of repeated prompts, its KV cache gathered back to
-  every row (GRPO's groups repeat each prompt ``group_size`` times in a row);
+  every row or kept with one row per run (GRPO's groups repeat each prompt ``group_size`` times in
+  a row; :mod:`~egsw_gym.policies.lm.shared_decode` decodes the runs);
 - :func:`prefix_tree_logits`: teacher-forced logits of every run of repeated prompts in one pass,
   each run's completions side by side behind one copy of its prompt (a prefix-tree attention mask),
   runs packed into rows (:mod:`~egsw_gym.policies.lm.tree`);
