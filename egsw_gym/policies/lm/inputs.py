@@ -150,7 +150,8 @@ def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     GRPO samples ``group_size`` completions of every prompt, and lays a group's rows out next to
     each other, so a batch usually holds each prompt ``group_size`` times in a row. A causal LM's
     states over a prompt do not depend on what follows it, so such a run needs one forward pass;
-    its KV cache is then gathered for every row of the run (:func:`~egsw_gym.policies.lm.compat.gather_cache`), which is exact
+    its KV cache is then gathered for every row of the run (:func:`~egsw_gym.policies.lm.compat.gather_cache`), or
+    decoded as one sequence per run (:mod:`~egsw_gym.policies.lm.shared_decode`), which is exact
     (also for gradients, which the gather sums back). Only *adjacent* equal rows are merged: that
     is one comparison per row (a sort-based ``torch.unique`` costs more than the pass it saves on
     small batches), and equal prompts further apart are simply run again.
