@@ -417,38 +417,40 @@ class LMPolicy(GRPOPolicy):
         }
         if self._has_logits_to_keep:
             inputs["logits_to_keep"] = 1
-        decoder = self._static_decoder()
-        shared = distinct_prompts(ids, mask)
-        runs = None if decoder is not None else self._decode_runs(shared, mask, length)
         # Room for as many new tokens as the prompt has, within the observation window (which
         # every round fits); a longer round doubles it. Reserving the whole window up front
         # would hold a large model's cache for tokens most rounds never generate.
-        room = max(min(self.obs_len, 2 * length) - length, 1)
+        room = min(self.obs_len, 2 * length) - length
+        run_steps = max(room, 1)  # a run's mask and cache hold at least one step
+        decoder = self._static_decoder()
+        shared = distinct_prompts(ids, mask)
+        runs = None if decoder is not None else self._decode_runs(shared, mask, length, run_steps)
         with self._autocast():
             prefilled = None if runs is None else shared_prefill(self.model, inputs, *shared, gather=False)
-            if prefilled is not None:
-                cache, logits = prefilled
-                state = LMState(cache, None, length, mask.sum(1, keepdim=True), ids[:, -1:], runs=runs)
-                reserve_cache(cache, runs.cache_length(room))
-                return state, self._next_token(logits, deterministic)
-            cache, logits = self._forward_step(inputs, shared)
+            if prefilled is None:
+                runs, prefilled = None, self._forward_step(inputs, shared)
+        cache, logits = prefilled
+        state = LMState(cache, None, length, mask.sum(1, keepdim=True), ids[:, -1:], runs=runs)
+        if runs is not None:
+            reserve_cache(cache, runs.cache_length(run_steps))
+            return state, self._next_token(logits, deterministic)
         # One allocation for the whole round: the prompt mask then ones for every token fed
         # later (a round takes at most obs_len steps; _eager_step grows it beyond).
-        mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
-        state = LMState(cache, mask_buffer, length, mask.sum(1, keepdim=True), ids[:, -1:])
+        state.mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
         if decoder is not None:
             state.static = decoder.begin(cache, mask, self.obs_len)
             if state.static is not None:
                 state.cache = None
         if state.cache is not None:
-            reserve_cache(state.cache, min(self.obs_len, 2 * length))
+            reserve_cache(state.cache, length + room)
         return state, self._next_token(logits, deterministic)
 
     def _decode_runs(
-        self, shared: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor, length: int
+        self, shared: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor, length: int, steps: int
     ) -> RunDecode | None:
-        """The run layout of a round (:mod:`~egsw_gym.policies.lm.shared_decode`), or ``None`` where
-        its rows do not come in runs of one length or the model cannot take the layout's mask."""
+        """The run layout of a round (:mod:`~egsw_gym.policies.lm.shared_decode`), its mask made for
+        ``steps`` decode steps, or ``None`` where its rows do not come in runs of one length or the
+        model cannot take the layout's mask."""
         if not self.shared_prompt_decode or shared is None:
             return None
         first_rows, _ = shared
@@ -461,7 +463,6 @@ class LMPolicy(GRPOPolicy):
         if attention is None:
             return None
         dtype = None if attention == "sdpa" else next(self.model.parameters()).dtype
-        steps = max(min(self.obs_len, 2 * length) - length, 1)
         return RunDecode.start(mask[first_rows], size, steps, dtype)
 
     def _static_decoder(self) -> StaticDecoder | None:

@@ -82,8 +82,6 @@ class RunDecode:
     ----------
     size : int
         ``R``, rows per run (the ``B = G * R`` rows of the round, run after run).
-    prompt_length : int
-        ``P``, the packed prompt's columns.
     prompt_mask : torch.Tensor
         ``(G, P)`` the runs' prompt masks.
     dtype : torch.dtype or None
@@ -93,7 +91,6 @@ class RunDecode:
     """
 
     size: int
-    prompt_length: int
     prompt_mask: torch.Tensor
     dtype: torch.dtype | None
     mask: torch.Tensor
@@ -101,9 +98,14 @@ class RunDecode:
     @classmethod
     def start(cls, prompt_mask: torch.Tensor, size: int, steps: int, dtype: torch.dtype | None) -> RunDecode:
         """The layout of runs with these prompts, its mask allocated for ``steps`` decode steps."""
-        run = cls(size, prompt_mask.shape[1], prompt_mask, dtype, prompt_mask.new_empty(0))
+        run = cls(size, prompt_mask, dtype, prompt_mask.new_empty(0))
         run.mask = run._build(steps)
         return run
+
+    @property
+    def prompt_length(self) -> int:
+        """``P``, the packed prompt's columns."""
+        return self.prompt_mask.shape[1]
 
     def _build(self, steps: int) -> torch.Tensor:
         allowed = run_decode_mask(self.prompt_mask, self.size, steps)
