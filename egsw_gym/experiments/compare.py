@@ -12,9 +12,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from egsw_gym.experiments.presets import ALGORITHMS, NoAlgorithmBlockError, load_suite, make_run_spec
+from egsw_gym.experiments.progress import RunProgress
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.runner import train_run
 
@@ -52,18 +51,23 @@ def plan_runs(
     return plan
 
 
-def _run_one(args: tuple[Any, str]) -> dict[str, Any]:
-    spec, run_dir = args
-    return train_run(spec, run_dir)
+def _run_one(args: tuple[Any, str, dict[str, Any]]) -> dict[str, Any]:
+    spec, run_dir, kwargs = args
+    return train_run(spec, run_dir, **kwargs)
 
 
 def run_parallel(
-    work: list[tuple[Any, str]], *, jobs: int | None = None, progress: bool = True
+    work: list[tuple[Any, str]],
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    run_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every ``(RunSpec, run_dir)`` of ``work`` in ``jobs`` processes (one torch thread each).
 
     Finished runs are skipped (:func:`~egsw_gym.experiments.runner.train_run`). Runs are submitted
-    in the order given, so putting the longest first shortens the wall time.
+    in the order given, so putting the longest first shortens the wall time. ``run_kwargs`` go to
+    every :func:`~egsw_gym.experiments.runner.train_run` call (e.g. ``warm_start_dir``).
 
     Returns
     -------
@@ -74,22 +78,23 @@ def run_parallel(
         return []
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     results = []
-    bar = tqdm(total=len(work), desc="runs", disable=not progress, unit="run")
+    # One bar over the runs' timesteps (steps, or tokens for LMs), read from their logs as they train.
+    bar = RunProgress(work, disable=not progress)
 
-    def done(r: dict[str, Any]) -> None:
+    def done(item: tuple[Any, str], r: dict[str, Any]) -> None:
         results.append(r)
-        bar.set_postfix_str(f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
-        bar.update()
+        bar.finished(item[1], f"{r['env_id']} {r['algo']} s{r['seed']}: {r['final_eval_mean']:.3g}")
 
-    if jobs == 1:
-        for item in work:
-            done(_run_one(item))
-    else:
-        # spawn: fresh interpreters, no torch thread pools or RNG state inherited through fork.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(_run_one, item) for item in work]):
-                done(fut.result())
-    bar.close()
+    with bar:
+        if jobs == 1:
+            for item in work:
+                done(item, _run_one((*item, dict(run_kwargs or {}))))
+        else:
+            # spawn: fresh interpreters, no torch thread pools or RNG state inherited through fork.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, (*item, dict(run_kwargs or {}))): item for item in work}
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
     return results
 
 
