@@ -164,9 +164,8 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
 class OptimizerGuard:
     """The guard :func:`guard_optimizer_step` installs: its hook's handle, and a cheaper path for loops that clip.
 
-    Checking every gradient costs a pass over them before each step (about 30 us for SB3's
-    default MLP on CPU, 1-2% of PPO's update time; a full extra read of the gradients for a large
-    model). A loop that has just computed their total norm (``clip_grad_norm_`` returns it) passes
+    Checking every gradient costs a pass over them before each step (small for SB3's default MLP,
+    a full extra read of the gradients for a large model). A loop that has just computed their total norm (``clip_grad_norm_`` returns it) passes
     it to :meth:`norm_checked`: a finite norm means every gradient is finite, so the next
     ``step()`` skips the check. A non-finite norm changes nothing: the hook then runs its full
     check at ``step()`` and raises, naming the parameters.

@@ -21,7 +21,7 @@ seeds, options and infos:
 A vector env that also offers ``reset_entries``/``step_entries`` (the same results with the infos
 as ``(env index, info dict)`` pairs, as :class:`egsw_gym.envs.vector.TextGenerationVectorEnv` does)
 is driven through them: the same SB3 infos, without building gymnasium's dict-of-arrays info and
-splitting it again (~1 ms a 64-env GRPO round of short episodes). Only the env's own class counts:
+splitting it again. Only the env's own class counts:
 a wrapper around it (which may change infos, rewards or observations) is stepped through its
 ``step``, even one that forwards attribute lookups.
 """

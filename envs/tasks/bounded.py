@@ -27,6 +27,12 @@ is re-imported) and kills and replaces the worker when a call overruns: the boun
 any call, at the price of a pipe round trip (about 0.4 ms for math-verify) per call. A replaced
 worker is forked and warmed up (one unbounded warm-up call) before it serves, so the call after a
 kill waits for that restart too (about 0.1 s), but no scorer work runs past ``time_limit``.
+
+The pipe protocol cannot fall out of step: every request carries an id and only the answer with
+that id is taken (an answer to an earlier request is discarded and counted), and a call that does
+not complete (its time bound, a ``KeyboardInterrupt`` in a notebook, a broken pipe) kills the
+worker, so a late answer is never scored against the next call. ``time_limit`` must lie in
+:data:`TIME_LIMIT_RANGE` (1 ms to 10 min), checked at construction.
 """
 
 from __future__ import annotations
@@ -40,10 +46,36 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ScoreTimeout", "ScorerProcessError", "BoundedScorer", "call_with_time_limit", "timer_available"]
+__all__ = [
+    "ScoreTimeout",
+    "ScorerProcessError",
+    "BoundedScorer",
+    "TIME_LIMIT_RANGE",
+    "call_with_time_limit",
+    "check_time_limit",
+    "timer_available",
+]
 
 #: the ways a scorer call can be bounded.
 ISOLATIONS = ("signal", "process")
+#: the accepted range of a time limit in seconds: below it no scorer can answer, above it a stuck
+#: call would hold a rollout for longer than any episode is worth (and the timers overflow).
+TIME_LIMIT_RANGE = (1e-3, 600.0)
+
+
+def check_time_limit(time_limit: Any, name: str = "score_time_limit") -> float:
+    """``time_limit`` as a float, or a ``ValueError`` naming ``name`` when it is not a number of
+    seconds in :data:`TIME_LIMIT_RANGE` (1 ms to 10 min)."""
+    low, high = TIME_LIMIT_RANGE
+    if (
+        isinstance(time_limit, bool)
+        or not isinstance(time_limit, (int, float))
+        or not (math.isfinite(time_limit) and low <= time_limit <= high)
+    ):
+        raise ValueError(
+            f"{name} must be a number of seconds in [{low:g}, {high:g}] (1 ms to 10 min), got {time_limit!r}"
+        )
+    return float(time_limit)
 
 
 class ScoreTimeout(BaseException):
@@ -56,28 +88,32 @@ class ScorerProcessError(RuntimeError):
 
 
 def _serve(conn: Any) -> None:  # pragma: no cover - runs in the worker process
-    """The worker loop: receive ``(fn, args)``, send back ``(ok, value_or_error)``."""
+    """The worker loop: receive ``(request_id, fn, args)``, send back ``(request_id, ok, value_or_error)``."""
     while True:
         try:
-            fn, args = conn.recv()
+            request_id, fn, args = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            conn.send((True, fn(*args)))
+            conn.send((request_id, True, fn(*args)))
         except BaseException as exc:  # the parent decides what an error means
-            conn.send((False, f"{type(exc).__name__}: {exc}"[:200]))
+            conn.send((request_id, False, f"{type(exc).__name__}: {exc}"[:200]))
 
 
 _WARMUP_S = 60.0
 
 
 class _ProcessWorker:
-    """One persistent worker process (fork) that runs calls; killed and replaced after an overrun."""
+    """One persistent worker process (fork) that runs calls; killed and replaced after any call
+    that did not complete (overrun, interrupt), and answers matched to requests by id."""
 
     def __init__(self, warmup: tuple | None = None) -> None:
         self._proc: Any = None
         self._conn: Any = None
         self.warmup = warmup
+        self._next_id = 0
+        #: answers discarded because they carried another request's id; workers killed mid-call
+        self.stale_answers = self.restarts = 0
 
     def _start(self) -> None:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -87,9 +123,10 @@ class _ProcessWorker:
         self._proc.start()
         child.close()
         if self.warmup is not None:  # a fresh worker's first call fills caches: not the scorer's time
-            self._conn.send(self.warmup)
-            if self._conn.poll(_WARMUP_S):
-                self._conn.recv()
+            try:
+                self._exchange(*self.warmup, seconds=_WARMUP_S)
+            except ScoreTimeout:  # a late warm-up answer carries its own id and is discarded
+                pass
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -98,15 +135,32 @@ class _ProcessWorker:
             self._conn.close()
         self._proc = self._conn = None
 
+    def _exchange(self, fn: Callable[..., Any], args: tuple, seconds: float) -> tuple[bool, Any]:
+        """Send one request and wait for the answer carrying its id; raise ScoreTimeout after ``seconds``."""
+        self._next_id += 1
+        request_id = self._next_id
+        self._conn.send((request_id, fn, args))
+        deadline = time.monotonic() + seconds
+        while True:
+            if not self._conn.poll(max(deadline - time.monotonic(), 0.0)):
+                raise ScoreTimeout("score call exceeded its time bound (worker process killed)")
+            answer_id, ok, value = self._conn.recv()
+            if answer_id == request_id:
+                return ok, value
+            self.stale_answers += 1  # an answer to an earlier request: never scored against this one
+
     def call(self, fn: Callable[..., Any], args: tuple, seconds: float) -> Any:
-        if self._proc is None or not self._proc.is_alive():
+        """``fn(*args)`` in the worker. A call that does not complete (timeout, interrupt, error in
+        the exchange) kills the worker, so no late answer can be read as the next call's."""
+        try:
+            if self._proc is None or not self._proc.is_alive():
+                self.stop()
+                self._start()
+            ok, value = self._exchange(fn, args, seconds)
+        except BaseException:  # ScoreTimeout, KeyboardInterrupt, a broken pipe: start afresh next time
             self.stop()
-            self._start()
-        self._conn.send((fn, args))
-        if not self._conn.poll(seconds):
-            self.stop()
-            raise ScoreTimeout("score call exceeded its time bound (worker process killed)")
-        ok, value = self._conn.recv()
+            self.restarts += 1
+            raise
         if not ok:
             raise ScorerProcessError(value)
         return value
@@ -179,7 +233,7 @@ class BoundedScorer:
     name : str
         What is scored (for the log message).
     time_limit : float
-        Seconds per call (positive, finite).
+        Seconds per call, in :data:`TIME_LIMIT_RANGE` (1 ms to 10 min).
     isolation : str
         ``"signal"`` (default: :func:`call_with_time_limit` in this process) or ``"process"``
         (a worker process that is killed on overrun; ``fn`` and its arguments must pickle).
@@ -198,13 +252,9 @@ class BoundedScorer:
     def __init__(self, name: str, time_limit: float, isolation: str = "signal", warmup: tuple | None = None):
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        self.name, self.time_limit = name, check_time_limit(time_limit)
         self.isolation = isolation
         self._worker = _ProcessWorker(warmup) if isolation == "process" else None
-        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)):
-            raise ValueError(f"score_time_limit must be a positive number of seconds, got {time_limit!r}")
-        if not (math.isfinite(time_limit) and time_limit > 0):
-            raise ValueError(f"score_time_limit must be a positive number of seconds, got {time_limit!r}")
-        self.name, self.time_limit = name, float(time_limit)
         self.calls = self.errors = self.timeouts = 0
         self.max_seconds = 0.0
 
