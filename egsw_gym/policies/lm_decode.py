@@ -7,7 +7,7 @@ The alias is the module itself (``sys.modules``), not a copy of its names, so at
 import sys
 import warnings
 
-from egsw_gym.policies.lm import decode as _decode
+from egsw_gym.policies.lm.accel import static_decode as _decode
 
 warnings.warn(
     "egsw_gym.policies.lm_decode is deprecated; import egsw_gym.policies.lm.decode instead",

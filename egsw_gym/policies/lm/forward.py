@@ -31,8 +31,8 @@ from egsw_gym.policies.lm.inputs import (
     position_ids_from_mask,
     prepare_prompt,
 )
-from egsw_gym.policies.lm.shared_decode import additive_mask
-from egsw_gym.policies.lm.tree import PrefixTree, pack_runs, prefix_tree
+from egsw_gym.policies.lm.accel.shared_decode import additive_mask
+from egsw_gym.policies.lm.accel.prefix_tree import PrefixTree, pack_runs, prefix_tree
 
 __all__ = [
     "prefix_tree_logits",

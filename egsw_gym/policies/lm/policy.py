@@ -33,9 +33,9 @@ from egsw_gym.policies.lm.build import (
     resolve_tokenizer,
     zero_dropout,
 )
-from egsw_gym.policies.lm.cache import reserve_cache
+from egsw_gym.policies.lm.accel.cache import reserve_cache
 from egsw_gym.policies.lm.compat import custom_mask_attention, forward_kwargs, output_cache, unwrap_peft
-from egsw_gym.policies.lm.decode import StaticDecoder, StaticRound, choose_tokens, compile_available
+from egsw_gym.policies.lm.accel.static_decode import StaticDecoder, StaticRound, choose_tokens, compile_available
 from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
 from egsw_gym.policies.lm.inputs import (
     causal_attention_mask,
@@ -45,7 +45,7 @@ from egsw_gym.policies.lm.inputs import (
     position_ids_from_mask,
     prepare_prompt,
 )
-from egsw_gym.policies.lm.shared_decode import RunDecode, uniform_runs
+from egsw_gym.policies.lm.accel.shared_decode import RunDecode, uniform_runs
 
 __all__ = ["AUTO_COMPILE_AFTER_S", "LMPolicy", "LMState"]
 
