@@ -6,6 +6,8 @@ docs/language_models.md.
 
 from __future__ import annotations
 
+import signal
+import time
 from collections import Counter
 from fractions import Fraction
 
@@ -14,6 +16,7 @@ import pytest
 pytest.importorskip("math_verify")
 
 from egsw_gym.envs.tasks import ArithmeticTask, GSM8KTask, make_task  # noqa: E402
+from egsw_gym.envs.tasks import mathverify as mathverify_module  # noqa: E402
 from egsw_gym.envs.tasks.mathverify import MathVerifier  # noqa: E402
 from egsw_gym.envs.tasks.parsing import format_number, parse_number  # noqa: E402
 
@@ -110,6 +113,67 @@ def test_reasoning_gym_math_verify_option():
         p = task.problem(i, "test")
         assert task.score(p.answer, p).score == 1.0
         assert task.score(str(int(p.answer) + 1), p).score == 0.0
+
+
+def _slow_verify(answer, gold):
+    """math-verify's check, slow for the answer ``"SLOW"`` (runs in the worker; pickled by reference)."""
+    if answer == "SLOW":
+        time.sleep(3.0)
+    return mathverify_module._real_verify(answer, gold)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["poll", "sleep_then_late_answer"])
+def test_an_interrupted_call_never_shifts_later_verdicts(monkeypatch, where):
+    """Ctrl-C while the worker checks a slow answer: its late answer must never be scored against a
+    later call (answers 18, 17, 18, 17 against gold 18 stay True, False, True, False)."""
+    monkeypatch.setattr(mathverify_module, "_real_verify", mathverify_module._verify, raising=False)
+    monkeypatch.setattr(mathverify_module, "_verify", _slow_verify)
+    mv = MathVerifier(time_limit=30.0)
+    assert mv.check("18", "18")[0]  # the worker is up
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            mv.check("SLOW", "18")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    if where == "sleep_then_late_answer":
+        time.sleep(3.5)  # the slow answer would be waiting in the pipe by now
+    verdicts = [mv.check(answer, "18") for answer in ("18", "17", "18", "17")]
+    assert [v for v, _ in verdicts] == [True, False, True, False]
+    assert all(extra["scorer_error"] is None and not extra["scorer_timeout"] for _, extra in verdicts)
+    assert mv.scorer._worker.restarts == 1
+
+
+def test_answers_are_matched_to_requests_by_id(monkeypatch):
+    """A stale answer left in the pipe (the worker not restarted) is discarded by its request id."""
+    mv = MathVerifier(time_limit=30.0)
+    worker = mv.scorer._worker
+    assert mv.check("18", "18")[0]
+    worker._conn.send((-7, mathverify_module._verify, ("18", "18")))  # a request whose answer nobody awaits
+    time.sleep(0.5)
+    assert [mv.check(a, "18")[0] for a in ("17", "18", "17")] == [False, True, False]
+    assert worker.stale_answers == 1 and worker.restarts == 0
+
+
+@pytest.mark.parametrize("isolation", ["process", "signal"])
+@pytest.mark.parametrize("limit", [0.0, 1e-4, 601.0, 1e8, 1e12, float("inf"), float("nan"), -1.0, True, "1"])
+def test_a_time_limit_outside_1ms_to_10min_is_refused_at_construction(isolation, limit):
+    with pytest.raises(ValueError, match=r"score_time_limit must be a number of seconds in \[0.001, 600\]"):
+        MathVerifier(time_limit=limit, isolation=isolation)
+    with pytest.raises(ValueError, match="score_time_limit"):
+        GSM8KTask(verifier="math_verify", score_time_limit=limit)
+
+
+@pytest.mark.parametrize("limit", [1e-3, 600.0])
+def test_the_time_limit_bounds_themselves_are_accepted(limit):
+    assert MathVerifier(time_limit=limit, isolation="signal").scorer.time_limit == limit
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .bounded import BoundedScorer
+from .bounded import BoundedScorer, check_time_limit
 
 __all__ = ["MathVerifier", "import_math_verify", "VERIFIERS"]
 
@@ -81,7 +81,9 @@ class MathVerifier:
     Parameters
     ----------
     time_limit : float
-        Seconds for parse plus verify of one answer.
+        Seconds for parse plus verify of one answer, from 1 ms to 10 min (a ``ValueError``
+        otherwise). A call that does not complete (this bound, a ``KeyboardInterrupt``) replaces
+        the worker, so no late answer is ever scored against a later call.
     max_answer_chars : int
         Longer answers are not parsed (they score 0).
     isolation : str
@@ -97,6 +99,7 @@ class MathVerifier:
     """
 
     def __init__(self, time_limit: float = 1.0, max_answer_chars: int = 512, isolation: str = "process"):
+        check_time_limit(time_limit)
         import_math_verify()
         if (
             isinstance(max_answer_chars, bool)
