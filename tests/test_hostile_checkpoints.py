@@ -4,8 +4,9 @@ Every hostile file is built from a REAL saved model (PPO MlpPolicy on CartPole w
 filled, GRPO MlpPolicy, a tiny-LM GRPO) and loaded with process spawning, shell calls, file removal
 and unpickling replaced by spies that record any call. Each case asserts: no spy was called and no
 sentinel file appeared, the error is ``UnsafeCheckpointError`` (or a ``ValueError``) whose message
-names the member / entry, and the load took < 1 s (size attacks) or < 5 s, with peak traced memory
-growth < 100 MB. ``pytest -s`` prints a summary (cases, errors by type, max time, max memory).
+names the member / entry, and peak traced memory and RSS growth stay < 100 MB. Load times are
+recorded (``pytest -s`` prints a summary: cases, errors by type, max time, max memory) but never
+asserted; a pytest-timeout marker guards against a hang.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from egsw_gym.common.schedules import TABLE_POINTS, TabulatedSchedule
 from egsw_gym.common.serialization import RNG_STATE_MEMBER, SAFE_DATA_MEMBER, UnsafeCheckpointError
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.timeout(600)  # a hang guard, not a performance assertion
 
 RESULTS: list[dict] = []
 #: pickles that are nothing but a reference to a dangerous global (made before any spy is installed)
@@ -143,9 +145,10 @@ def spies(monkeypatch, tmp_path):
 
 
 def attack(
-    category: str, algo: str, path: Path, sentinel: Path, match: str, *, time_limit=5.0, **load_kwargs
+    category: str, algo: str, path: Path, sentinel: Path, match: str, **load_kwargs
 ):
-    """Load a hostile file; assert a clear refusal, nothing run, and the time and memory bounds."""
+    """Load a hostile file; assert a clear refusal, nothing run, and the memory bound (the time is
+    recorded for the summary, never asserted: the module's pytest-timeout marker guards a hang)."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     start = time.perf_counter()
@@ -167,7 +170,6 @@ def attack(
     assert match in str(error), f"{match!r} not in: {error}"
     assert not SPIED, f"called while loading: {SPIED}"
     assert not sentinel.exists()
-    assert elapsed < time_limit, f"{elapsed:.2f} s"
     assert peak < 100 * MB and rss_growth < 100 * MB, (
         f"peak {peak / MB:.0f} MB, rss growth {rss_growth / MB:.0f} MB"
     )
@@ -333,7 +335,7 @@ def bombs(saved, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("member", ["data", "policy.pth", SAFE_DATA_MEMBER])
 def test_zip_bombs_are_refused_from_the_headers(bombs, spies, member):
-    attack("zip_bomb", "grpo", bombs[member], spies, member, time_limit=1.0)
+    attack("zip_bomb", "grpo", bombs[member], spies, member)
 
 
 def _lying_header(src: Path, dst: Path, member: str, claimed: int) -> Path:
@@ -355,7 +357,7 @@ def _lying_header(src: Path, dst: Path, member: str, claimed: int) -> Path:
 @pytest.mark.parametrize("member", ["data", "policy.pth", "policy.optimizer.pth"])
 def test_a_header_that_claims_gigabytes_is_refused(saved, tmp_path, spies, member):
     bad = _lying_header(saved["grpo"], tmp_path / "bad.zip", member, 2**32 - 1)
-    attack("lying_header", "grpo", bad, spies, member, time_limit=1.0)
+    attack("lying_header", "grpo", bad, spies, member)
 
 
 GIANT = {
@@ -377,7 +379,7 @@ GIANT = {
 def test_giant_plain_data_claims_are_refused_before_allocating(saved, tmp_path, spies, case):
     entry, value = GIANT[case]
     bad = tamper(saved["grpo"], tmp_path / "bad.zip", safe=lambda s: s.__setitem__(entry, value))
-    attack("giant_claim", "grpo", bad, spies, entry, time_limit=1.0)
+    attack("giant_claim", "grpo", bad, spies, entry)
 
 
 @pytest.mark.parametrize(("n_steps", "n_envs"), [(10**9, 2), (2**40, 2), (1024, 2**20)])
@@ -388,7 +390,7 @@ def test_a_rollout_buffer_claiming_gigabytes_is_refused_before_allocating(
         d.update(n_steps=n_steps, n_envs=n_envs)
 
     bad = tamper(saved["ppo"], tmp_path / "bad.zip", data=edit)
-    attack("giant_claim", "ppo", bad, spies, "n_steps", time_limit=1.0)
+    attack("giant_claim", "ppo", bad, spies, "n_steps")
 
 
 def test_a_features_extractor_wider_than_its_saved_weights_is_refused(saved, tmp_path, spies):
@@ -396,7 +398,7 @@ def test_a_features_extractor_wider_than_its_saved_weights_is_refused(saved, tmp
         set_path(s, "policy_kwargs.features_extractor_kwargs.features_dim", 10**9)
 
     bad = tamper(saved["ppo"], tmp_path / "bad.zip", safe=edit)
-    attack("giant_claim", "ppo", bad, spies, "policy_kwargs.features_extractor_kwargs", time_limit=1.0)
+    attack("giant_claim", "ppo", bad, spies, "policy_kwargs.features_extractor_kwargs")
 
 
 @pytest.mark.parametrize(
@@ -411,7 +413,7 @@ def test_a_network_larger_than_its_saved_weights_is_refused_before_building(
 
     bad = tamper(saved[algo], tmp_path / "bad.zip", safe=edit, data=lambda d: d.__setitem__(
         "policy_kwargs", {":type:": "<class 'dict'>", ":serialized:": "gAR9lC4="}))  # fmt: skip
-    attack("giant_claim", algo, bad, spies, "policy_kwargs.net_arch", time_limit=1.0)
+    attack("giant_claim", algo, bad, spies, "policy_kwargs.net_arch")
 
 
 DEEP = 100_000
@@ -446,7 +448,7 @@ def test_deep_nesting_huge_ints_and_bad_json_are_refused(saved, tmp_path, spies,
     raw = text if isinstance(text, bytes) else text.encode()
     content = {**members(saved["grpo"]), member: raw}
     bad = write_zip(tmp_path / "bad.zip", content)
-    attack("json", "grpo", bad, spies, member, time_limit=1.0, restore_rng=True)
+    attack("json", "grpo", bad, spies, member, restore_rng=True)
 
 
 # ------------------------------------------------------------------------------------ 3. damaged zips
@@ -459,7 +461,7 @@ def test_truncated_zips_are_refused(saved, tmp_path, spies, cut):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(raw[:end])
     # (a cut can leave torch's own zip inside policy.pth as the last one in the file: "no 'data' member")
-    attack("truncated", "grpo", bad, spies, "checkpoint", time_limit=1.0)
+    attack("truncated", "grpo", bad, spies, "checkpoint")
 
 
 @pytest.mark.parametrize("member", ["data", "policy.pth", "policy.optimizer.pth", SAFE_DATA_MEMBER])
@@ -472,7 +474,7 @@ def test_flipped_bytes_in_a_member_are_refused_naming_it(saved, tmp_path, spies,
     start = blob.find(bytes(content[member]))
     blob[start + len(raw) // 2] ^= 0xFF  # after the CRC was written: the stored CRC no longer matches
     path.write_bytes(bytes(blob))
-    attack("damaged", "grpo", path, spies, member, time_limit=1.0)
+    attack("damaged", "grpo", path, spies, member)
 
 
 @pytest.mark.parametrize("member", ["data", "policy.pth"])
@@ -704,7 +706,7 @@ def test_a_tiny_lm_checkpoint_refuses_a_config_that_claims_a_huge_model(tmp_path
         d["policy_kwargs"]["model_config"]["n_embd"] = 2**20
 
     bad = tamper(tmp_path / "lm.zip", tmp_path / "bad.zip", data=edit)
-    attack("giant_claim", "grpo", bad, spies, "policy_kwargs.model_config", time_limit=1.0)
+    attack("giant_claim", "grpo", bad, spies, "policy_kwargs.model_config")
     bad = tamper(tmp_path / "lm.zip", tmp_path / "bad2.zip",
                  data=lambda d: d["policy_kwargs"].__setitem__("model_config", cls_ref("subprocess", "Popen")))  # fmt: skip
     attack("class_outside_slot", "grpo", bad, spies, "policy_kwargs")

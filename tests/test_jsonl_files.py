@@ -4,7 +4,6 @@ exact answer, never a silent wrong result; sizes are checked before memory is sp
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 import warnings
 
@@ -27,12 +26,11 @@ def test_a_50_mb_prompt_line_is_refused_unread(tmp_path):
     with open(path, "wb") as fh:
         fh.write(GOOD.encode() + b"\n" + b'{"prompt": "' + b"x" * (50 * 2**20) + b'", "answer": "1"}\n')
     tracemalloc.start()
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"huge\.jsonl, line 2: longer than max_line_bytes"):
         JSONLTask(path)
-    elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 5 * 2**20, (elapsed, peak)
+    assert peak < 5 * 2**20, peak  # the line is refused from its length, never read whole
     assert JSONLTask(path, max_line_bytes=60 * 2**20, test_fraction=0.0).num_problems() == 2
 
 
@@ -91,10 +89,8 @@ def test_numeric_answers_are_stored_as_written_and_compared_as_numbers(
 )
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path / "bad.jsonl", [GOOD, line])
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"bad\.jsonl, " + message):
         JSONLTask(path)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path):

@@ -2,9 +2,13 @@
 
 Every verifier call must return a score in [0, 1] without raising, without calling
 ``eval``/``exec``/``compile``/``__import__`` (spied on around each call) and without touching the
-file system (a sentinel file named by the injection strings must never appear), and must stay
-fast. The number of inputs each test tried is counted in ``COUNTS`` and printed at the end of the
-module (run with ``-s``); tests/README.md records a run.
+file system (a sentinel file named by the injection strings must never appear), and must do
+bounded work. No test here asserts a wall-clock time (a loaded machine would make that flaky): the
+work is bounded by the code, and that is what is asserted (over-long inputs are rejected before
+the verifier reads them; a third-party call that overruns its ``score_time_limit`` is cut by the
+scorer and counted); ``pytest-timeout`` markers only catch a hang. The number of inputs each test
+tried and the slowest call (informational) are printed at the end of the module (run with ``-s``);
+tests/README.md records a run.
 """
 
 from __future__ import annotations
@@ -38,9 +42,8 @@ COUNTS: Counter = Counter()
 SLOWEST: dict[str, float] = {}
 TIMEOUTS: Counter = Counter()
 SENTINEL = Path(__file__).resolve().parent / "_fuzz_sentinel_must_not_exist"
-#: per-call limit inside the fuzz loops: generous for a shared 2-core machine; the dedicated
-#: 1 MB test below holds the 50 ms budget.
-CALL_LIMIT_S = 0.25
+#: a hang guard per test (pytest-timeout), never a performance assertion
+HANG_GUARD_S = 600
 
 INJECTIONS = [
     f"__import__('os').system('touch {SENTINEL}')",
@@ -132,8 +135,8 @@ def watch():
             setattr(builtins, name, fn)
 
 
-#: the time bound given to third-party scorers in the fuzz (their calls must never exceed it by
-#: more than the slack of a loaded machine).
+#: the time bound given to third-party scorers in the fuzz (the scorer enforces it: it interrupts
+#: or kills an overrunning call and counts a timeout).
 THIRD_PARTY_LIMIT_S = 0.2
 #: tasks whose verifier calls into a third-party library (reasoning-gym, math-verify): eval/exec
 #: inside that library is not ours to forbid (math-verify runs in a worker process, sympy's parser
@@ -226,8 +229,9 @@ def check_all(tasks, completion, label: str):
             assert "error" not in result.breakdown, result.breakdown
             assert isinstance(result.correct, bool) and isinstance(result.format_ok, bool)
             assert result.parsed is None or isinstance(result.parsed, str)
-            limit = CALL_LIMIT_S if name not in THIRD_PARTY else THIRD_PARTY_LIMIT_S + CALL_LIMIT_S
-            assert elapsed < limit, (name, elapsed, len(completion))
+            # the size cap, not the clock, bounds the work
+            if isinstance(completion, str) and len(completion) > task.max_completion_chars:
+                assert result.breakdown.get("too_long"), (name, result.breakdown)
             SLOWEST[label] = max(SLOWEST.get(label, 0.0), elapsed)
     COUNTS[label] += 1
     assert not SENTINEL.exists()
@@ -253,6 +257,7 @@ HOSTILE = st.one_of(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(text=st.text(max_size=3000))
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_arbitrary_unicode(tasks, text):
     check_all(tasks, text, "arbitrary unicode text")
 
@@ -261,6 +266,7 @@ def test_arbitrary_unicode(tasks, text):
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(text=HOSTILE)
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_hostile_constructions(tasks, text):
     check_all(tasks, text, "hostile constructions (injection, nesting, huge numbers, 1 MB repeats)")
 
@@ -274,6 +280,7 @@ def test_hostile_constructions(tasks, text):
         max_size=12,
     )
 )
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_mixtures(tasks, parts):
     check_all(tasks, "".join(parts), "mixtures of fragments, injections and unicode")
 
@@ -284,6 +291,7 @@ def test_mixtures(tasks, parts):
         st.binary(max_size=2000), st.none(), st.integers(), st.lists(st.text(max_size=5), max_size=3)
     )
 )
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_non_strings(tasks, data):
     check_all(tasks, data, "bytes and non-strings")
 
@@ -325,32 +333,33 @@ def test_parse_number_never_raises(text):
     ],
     ids=["parens", "digits", "unicode", "hashes", "boxed", "nested"],
 )
-def test_one_megabyte_is_fast(tasks, text):
+def test_one_megabyte_is_rejected_unread(tasks, text, monkeypatch):
+    """Over ``max_completion_chars``: scored 0 as ``too_long`` without the verifier reading it."""
     task_map, problems = tasks
     for name, task in task_map.items():
-        best = min(_timed(task, text, problems[name][0]) for _ in range(3))
-        assert best < 0.05, (name, best)
-    COUNTS["1 MB strings (x3 timed)"] += 1
+        read: list[str] = []
+        monkeypatch.setattr(task, "_score", lambda *a, _n=name, **k: read.append(_n))
+        result = task.score(text, problems[name][0])
+        assert result.score == 0.0 and result.breakdown.get("too_long"), (name, result.breakdown)
+        assert read == [], f"{name}: the verifier read a completion over max_completion_chars"
+        monkeypatch.undo()
+    COUNTS["1 MB strings"] += 1
 
 
-def _timed(task, text, problem):
-    start = time.perf_counter()
-    result = task.score(text, problem)
-    elapsed = time.perf_counter() - start
-    assert result.score == 0.0 and result.breakdown.get("too_long")
-    return elapsed
-
-
-def test_near_the_length_cap_is_fast(tasks):
-    """The worst inputs the verifiers do read (just under ``max_completion_chars``)."""
+@pytest.mark.timeout(HANG_GUARD_S)
+def test_near_the_length_cap(tasks):
+    """The worst inputs the verifiers do read (just under ``max_completion_chars``): no error, a score in [0, 1]."""
     task_map, problems = tasks
     for name, task in task_map.items():
         n = task.max_completion_chars
         for text in ("(" * (n - 1), "9" * n, "#### " + "9" * (n - 5), "\\boxed{" * (n // 7), "1+" * (n // 2)):
             start = time.perf_counter()
             result = task.score(text[:n], problems[name][0])
-            assert time.perf_counter() - start < 0.05, name
-            assert "error" not in result.breakdown
+            SLOWEST["inputs at the length cap"] = max(
+                SLOWEST.get("inputs at the length cap", 0.0), time.perf_counter() - start
+            )
+            assert "error" not in result.breakdown and 0.0 <= result.score <= 1.0, name
+            assert result.breakdown.get("scorer_error") is None, (name, result.breakdown)
             COUNTS["inputs at the length cap"] += 1
 
 
@@ -398,6 +407,7 @@ def test_the_spies_catch_a_verifier_that_evaluates():
     assert calls == ["eval"] and result.score == 0.0 and "error" in result.breakdown
 
 
+@pytest.mark.timeout(HANG_GUARD_S)
 def test_cas_towers_hit_the_time_bound_not_the_rollout(tasks):
     """math-verify spends minutes in one C call on ``$10^{10^{10}}$`` (no signal stops it): the
     worker process is killed at the bound, the score is 0, the timeout is counted, and the next
@@ -415,10 +425,8 @@ def test_cas_towers_hit_the_time_bound_not_the_rollout(tasks):
             # and shows that the replacement verifies correctly.
             good = task.score(right, problem)
             assert good.correct, (name, good.breakdown)
-            start = time.perf_counter()
-            result = task.score(text, problem)
-            elapsed = time.perf_counter() - start
-            assert result.score == 0.0 and elapsed < THIRD_PARTY_LIMIT_S + CALL_LIMIT_S, (name, text, elapsed)
-            COUNTS["CAS towers (timed)"] += 1
+            result = task.score(text, problem)  # cut by the scorer at its bound (it would run for minutes)
+            assert result.score == 0.0, (name, text, result.breakdown)
+            COUNTS["CAS towers"] += 1
         assert task._math_verify.scorer.timeouts > before, name
         assert task.score(right, problem).correct, name
