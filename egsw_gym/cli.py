@@ -40,6 +40,8 @@ from egsw_gym.experiments.presets import (
     parse_overrides,
 )
 from egsw_gym.experiments.report import write_report
+from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
+from egsw_gym.experiments.rundir import check_regular_file, read_json_file
 from egsw_gym.experiments.runner import evaluate_model, train_run
 from egsw_gym.experiments.study_report import write_study_report
 
@@ -241,12 +243,7 @@ def _load_spec(run_dir: Path):
     path = run_dir / "config.json"
     if not path.is_file():
         raise ValueError(f"{path} not found: not a run directory written by 'egsw-gym train'")
-    if path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"{path} is larger than {_MAX_CONFIG_BYTES} bytes: not a run config")
-    try:
-        cfg = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path} is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+    cfg = read_json_file(path, _MAX_CONFIG_BYTES)  # a regular file (no link, FIFO), capped, errors name it
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
     unknown, missing = (
@@ -284,6 +281,9 @@ def _evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"{model_path} not found: the run has no saved model (train it, or pass its directory)"
         )
+    check_regular_file(model_path, RUN_LIMITS.model_bytes)  # not a link, FIFO or device
+    if os.path.lexists(run_dir / "vecnormalize.json"):
+        check_regular_file(run_dir / "vecnormalize.json", RUN_LIMITS.json_bytes)
     model = algo_cls.load(model_path, device="cpu")
     try:
         # Observation statistics of normalised runs come back from the run's plain-JSON file.
@@ -309,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         # Bad settings (unknown env, invalid hyperparameter, missing run directory) are user errors:
         # one clear line that names the argument, not a traceback.
-        parser.exit(2, f"egsw-gym: error: {err}\n")
+        # Damaged run directories list one file per line (egsw_gym.experiments.rundir.RunDirError).
+        lines = str(err).splitlines() or [repr(err)]
+        parser.exit(2, "".join(f"egsw-gym: error: {line}\n" for line in lines))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ rliable's 95% stratified bootstrap (runs resampled within each environment).
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -73,9 +72,9 @@ def collect_study(out_dirs: list[str | Path]) -> list[dict[str, Any]]:
     normalised final score and curve (``curve["normalized"]``, ``curve["fraction"]`` of the budget)."""
     runs = []
     for out in out_dirs:
-        for r in collect_runs(out):
+        for r in collect_runs(out, require_config=True):  # checked: regular files, caps, places
             run_dir = Path(r["run_dir"])
-            cfg = json.loads((run_dir / "config.json").read_text())
+            cfg = r["config"]
             r["variant"] = run_dir.parent.name
             r["domain"] = domain_of(r["env_id"])
             r["egsw"] = cfg.get("egsw")

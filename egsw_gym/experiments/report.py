@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from egsw_gym.experiments import rundir
+
 __all__ = ["collect_runs", "summary_table", "plot_curves", "write_report"]
 
 
-def collect_runs(out_dir: str | Path) -> list[dict]:
-    """Every finished run under ``out_dir``: its ``result.json`` plus its learning curve and ``run_dir``."""
-    runs = []
-    for result_path in sorted(Path(out_dir).glob("**/result.json")):
-        result = json.loads(result_path.read_text())
-        curve_path = result_path.parent / "curve.csv"
-        with open(curve_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        result["curve"] = {
-            "timesteps": np.array([float(r["timesteps"]) for r in rows]),
-            "eval_mean": np.array([float(r["eval_mean"]) for r in rows]),
-        }
-        result["run_dir"] = str(result_path.parent)
-        runs.append(result)
-    return runs
+def collect_runs(out_dir: str | Path, *, require_config: bool = False) -> list[dict]:
+    """Every finished run under ``out_dir``: its ``result.json`` plus ``curve``, ``config`` and ``run_dir``.
+
+    Read through :func:`egsw_gym.experiments.rundir.collect_runs`: regular files only (no links,
+    FIFOs or devices), sizes capped, finite scores, each run's env, algorithm and seed matching
+    its place ``<env>/<algo>/seed<k>``; damaged files are a
+    :class:`~egsw_gym.experiments.rundir.RunDirError` naming each one.
+    """
+    return rundir.collect_runs(out_dir, require_config=require_config)
 
 
 def _grouped(runs: list[dict], key: str = "algo") -> dict[str, dict[str, list[dict]]]:

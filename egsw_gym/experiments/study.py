@@ -20,13 +20,13 @@ Arithmetic). ``full=True`` uses the presets' budgets, and 1M steps on MuJoCo (RL
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from egsw_gym.experiments.compare import run_parallel
 from egsw_gym.experiments.presets import RunSpec, _merge, load_suite, make_run_spec
+from egsw_gym.experiments.rundir import read_json_file
 
 __all__ = [
     "DOMAINS",
@@ -338,7 +338,7 @@ def _check_finished(run: StudyRun, run_dir: Path) -> bool:
     """Whether ``run_dir`` holds this run, finished; a finished run with another config is an error."""
     if not (run_dir / "result.json").exists():
         return False
-    stored = json.loads((run_dir / "config.json").read_text())
+    stored = read_json_file(run_dir / "config.json")
     planned = json.loads(json.dumps(run.spec.to_dict(), default=float))
     if stored != planned:
         changed = sorted(k for k in planned if stored.get(k) != planned[k])
@@ -369,40 +369,15 @@ def run_study(
 def merge_runs(sources: list[str | Path], dest: str | Path) -> dict[str, int]:
     """Copy the finished runs of several study output directories (one per machine) into ``dest``.
 
-    A run finished in more than one place must have the same ``config.json`` (the first copy is
-    kept); different configs under one name are an error, never a silent choice. Unfinished runs
-    are left out.
+    See :func:`egsw_gym.experiments.merge.merge_runs`: every source file is checked (regular
+    files only, sizes capped, each run's recorded env, algorithm and seed matching its place),
+    nothing is written on any problem, and nothing is written outside ``dest`` or through a link.
 
     Returns
     -------
     dict
         ``{"copied": ..., "duplicate": ..., "unfinished": ...}``.
     """
-    dest = Path(dest)
-    counts = {"copied": 0, "duplicate": 0, "unfinished": 0}
-    for src in map(Path, sources):
-        if not src.is_dir():
-            raise FileNotFoundError(f"merge source {src} is not a directory")
-        for cfg in sorted(src.glob("**/config.json")):
-            run_dir = cfg.parent
-            if not (run_dir / "result.json").exists():
-                counts["unfinished"] += 1
-                continue
-            target = dest / run_dir.relative_to(src)
-            if target.resolve() == run_dir.resolve():
-                counts["duplicate"] += 1
-                continue
-            if (target / "result.json").exists():
-                # The same run finished on two machines: keep the first copy if it is the same run.
-                if json.loads((target / "config.json").read_text()) != json.loads(cfg.read_text()):
-                    raise ValueError(
-                        f"run {run_dir.relative_to(src)} has different configs in {src} and {dest}; "
-                        "they come from different studies: merge only outputs of the same suite and flags"
-                    )
-                counts["duplicate"] += 1
-                continue
-            if target.exists():
-                shutil.rmtree(target)  # an unfinished copy: the finished one replaces it
-            shutil.copytree(run_dir, target)
-            counts["copied"] += 1
-    return counts
+    from egsw_gym.experiments.merge import merge_runs as merge
+
+    return merge(sources, dest)

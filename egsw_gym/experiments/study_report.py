@@ -30,6 +30,7 @@ from egsw_gym.experiments.aggregate import (
     improvement_probabilities,
 )
 from egsw_gym.experiments.report import plot_curves, summary_table
+from egsw_gym.experiments.rundir import read_progress_log
 
 __all__ = ["write_study_report", "training_reward_curves", "sensitivity_tables"]
 
@@ -187,18 +188,10 @@ def training_reward_curves(
     for r in sorted(runs, key=lambda r: r["seed"]):
         if r["domain"] != "llm" or r["variant"] not in variants:
             continue
-        path = Path(r["run_dir"]) / "logs" / "progress.csv"
-        if not path.exists():
-            continue
-        with open(path, newline="") as f:
-            rows = [x for x in csv.DictReader(f) if x.get("train/group_return_mean")]
-        if rows:
-            out[r["env_id"]][r["variant"]].append(
-                (
-                    np.array([float(x["time/iterations"]) for x in rows]),
-                    np.array([float(x["train/group_return_mean"]) for x in rows]),
-                )
-            )
+        # Read like every run file: no links, capped, finite values (egsw_gym.experiments.rundir).
+        cols = read_progress_log(r["run_dir"], ("time/iterations", "train/group_return_mean"))
+        if cols is not None and cols["time/iterations"].size:
+            out[r["env_id"]][r["variant"]].append((cols["time/iterations"], cols["train/group_return_mean"]))
     return {e: dict(v) for e, v in out.items()}
 
 
