@@ -96,9 +96,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for parity")
     p.add_argument(
         "--compile-decode",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help="our LMPolicy's compile_decode (true: compiled decode steps; its compile time is in our first step)",
+        choices=("true", "false"),
+        default="false",
+        help="true: add 'compile' to our LMPolicy's accel (compiled decode steps; its compile time is in our first step)",
     )
     p.add_argument("--quick", action="store_true", help="a few-minute run: 12 steps, 150 warm-start steps")
     p.add_argument("--memory-side", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -120,6 +120,7 @@ ENV_IDS = {"arithmetic": "egsw/Arithmetic-v0", "countdown": "egsw/Countdown-v0",
 
 def make_ours(args: argparse.Namespace, ckpt: str):
     from egsw_gym import GRPO
+    from egsw_gym.policies.lm.accel import DEFAULT_ACCEL
 
     return GRPO(
         "LMPolicy",
@@ -128,7 +129,7 @@ def make_ours(args: argparse.Namespace, ckpt: str):
         policy_kwargs=dict(
             model=ckpt,
             optimizer_kwargs=dict(weight_decay=0.0, fused=True),
-            compile_decode={"auto": "auto", "true": True, "false": False}[args.compile_decode],
+            accel=DEFAULT_ACCEL + (("compile",) if args.compile_decode == "true" else ()),
         ),
         n_envs=args.batch,
         group_size=args.group_size,

@@ -8,13 +8,13 @@ tokens, all float32 on the CPU threads given. Rows per batch size:
 - ``env+act``: what GRPO's rollout does: ``gym.make_vec("egsw/Arithmetic-v0", n,
   vectorization_mode="vector_entry_point")`` reset with autoreset off (as in a GRPO round), then per
   step ``act`` on the observation and ``env.step``, for ``new_tokens`` steps; eager;
-- ``act[compiled]`` / ``env+act[compiled]``: the same with ``compile_decode=True`` (static KV
+- ``act[compiled]`` / ``env+act[compiled]``: the same with ``accel=("compile",)`` (static KV
   cache, compiled single-token step); the compilation (first call) is timed separately and printed.
 
 ``--group-size G`` resets the environment with each seed on ``G`` adjacent slots, so the batch holds
 ``batch / G`` prompts ``G`` times each, as a GRPO round does (and as TRL hands ``generate`` its
 repeated prompts); ``generate`` then gets that batch as it is, and the eager ``act`` rows decode each
-run of ``G`` rows as one KV-cache sequence (:mod:`egsw_gym.policies.lm.shared_decode`).
+run of ``G`` rows as one KV-cache sequence (:mod:`egsw_gym.policies.lm.accel.shared_decode`).
 
 Every row generates ``batch * new_tokens`` tokens; the ratio is tokens/s over ``generate``'s
 (targets: env+act[compiled] >= 1.5x at batch 8 and 64, >= 1x at 256). All rows are timed in turn
@@ -104,7 +104,7 @@ def bench_batch(args: argparse.Namespace, batch: int) -> None:
             venv.single_action_space,
             lambda _: 1e-3,
             model=model,
-            compile_decode=True,
+            accel=("compile",),
         )
         compiled.set_training_mode(False)
     venv.unwrapped.autoreset = False  # a GRPO round's mode (finished slots wait for the reset)

@@ -70,7 +70,7 @@ def eager_lm_setup() -> Callable[..., tuple[Any, Any]]:
             venv.single_action_space,
             lambda _: 1e-3,
             model_config=dict(n_layer=2, n_embd=32, n_head=2, seed=0),
-            compile_decode=False,
+            accel=("shared_decode", "prefix_tree"),
         )
         return venv, policy
 

@@ -1,5 +1,5 @@
-"""The in-place growing KV cache of LMPolicy's eager decode path (``policies/lm/cache.py``): the same
-keys, values, tokens, log-probs and entropies as transformers' concatenating ``DynamicLayer``."""
+"""The in-place growing KV cache of the run decode (``policies/lm/accel/cache.py``): the same keys,
+values, tokens, log-probs and entropies as transformers' concatenating ``DynamicLayer``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
-import egsw_gym.policies.lm.policy as policy_module
-from egsw_gym.policies.lm.cache import GrowingLayer, reserve_cache
+import egsw_gym.policies.lm.accel.shared_decode as shared_decode_module
+from egsw_gym.policies.lm.accel.cache import GrowingLayer, reserve_cache
 
 transformers = pytest.importorskip("transformers")
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer  # noqa: E402
@@ -92,25 +92,27 @@ def test_reserve_cache_converts_only_plain_dynamic_layers():
 
 
 @pytest.mark.parametrize("env_id", ["egsw/Arithmetic-v0", "egsw/GSM8K-v0"])
-def test_eager_decode_on_the_growing_cache_matches_concatenation(
+def test_run_decode_on_the_growing_cache_matches_concatenation(
     monkeypatch, env_id, eager_lm_setup, act_round
 ):
-    """Same tokens, log-probs and entropies with and without the reserved room, GRPO-style groups
-    (shared prefill) included, over more steps than the observation window (the room doubles)."""
+    """Same tokens, log-probs and entropies with and without the reserved room, over more steps than
+    the observation window (the room doubles)."""
     venv, policy = eager_lm_setup(env_id, 8, 12)
-    obs, _ = venv.reset(seed=[3, 3, 3, 3, 5, 5, 7, 7])
+    obs, _ = venv.reset(seed=[3, 3, 3, 3, 5, 5, 5, 5])
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     with torch.inference_mode():
         first = policy.act(obs, None)[3]
-    prompt_len = first.mask_buffer.shape[1] - policy.obs_len
-    room = min(policy.obs_len, 2 * prompt_len)  # as many new tokens as the prompt has, in the window
-    assert [layer._buffers_kv[0].shape[-2] for layer in first.cache.layers] == [room] * 2
+    runs = first.accel.runs
+    room = max(min(policy.obs_len, 2 * runs.prompt_length) - runs.prompt_length, 1)
+    assert [layer._buffers_kv[0].shape[-2] for layer in first.accel.cache.layers] == [
+        runs.cache_length(room)
+    ] * 2
     steps = policy.obs_len + 4
     grown, state = act_round(policy, obs, steps, seed=4)
-    assert all(isinstance(layer, GrowingLayer) for layer in state.cache.layers)
-    monkeypatch.setattr(policy_module, "reserve_cache", lambda cache, capacity: False)
+    assert all(isinstance(layer, GrowingLayer) for layer in state.accel.cache.layers)
+    monkeypatch.setattr(shared_decode_module, "reserve_cache", lambda cache, capacity: False)
     plain, state = act_round(policy, obs, steps, seed=4)
-    assert all(type(layer) is DynamicLayer for layer in state.cache.layers)
+    assert all(type(layer) is DynamicLayer for layer in state.accel.cache.layers)
     for a, b in zip(grown, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -1,5 +1,5 @@
-"""LMPolicy's static-cache decode path (``compile_decode``): same tokens, log-probs and entropies as
-the eager path, fallback when compilation is unavailable or fails, and the ``"auto"`` rule.
+"""The ``"compile"`` acceleration (``policies/lm/accel/static_decode.py``): same tokens, log-probs and
+entropies as the plain path, and the fallback to it when compilation is unavailable or fails.
 
 The fast tests run the static path with compilation replaced by the plain function (the static
 cache, bucketing, padding and fallbacks are all exercised; only inductor is not); one slow test
@@ -19,8 +19,10 @@ import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 import egsw_gym.policies.lm as lm_module
-import egsw_gym.policies.lm.decode as decode_module
+import egsw_gym.policies.lm.accel.static_decode as decode_module
 from egsw_gym.policies.lm import LMPolicy
+from egsw_gym.policies.lm.accel import DEFAULT_ACCEL, StaticRound
+from egsw_gym.policies.lm.accel.runs import distinct_prompts
 
 SMALL = dict(n_layer=2, n_embd=32, n_head=2, seed=0)
 
@@ -45,13 +47,13 @@ def make_env(n: int = 6, new_tokens: int = 10):
 
 
 def policies(venv, **kwargs) -> tuple[LMPolicy, LMPolicy]:
-    """An eager policy and a static-path policy sharing one model."""
+    """A plain-path policy and a static-path policy sharing one model."""
     eager = LMPolicy(
         venv.single_observation_space,
         venv.single_action_space,
         lambda _: 1e-3,
         model_config=SMALL,
-        compile_decode=False,
+        accel=(),
         **kwargs,
     )
     static = LMPolicy(
@@ -59,7 +61,7 @@ def policies(venv, **kwargs) -> tuple[LMPolicy, LMPolicy]:
         venv.single_action_space,
         lambda _: 1e-3,
         model=eager.model,
-        compile_decode=True,
+        accel=("compile",),
         **kwargs,
     )
     return eager, static
@@ -105,7 +107,7 @@ def test_static_path_matches_eager(no_inductor, monkeypatch, deterministic):
     choose_tokens = decode_module.choose_tokens
     monkeypatch.setattr(decode_module, "choose_tokens", spy)
     got, state = rollout(static, obs, 10, deterministic)
-    assert state.static is not None and state.cache is None, "the static path ran"
+    assert isinstance(state.accel, StaticRound) and state.cache is None, "the static path ran"
     # The bucket: batch 6 rounded up to 8; prompt + a round's steps rounded up to LENGTH_BUCKET.
     prompt_len = lm_module.prepare_prompt(obs["input_ids"], obs["attention_mask"])[0].shape[1]
     length = -(-(prompt_len + static.obs_len) // decode_module.LENGTH_BUCKET) * decode_module.LENGTH_BUCKET
@@ -128,10 +130,7 @@ def test_static_path_with_shared_prompts_and_overflow(no_inductor, monkeypatch):
     venv = make_env(8)
     eager, static = policies(venv)
     obs = first_obs(venv, groups=2)  # two groups of 4 identical prompts: the shared prefill runs
-    assert (
-        lm_module.distinct_prompts(*lm_module.prepare_prompt(obs["input_ids"], obs["attention_mask"]))
-        is not None
-    )
+    assert distinct_prompts(*lm_module.prepare_prompt(obs["input_ids"], obs["attention_mask"])) is not None
     monkeypatch.setattr(decode_module, "LENGTH_BUCKET", 16)  # a bucket shorter than the rollout
     # A bucket longer than MATH_ATTENTION_MAX_LENGTH keeps the model's SDPA attention.
     monkeypatch.setattr(decode_module, "MATH_ATTENTION_MAX_LENGTH", 8)
@@ -145,8 +144,8 @@ def test_static_path_with_shared_prompts_and_overflow(no_inductor, monkeypatch):
     ref, _ = rollout(eager, obs, 30)
     got, state = rollout(static, obs, 30)
     assert seen and set(seen) == {"sdpa"}
-    # The bucket filled up mid-round: the round went on eagerly from the copied cache.
-    assert state.static is None and state.cache is not None
+    # The bucket filled up mid-round: the round went on plainly from the copied cache.
+    assert state.accel is None and state.cache is not None
     assert_same(ref, got)
 
 
@@ -165,12 +164,12 @@ def test_fallback_when_compilation_fails(monkeypatch):
     with pytest.warns(UserWarning, match="compiled decoding is off.*inductor exploded"):
         got, state = rollout(static, obs, 8)
     assert_same(ref, got)
-    assert static._decoder.failure is not None and state.static is None
+    assert static._decoder.failure is not None and state.accel is None
     # Later rounds stay eager without warning again.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again, state = rollout(static, obs, 8)
-    assert state.static is None
+    assert state.accel is None
     assert_same(ref, again)
 
 
@@ -181,36 +180,24 @@ def test_fallback_when_compilation_is_unavailable(monkeypatch):
     obs = first_obs(venv)
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
         got, state = rollout(static, obs, 6)
-    assert state.static is None
+    assert state.accel is None
     assert_same(rollout(eager, obs, 6)[0], got)
 
 
-def test_auto_compiles_only_after_enough_eager_decoding(no_inductor):
+def test_accel_validation_defaults_and_copies(no_inductor):
     venv = make_env(4)
-    policy = LMPolicy(
-        venv.single_observation_space, venv.single_action_space, lambda _: 1e-3, model_config=SMALL
-    )
-    assert policy.compile_decode == "auto"
-    obs = first_obs(venv)
-    _, state = rollout(policy, obs, 5)
-    assert state.static is None and policy._decoder is None and policy._eager_decode_seconds > 0
-    policy._eager_decode_seconds = lm_module.AUTO_COMPILE_AFTER_S  # as after a long run
-    _, state = rollout(policy, obs, 5)
-    assert state.static is not None
-
-
-def test_compile_decode_validation_and_copies(no_inductor):
-    venv = make_env(4)
-    with pytest.raises(ValueError, match="compile_decode"):
-        LMPolicy(
-            venv.single_observation_space, venv.single_action_space, lambda _: 1e-3, compile_decode="yes"
-        )
+    space = (venv.single_observation_space, venv.single_action_space, lambda _: 1e-3)
+    with pytest.raises(ValueError, match="accel must name options"):
+        LMPolicy(*space, accel=("compile", "turbo"))
+    assert LMPolicy(*space, model_config=SMALL).accel == DEFAULT_ACCEL and "compile" not in DEFAULT_ACCEL
+    assert LMPolicy(*space, model_config=SMALL, accel="all").accel == lm_module.ACCEL_OPTIONS
+    assert LMPolicy(*space, model_config=SMALL, accel="compile").accel == ("compile",)
     _, static = policies(venv)
     rollout(static, first_obs(venv), 3)
     assert static._decoder is not None
     clone = copy.deepcopy(static)  # e.g. GRPO's reference policy: no decoder bound to the old model
     assert clone._decoder is None
-    assert clone._get_constructor_parameters()["compile_decode"] is True
+    assert clone._get_constructor_parameters()["accel"] == ("compile",)
 
 
 @pytest.mark.slow
@@ -222,7 +209,7 @@ def test_compiled_step_matches_eager():
     obs = first_obs(venv, groups=2)
     ref, _ = rollout(eager, obs, 12)
     got, state = rollout(static, obs, 12)
-    assert static._decoder.failure is None and state.static is not None
+    assert static._decoder.failure is None and isinstance(state.accel, StaticRound)
     assert static._decoder.compiled_buckets == 1 and static._decoder.compile_seconds > 0
     assert_same(ref, got)
 

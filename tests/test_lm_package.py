@@ -1,4 +1,4 @@
-"""The ``egsw_gym.policies.lm`` package keeps the paths of the former ``lm.py`` / ``lm_decode.py`` modules.
+"""The ``egsw_gym.policies.lm`` package keeps the public paths 0.1.0 checkpoints name.
 
 Checkpoints written before the split (``tests/data/*_v010.zip``, saved by egsw-gym 0.1.0) name the
 classes by their public paths; they must still load, into the same classes.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from egsw_gym.algorithms.ppo import EGSWRolloutBuffer  # noqa: E402
 from egsw_gym.common.env_util import build_vec_env  # noqa: E402
 from egsw_gym.common.serialization import SAFE_DATA_MEMBER  # noqa: E402
 from egsw_gym.policies.lm import LMPolicy  # noqa: E402
-from egsw_gym.policies.lm import decode as decode_module  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -78,13 +76,7 @@ def test_public_names_are_re_exported_from_the_package():
     assert lm_package.LMPolicy is LMPolicy
     assert lm_package.sequence_log_probs.__module__ == "egsw_gym.policies.lm.forward"
     assert lm_package.prepare_prompt.__module__ == "egsw_gym.policies.lm.inputs"
-
-
-def test_lm_decode_is_a_deprecated_alias_of_the_decode_module(monkeypatch):
-    monkeypatch.delitem(sys.modules, "egsw_gym.policies.lm_decode", raising=False)
-    with pytest.warns(DeprecationWarning, match="egsw_gym.policies.lm.decode"):
-        alias = importlib.import_module("egsw_gym.policies.lm_decode")
-    assert alias is decode_module  # the module itself: a monkeypatch on the alias reaches the decoder
+    assert lm_package.DEFAULT_ACCEL == ("shared_decode", "prefix_tree")
 
 
 def test_envs_tokenizer_is_the_common_tokenizer():

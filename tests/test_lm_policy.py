@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 
 from egsw_gym.common.tokenizer import load_tokenizer  # noqa: E402
-from egsw_gym.policies.lm import LMPolicy, distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
+from egsw_gym.policies.lm import LMPolicy, prepare_prompt, sequence_log_probs  # noqa: E402
+from egsw_gym.policies.lm.accel.runs import distinct_prompts  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -221,7 +222,7 @@ def test_rotary_architecture_from_config_is_consistent(group_size):
     lp_eval, _ = policy.evaluate_sequences(obs, None, actions, mask)
     assert torch.allclose(lp_eval, lp_act, atol=1e-4)
     ids, pmask = prepare_prompt(obs["input_ids"], obs["attention_mask"])
-    unshared, _ = sequence_log_probs(policy.model, ids, pmask, actions, n_actions=VOCAB, share_prompts=False)
+    unshared, _ = sequence_log_probs(policy.model, ids, pmask, actions, n_actions=VOCAB)
     assert torch.allclose(lp_eval, unshared, atol=1e-5)
 
 
@@ -350,17 +351,18 @@ def test_distinct_prompts_merges_adjacent_repeats_and_ignores_padding_ids():
 
 
 @pytest.mark.parametrize("steps", [1, N])
-def test_shared_prompt_pass_matches_the_full_pass_in_values_and_gradients(steps):
-    """One pass per distinct prompt + a cache gather == one teacher-forced pass over every row."""
+def test_accelerated_training_pass_matches_the_plain_one_in_values_and_gradients(steps):
+    """The default accelerations (a prefix tree over each group) == the plain teacher-forced pass."""
     torch.manual_seed(0)
     policy = make_policy()
     obs = grouped_obs([3, 10, 7, 1], group_size=4)
-    ids, mask = prepare_prompt(obs["input_ids"], obs["attention_mask"])
-    actions = torch.randint(0, VOCAB, (len(ids), steps))
+    actions = torch.randint(0, VOCAB, (16, steps))
+    mask = torch.ones_like(actions, dtype=torch.bool)
     results = []
-    for share in (True, False):
+    for accel in (policy.accel, ()):
+        policy.accel = accel
         policy.model.zero_grad()
-        lp, ent = sequence_log_probs(policy.model, ids, mask, actions, n_actions=VOCAB, share_prompts=share)
+        lp, ent = policy.evaluate_sequences(obs, None, actions, mask)
         (lp.sum() + 0.5 * ent.sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in policy.model.parameters()])
         results.append((lp.detach(), ent.detach(), grads))
@@ -368,6 +370,21 @@ def test_shared_prompt_pass_matches_the_full_pass_in_values_and_gradients(steps)
     assert torch.allclose(lp_s, lp_f, atol=1e-5) and torch.allclose(ent_s, ent_f, atol=1e-5)
     assert torch.allclose(g_s, g_f, rtol=1e-4, atol=1e-5)
     assert g_f.abs().max() > 1e-2  # the comparison is not between zero gradients
+
+
+def test_chunked_training_pass_equals_one_pass():
+    """sequence_log_probs(chunk_size=...) runs the rows in chunks: the same numbers as one pass."""
+    torch.manual_seed(0)
+    policy = make_policy()
+    obs = first_obs([3, 10, 7, 1, 5])
+    ids, mask = obs["input_ids"][:, :P], obs["attention_mask"][:, :P]
+    actions = torch.randint(0, VOCAB, (5, N))
+    whole = sequence_log_probs(policy.model, ids, mask, actions, n_actions=VOCAB, temperature=0.7)
+    chunked = sequence_log_probs(
+        policy.model, ids, mask, actions, n_actions=VOCAB, temperature=0.7, chunk_size=2
+    )
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_shared_prefill_in_act_matches_evaluate_sequences():
@@ -435,22 +452,3 @@ def test_sampled_tokens_follow_the_tempered_distribution():
     assert (freq[:10] == 0).all()
     assert (freq - expected).abs().max() < 0.01
     assert torch.allclose(log_probs, expected.log()[actions])
-
-
-def test_train_mode_switch_sets_every_module_like_nn_module_train():
-    """LMPolicy.train sets the flags directly; the result equals nn.Module.train's, and a module that
-    customises train() is still called (the plain recursion runs)."""
-    policy = make_policy()
-    for mode in (False, True, False):
-        assert policy.set_training_mode(mode) is None
-        assert all(m.training is mode for m in policy.modules())
-    calls = []
-
-    class Custom(torch.nn.Module):
-        def train(self, mode=True):
-            calls.append(mode)
-            return super().train(mode)
-
-    policy.extra = Custom()
-    policy.set_training_mode(True)
-    assert calls == [True] and all(m.training for m in policy.modules())

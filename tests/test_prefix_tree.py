@@ -1,4 +1,5 @@
-"""The prefix-tree pass: one pass per run of repeated prompts, against one pass per row and a loop layout."""
+"""The ``"prefix_tree"`` acceleration (``policies/lm/accel/prefix_tree.py``): one pass per run of
+repeated prompts, against the plain pass (one row each) and a loop reference of the layout."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-import egsw_gym.policies.lm.forward as forward  # noqa: E402
-from egsw_gym.policies.lm import distinct_prompts, prepare_prompt, sequence_log_probs  # noqa: E402
-from egsw_gym.policies.lm.forward import prefix_tree_logits, prefix_tree_rows, shared_prompt_logits  # noqa: E402
+import egsw_gym.policies.lm.accel.prefix_tree as tree_module  # noqa: E402
+from egsw_gym.policies.lm import LMPolicy, prepare_prompt, sequence_log_probs  # noqa: E402
+from egsw_gym.policies.lm.accel.prefix_tree import (  # noqa: E402
+    pack_runs,
+    prefix_tree,
+    prefix_tree_log_probs,
+    prefix_tree_logits,
+    prefix_tree_rows,
+)
+from egsw_gym.policies.lm.accel.runs import CUSTOM_MASK_MODEL_TYPES, distinct_prompts  # noqa: E402
 from egsw_gym.policies.lm.inputs import last_position  # noqa: E402
-from egsw_gym.policies.lm.tree import pack_runs, prefix_tree  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -160,7 +167,7 @@ def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model
             lp = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             ent = -(log_p.exp() * log_p).sum(-1)
         else:
-            lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+            lp, ent = sequence_log_probs(model, ids, mask, actions)
         (lp.sum() + 0.5 * ent.sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((lp.detach(), ent.detach(), grads))
@@ -170,113 +177,108 @@ def test_prefix_tree_pass_matches_one_pass_per_row_in_values_and_gradients(model
     assert g_f.abs().max() > 1e-2  # the comparison is not between zero gradients
 
 
-@pytest.mark.parametrize("share", [True, False])
-def test_lengths_skip_nothing_real_and_zero_the_rest(share):
-    """With each row's length, the prefix-tree pass lays out only its real actions: the real steps
-    match one full pass per row, and every route gives 0 after a row's end."""
-    model = make_model()
-    ids, mask, actions = uneven_batch(steps=4)
-    lengths = torch.tensor([4, 1, 2, 3, 4, 4, 2, 0, 1, 3])
-    valid = torch.arange(4) < lengths[:, None]
-    lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=share, lengths=lengths)
-    full_lp, full_ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
-    assert torch.allclose(lp[valid], full_lp[valid], atol=1e-5)
-    assert torch.allclose(ent[valid], full_ent[valid], atol=1e-5)
-    assert (lp[~valid] == 0).all() and (ent[~valid] == 0).all()
-    lp.sum().backward()  # gradients flow through the ragged pass
-    assert all(p.grad is not None for p in model.parameters())
+def forced_tree(monkeypatch, rows):
+    """prefix_tree_log_probs packing the runs into ``rows`` rows, whatever the cost model says."""
+    monkeypatch.setattr(tree_module, "prefix_tree_rows", lambda *a: rows)
 
+    def run(model, ids, mask, actions, lengths=None):
+        ids, mask = prepare_prompt(ids, mask)
+        lengths = torch.full((len(ids),), actions.shape[1]) if lengths is None else lengths
+        return prefix_tree_log_probs(model, ids, mask, actions, lengths, None, 1.0)
 
-@pytest.mark.parametrize("route", ["tree", "packed tree", "cache"])
-def test_sequence_log_probs_takes_the_route_prefix_tree_rows_chooses(monkeypatch, route):
-    """Every shared route gives the single pass's log-probs; which one runs follows prefix_tree_rows."""
-    model = make_model()
-    ids, mask, actions = uneven_batch()
-    ran = []
-    rows = {"tree": 4, "packed tree": 2, "cache": None}[route]
-    monkeypatch.setattr(forward, "prefix_tree_rows", lambda *a: rows)
-    for name, fn in (("tree", forward.prefix_tree_outputs), ("cache", shared_prompt_logits)):
-        monkeypatch.setattr(forward, fn.__name__, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
-    with torch.no_grad():
-        shared_lp, shared_ent = sequence_log_probs(model, ids, mask, actions)
-        full_lp, full_ent = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
-    assert ran == [route.split()[-1]]
-    assert torch.allclose(shared_lp, full_lp, atol=1e-5) and torch.allclose(shared_ent, full_ent, atol=1e-5)
+    return run
 
 
 @pytest.mark.parametrize("rows", [4, 2])
-def test_sequence_log_probs_through_the_tree_matches_the_single_pass_with_gradients(monkeypatch, rows):
-    """sequence_log_probs reads the tree's outputs at each row's columns (no (B, T, V) gather): its
-    log-probs, entropies and their gradients equal the single pass's, ragged lengths included."""
+def test_lengths_lay_out_only_real_actions(monkeypatch, rows):
+    """With each row's length, the tree lays out only its real actions: the real steps match the
+    plain pass, with gradients."""
     ids, mask, actions = uneven_batch(steps=4)
-    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
-    monkeypatch.setattr(forward, "prefix_tree_rows", lambda *a: rows)
+    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 0, 4])
+    valid = torch.arange(4) < lengths[:, None]
+    tree_pass = forced_tree(monkeypatch, rows)
     results = []
-    for share in (True, False):
+    for tree in (True, False):
         model = make_model()
-        lp, ent = sequence_log_probs(model, ids, mask, actions, share_prompts=share, lengths=lengths)
-        (lp.sum() + 0.5 * ent.sum()).backward()
+        lp, ent = (
+            tree_pass(model, ids, mask, actions, lengths)
+            if tree
+            else sequence_log_probs(model, ids, mask, actions)
+        )
+        ((lp * valid).sum() + 0.5 * (ent * valid).sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results.append((lp.detach(), ent.detach(), grads))
+        results.append((lp[valid].detach(), ent[valid].detach(), grads))
     (lp_t, ent_t, g_t), (lp_f, ent_f, g_f) = results
     assert torch.allclose(lp_t, lp_f, atol=1e-5) and torch.allclose(ent_t, ent_f, atol=1e-5)
     assert torch.allclose(g_t, g_f, rtol=1e-4, atol=1e-5) and g_f.abs().max() > 1e-2
 
 
-def test_gradient_checkpointing_models_share_prompts_through_the_tree():
-    """Checkpointing refuses a KV cache, but the tree pass needs none: same values as one pass per row."""
+@pytest.mark.parametrize("rows", [4, 2, None])
+def test_prefix_tree_log_probs_packs_the_rows_prefix_tree_rows_chooses(monkeypatch, rows):
+    """The tree packs the runs into the rows the cost model chooses; ``None`` leaves the batch to the
+    plain pass."""
+    model = make_model()
+    ids, mask, actions = uneven_batch()
+    packed = []
+    monkeypatch.setattr(tree_module, "pack_runs", lambda *a: packed.append(a[2]) or pack_runs(*a))
+    with torch.no_grad():
+        out = forced_tree(monkeypatch, rows)(model, ids, mask, actions)
+        full_lp, full_ent = sequence_log_probs(model, ids, mask, actions)
+    if rows is None:
+        assert out is None and not packed
+        return
+    assert packed == [rows]
+    assert torch.allclose(out[0], full_lp, atol=1e-5) and torch.allclose(out[1], full_ent, atol=1e-5)
+
+
+def test_prefix_tree_needs_repeated_prompts():
+    model = make_model()
+    ids, mask, actions = uneven_batch()
+    distinct = torch.tensor([0, 3, 4, 6])  # one row of each run
+    ids, mask = prepare_prompt(ids[distinct], mask[distinct])
+    assert prefix_tree_log_probs(model, ids, mask, actions[distinct], torch.full((4,), 4), None, 1.0) is None
+
+
+def test_gradient_checkpointing_models_take_the_tree(monkeypatch):
+    """Checkpointing refuses a KV cache, but the tree pass needs none: same values as the plain pass."""
     model = make_model()
     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.train()
     ids, mask, actions = uneven_batch()
-    lp, _ = sequence_log_probs(model, ids, mask, actions)
+    lp, _ = forced_tree(monkeypatch, 4)(model, ids, mask, actions)
     lp.sum().backward()
-    full, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+    full, _ = sequence_log_probs(model, ids, mask, actions)
     assert torch.allclose(lp, full, atol=1e-5)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_a_reference_pass_then_a_training_pass_on_equal_inputs_lay_them_out_once(monkeypatch):
-    """GRPO evaluates one batch twice: the reference (inference mode), then the policy (with grad).
-    The second call reuses the first's layout (equal arguments, other tensors), its values are
-    those of a fresh layout, and its backward runs (the layout is not made of inference tensors)."""
-    ids, mask, actions = uneven_batch(steps=4)
-    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
-    reference, policy = make_model(), make_model()
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    calls = []
-    monkeypatch.setattr(forward, "prefix_tree", lambda *a: calls.append(1) or prefix_tree(*a))
-    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
-    with torch.inference_mode():
-        ref_lp, _ = sequence_log_probs(reference, ids, mask, actions, lengths=lengths)
-    lp, ent = sequence_log_probs(policy, ids.clone(), mask.clone(), actions.clone(), lengths=lengths.clone())
-    (lp.sum() + ent.sum()).backward()
-    assert len(calls) == 1
-    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
-    fresh_lp, fresh_ent = sequence_log_probs(policy, ids, mask, actions, lengths=lengths)
-    fresh_ref, _ = sequence_log_probs(reference, ids, mask, actions, lengths=lengths)  # reuses that one
-    assert len(calls) == 2
-    assert torch.equal(lp, fresh_lp) and torch.equal(ent, fresh_ent) and torch.equal(ref_lp, fresh_ref)
-
-
-def test_arguments_changed_in_place_are_laid_out_again(monkeypatch):
-    """The reuse compares values against copies: a caller that rewrites its tensors in place between
-    two calls gets the layout of the new values."""
-    ids, mask, actions = uneven_batch(steps=4)
-    lengths = torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])
-    model = make_model()
-    calls = []
-    monkeypatch.setattr(forward, "prefix_tree", lambda *a: calls.append(1) or prefix_tree(*a))
-    monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
-    with torch.no_grad():
-        sequence_log_probs(model, ids, mask, actions, lengths=lengths)
-        actions[:, :2] = (actions[:, :2] + 1) % VOCAB
-        again, _ = sequence_log_probs(model, ids, mask, actions, lengths=lengths)
-        monkeypatch.setattr(forward, "_LAST_INPUTS", forward._LastInputs())
-        fresh, _ = sequence_log_probs(model, ids, mask, actions.clone(), lengths=lengths)
-    assert len(calls) == 3 and torch.equal(again, fresh)
+def test_policy_evaluate_sequences_with_and_without_the_tree(monkeypatch):
+    """LMPolicy's training pass with ``accel=("prefix_tree",)`` equals the plain path's (``accel=()``)
+    on GRPO-style groups, padding after each row's end zeroed on both."""
+    prompt, new = 8, 4
+    space = spaces.Dict(
+        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
+    )
+    ids, mask, actions = uneven_batch(steps=new)
+    obs = {
+        "input_ids": torch.nn.functional.pad(ids, (1, new)),
+        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
+    }
+    valid = torch.arange(new) < torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])[:, None]
+    plain = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"], accel=())
+    tree = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model=plain.model, accel=("prefix_tree",))
+    ran = []
+    monkeypatch.setattr(
+        tree_module,
+        "prefix_tree_outputs",
+        lambda *a, _f=tree_module.prefix_tree_outputs: ran.append(1) or _f(*a),
+    )
+    lp_t, ent_t = tree.evaluate_sequences(obs, None, actions, valid)
+    lp_p, ent_p = plain.evaluate_sequences(obs, None, actions, valid)
+    assert ran == [1], "the tree ran"
+    torch.testing.assert_close(lp_t, lp_p, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent_t, ent_p, rtol=0, atol=1e-5)
+    assert (lp_t[~valid] == 0).all() and (ent_t[~valid] == 0).all()
 
 
 def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,9 +302,10 @@ def prefix_tree_pays(*args) -> bool:
 
 @pytest.mark.parametrize(
     ("prompt_len", "width", "expected"),
-    [(6, 3, True), (60, 16, True), (120, 63, False)],  # arithmetic-, countdown- and GSM8K-like rounds
+    # arithmetic-, countdown- and GSM8K-like rounds; short prompts with long completions
+    [(6, 3, True), (60, 16, True), (120, 63, True), (6, 63, False)],
 )
-def test_prefix_tree_pays_for_short_completions_only(prompt_len, width, expected):
+def test_prefix_tree_pays_where_the_prompt_outweighs_the_longer_rows(prompt_len, width, expected):
     model = make_model(n_embd=128)  # the tiny default model's width, where the rule was measured
     assert prefix_tree_pays(model, prompt_len, *runs(8, 8, width)) is expected
 
@@ -327,14 +330,14 @@ def test_runs_of_unequal_length_are_packed_and_equal_ones_are_not():
 
 
 def test_ragged_rounds_take_the_tree_where_padded_ones_do_not():
-    """GSM8K-like rounds (120-token prompts, up to 63 fed tokens): every row at 63 tokens makes the
-    tree's attention too costly; rows of mixed lengths (the usual round) make it the cheaper pass."""
+    """Short prompts, up to 63 fed tokens: every row at 63 tokens makes the tree's attention too
+    costly; rows of mixed lengths (the usual round) make it the cheaper pass."""
     model = make_model(n_embd=128)
     _, first_rows, inverse = runs(8, 8, 63)
-    assert not prefix_tree_pays(model, 120, torch.full((64,), 63), first_rows, inverse)
+    assert not prefix_tree_pays(model, 6, torch.full((64,), 63), first_rows, inverse)
     ragged = torch.arange(64) * 7 % 59 + 5  # 5 .. 63 tokens, ~34 on average
     assert int(ragged.max()) == 63
-    assert prefix_tree_pays(model, 120, ragged, first_rows, inverse)
+    assert prefix_tree_pays(model, 6, ragged, first_rows, inverse)
 
 
 def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
@@ -354,42 +357,6 @@ def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, *runs(8, 8, 1024))
 
 
-def test_prefill_and_decode_steps_pass_their_mask_as_4d_and_sample_the_same(monkeypatch):
-    """The prefill hands sdpa its (B, 1, L, L) mask and an eager decode step its (B, 1, 1, K) mask as
-    they are; the tokens and log-probs of a round (left-padded prompts) are exactly those of the
-    2D-mask route (transformers building the masks)."""
-    import egsw_gym.policies.lm.policy as policy_module
-    from egsw_gym.policies.lm import LMPolicy
-
-    prompt, new = 8, 5
-    space = spaces.Dict(
-        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
-    )
-    ids, mask, _ = uneven_batch()
-    obs = {
-        "input_ids": torch.nn.functional.pad(ids, (1, new)),
-        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
-    }
-    rounds, dims = [], {True: set(), False: set()}
-    for four_d in (True, False):
-        torch.manual_seed(0)
-        policy = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"])
-        if not four_d:
-            monkeypatch.setattr(policy_module, "custom_mask_attention", lambda *a: None)
-        forward_fn = policy.model.forward
-        policy.model.forward = lambda *a, _f=forward_fn, _k=four_d, **kw: (
-            dims[_k].add(kw["attention_mask"].dim()) or _f(*a, **kw)
-        )
-        torch.manual_seed(1)
-        state, out = None, []
-        for _ in range(new):
-            actions, log_probs, entropies, state = policy.act(obs, state)
-            out.append(torch.stack([actions.float(), log_probs, entropies]))
-        rounds.append(torch.stack(out))
-    assert torch.equal(rounds[0], rounds[1])
-    assert dims == {True: {4}, False: {2}}
-
-
 EVERY_LISTED = {
     "gpt2": CONFIGS["gpt2"],
     "gpt_neox": {k: v for k, v in DECODER.items() if k != "num_key_value_heads"},
@@ -401,8 +368,6 @@ EVERY_LISTED = {
 
 
 def test_every_listed_architecture_is_checked():
-    from egsw_gym.policies.lm.compat import CUSTOM_MASK_MODEL_TYPES
-
     assert set(EVERY_LISTED) == CUSTOM_MASK_MODEL_TYPES
 
 
@@ -425,5 +390,5 @@ def test_listed_architectures_honour_the_prefix_tree_mask(model_type, attn):
     with torch.no_grad():
         logits = tree_logits(model, ids, mask, actions).float()
         tree = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        full, _ = sequence_log_probs(model, ids, mask, actions, share_prompts=False)
+        full, _ = sequence_log_probs(model, ids, mask, actions)
     assert torch.allclose(tree, full, atol=1e-5)

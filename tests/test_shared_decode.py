@@ -1,6 +1,6 @@
-"""Decoding GRPO's runs of one prompt with one KV-cache sequence per run (``policies/lm/shared_decode.py``):
-the layout's mask against a loop reference, and the same tokens, log-probs and entropies as one cache
-row per sequence."""
+"""The ``"shared_decode"`` acceleration (``policies/lm/accel/shared_decode.py``): GRPO's runs of one
+prompt decoded with one KV-cache sequence per run. The layout's mask against a loop reference, and
+the same tokens, log-probs and entropies as the plain path (one cache row per sequence)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
-import egsw_gym.policies.lm.policy as policy_module
-from egsw_gym.policies.lm.cache import GrowingLayer
-from egsw_gym.policies.lm.shared_decode import RunDecode, additive_mask, run_decode_mask, uniform_runs
+import egsw_gym.policies.lm.accel.shared_decode as shared_decode_module
+from egsw_gym.policies.lm.accel.cache import GrowingLayer
+from egsw_gym.policies.lm.accel.runs import additive_mask, uniform_runs
+from egsw_gym.policies.lm.accel.shared_decode import RunDecode, run_decode_mask
 
 pytest.importorskip("transformers")
 
@@ -74,13 +75,13 @@ def test_runs_decode_like_one_cache_row_per_sequence(
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     steps = policy.obs_len + 3
     runs, state = act_round(policy, obs, steps, seed=4, deterministic=deterministic)
-    assert state.runs is not None and state.runs.size == 4
-    assert all(isinstance(layer, GrowingLayer) for layer in state.cache.layers)
-    assert [layer.keys.shape[0] for layer in state.cache.layers] == [4, 4]  # one row per run
-    assert state.cache.get_seq_length() == state.runs.cache_length(steps - 1)
-    policy.shared_prompt_decode = False
+    assert state.accel.runs.size == 4
+    assert all(isinstance(layer, GrowingLayer) for layer in state.accel.cache.layers)
+    assert [layer.keys.shape[0] for layer in state.accel.cache.layers] == [4, 4]  # one row per run
+    assert state.accel.cache.get_seq_length() == state.accel.runs.cache_length(steps - 1)
+    policy.accel = ()  # the plain path
     rows, state = act_round(policy, obs, steps, seed=4, deterministic=deterministic)
-    assert state.runs is None and state.cache.layers[0].keys.shape[0] == 16
+    assert state.accel is None and state.cache.layers[0].keys.shape[0] == 16
     assert_same_round(runs, rows)
 
 
@@ -89,9 +90,11 @@ def test_runs_reserve_room_for_as_many_new_tokens_as_the_prompt_has(eager_lm_set
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     with torch.inference_mode():
         state = policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None)[3]
-    runs = state.runs
+    runs = state.accel.runs
     room = max(min(policy.obs_len, 2 * runs.prompt_length) - runs.prompt_length, 1)
-    assert [layer._buffers_kv[0].shape[-2] for layer in state.cache.layers] == [runs.cache_length(room)] * 2
+    assert [layer._buffers_kv[0].shape[-2] for layer in state.accel.cache.layers] == [
+        runs.cache_length(room)
+    ] * 2
 
 
 def test_runs_with_eager_attention_use_the_additive_mask(eager_lm_setup, act_round):
@@ -100,19 +103,19 @@ def test_runs_with_eager_attention_use_the_additive_mask(eager_lm_setup, act_rou
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     runs, state = act_round(policy, obs, 6, seed=0)
-    assert state.runs is not None and state.runs.mask.dtype == torch.float32
-    policy.shared_prompt_decode = False
+    assert state.accel.runs.mask.dtype == torch.float32
+    policy.accel = ()
     rows, _ = act_round(policy, obs, 6, seed=0)
     assert_same_round(runs, rows)
 
 
 def test_rounds_that_cannot_run_as_runs_decode_per_row(monkeypatch, eager_lm_setup):
     """Runs of unequal length, and a model that would not honour the layout's mask (a sliding window
-    shorter than the runs may grow), keep one cache row per sequence."""
+    shorter than the runs may grow), decode on the plain path."""
     venv, policy = eager_lm_setup("egsw/Arithmetic-v0", 8, 5)
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 2 + [3] * 2)
     with torch.inference_mode():
-        assert policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None)[3].runs is None
+        assert policy.act({k: torch.as_tensor(v) for k, v in obs.items()}, None)[3].accel is None
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     seen = []
@@ -121,7 +124,7 @@ def test_rounds_that_cannot_run_as_runs_decode_per_row(monkeypatch, eager_lm_set
         seen.append(length)
         return None if length is not None and length > policy.obs_len else "sdpa"
 
-    monkeypatch.setattr(policy_module, "custom_mask_attention", no_long_masks)
+    monkeypatch.setattr(shared_decode_module, "custom_mask_attention", no_long_masks)
     with torch.inference_mode():
-        assert policy.act(obs, None)[3].runs is None
+        assert policy.act(obs, None)[3].accel is None
     assert max(seen) > policy.obs_len  # asked about the runs' longest sequence, not one row's

@@ -1,4 +1,4 @@
-"""Pure input preparation for :class:`~egsw_gym.policies.lm.LMPolicy`: packing, positions, repeats.
+"""Input preparation for :class:`~egsw_gym.policies.lm.LMPolicy`: prompt packing and positions.
 
 The sampling path (:meth:`LMPolicy.act`) and the training path
 (:func:`~egsw_gym.policies.lm.forward.sequence_log_probs`) build their inputs with the same
@@ -14,8 +14,6 @@ from typing import Any
 import torch
 
 __all__ = [
-    "causal_attention_mask",
-    "distinct_prompts",
     "last_position",
     "last_true",
     "position_ids_from_mask",
@@ -99,33 +97,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor, max_position: int | Non
     return positions
 
 
-def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The ``(B, 1, L, L)`` boolean attention mask of a left-padded batch (True: attend).
-
-    Query ``i`` sees every real key ``j <= i``, which is what ``transformers`` builds from the 2D
-    mask for SDPA attention; passed as it is, the model builds none. A padding query sees only
-    itself: its output is never used, but a query that may attend to nothing would give undefined
-    values (and NaN keys or values in a KV cache).
-
-    Parameters
-    ----------
-    attention_mask : torch.Tensor
-        ``(B, L)`` 1 for real tokens, 0 for padding.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, 1, L, L)`` bool.
-    """
-    length = attention_mask.shape[1]
-    device = attention_mask.device
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
-    allowed = (causal & attention_mask.bool()[:, None, :]) | torch.eye(
-        length, dtype=torch.bool, device=device
-    )
-    return allowed[:, None]
-
-
 def last_position(config: Any) -> int | None:
     """Last usable position of models with a fixed position table (GPT-2), else ``None``."""
     for name in ("n_positions", "max_position_embeddings"):
@@ -142,41 +113,3 @@ def last_true(mask: torch.Tensor) -> torch.Tensor:
     """
     steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
     return (mask.bool() * steps).amax(1) if mask.shape[1] else mask.new_zeros(mask.shape[0], dtype=torch.long)
-
-
-def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Rows that start each run of repeated prompts, and every row's run, when some prompts repeat.
-
-    GRPO samples ``group_size`` completions of every prompt, and lays a group's rows out next to
-    each other, so a batch usually holds each prompt ``group_size`` times in a row. A causal LM's
-    states over a prompt do not depend on what follows it, so such a run needs one forward pass;
-    its KV cache is then gathered for every row of the run (:func:`~egsw_gym.policies.lm.compat.gather_cache`), or
-    decoded as one sequence per run (:mod:`~egsw_gym.policies.lm.shared_decode`), which is exact
-    (also for gradients, which the gather sums back). Only *adjacent* equal rows are merged: that
-    is one comparison per row (a sort-based ``torch.unique`` costs more than the pass it saves on
-    small batches), and equal prompts further apart are simply run again.
-
-    Parameters
-    ----------
-    ids, mask : torch.Tensor
-        ``(B, L)`` packed prompts (:func:`prepare_prompt`).
-
-    Returns
-    -------
-    tuple of torch.Tensor or None
-        ``(first_rows, inverse)``: ``first_rows`` ``(U,)`` the first row of each run, increasing;
-        ``inverse`` ``(B,)`` the index into ``first_rows`` of every row's run; ``None`` when no two
-        adjacent rows hold the same prompt (nothing to share).
-    """
-    batch = ids.shape[0]
-    if batch < 2:
-        return None
-    # Padding ids may differ between equal prompts: compare ids only where the mask is real (token
-    # ids are >= 0, so -1 also encodes the mask itself).
-    key = torch.where(mask.bool(), ids, -1)
-    starts = torch.ones(batch, dtype=torch.bool, device=ids.device)
-    starts[1:] = (key[1:] != key[:-1]).any(1)
-    first_rows = starts.nonzero().squeeze(1)
-    if len(first_rows) == batch:
-        return None
-    return first_rows, starts.cumsum(0) - 1

@@ -1,10 +1,14 @@
 """The :class:`LMPolicy` class: a causal LM as a GRPO policy, and its per-round :class:`LMState`.
 
-The pure pieces it is made of live next to it: :mod:`~egsw_gym.policies.lm.inputs` (prompt packing
-and positions), :mod:`~egsw_gym.policies.lm.forward` (prefill and teacher-forced passes),
-:mod:`~egsw_gym.policies.lm.compat` (``transformers`` version shims),
-:mod:`~egsw_gym.policies.lm.build` (construction) and :mod:`~egsw_gym.policies.lm.decode` (the
-compiled decode path). See :mod:`egsw_gym.policies.lm` for the overview.
+The plain path is all in this file and :mod:`~egsw_gym.policies.lm.forward`:
+
+- :meth:`LMPolicy.act` prefills a round's (left-padded) prompts once, then feeds one token a step
+  through the model's KV cache, and samples the next token from ``log_softmax(logits / tau)``;
+- :meth:`LMPolicy.evaluate_sequences` recomputes the same log-probs and entropies, with gradients, in
+  one teacher-forced pass (:func:`~egsw_gym.policies.lm.forward.sequence_log_probs`).
+
+The accelerations named in ``accel`` (:mod:`egsw_gym.policies.lm.accel`) take over parts of those
+two methods where they apply, and compute the same numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from egsw_gym.policies.base import GRPOPolicy
-from egsw_gym.policies.lm.activations import use_fast_tanh_gelu
+from egsw_gym.policies.lm import accel as accelerations
 from egsw_gym.policies.lm.build import (
     apply_lora,
     build_model,
@@ -33,21 +36,11 @@ from egsw_gym.policies.lm.build import (
     resolve_tokenizer,
     zero_dropout,
 )
-from egsw_gym.policies.lm.accel.cache import reserve_cache
-from egsw_gym.policies.lm.compat import custom_mask_attention, forward_kwargs, output_cache, unwrap_peft
-from egsw_gym.policies.lm.accel.static_decode import StaticDecoder, StaticRound, choose_tokens, compile_available
-from egsw_gym.policies.lm.forward import sequence_log_probs, shared_prefill
-from egsw_gym.policies.lm.inputs import (
-    causal_attention_mask,
-    distinct_prompts,
-    last_position,
-    last_true,
-    position_ids_from_mask,
-    prepare_prompt,
-)
-from egsw_gym.policies.lm.accel.shared_decode import RunDecode, uniform_runs
+from egsw_gym.policies.lm.compat import forward_kwargs, output_cache, unwrap_peft
+from egsw_gym.policies.lm.forward import choose_tokens, sequence_log_probs, token_log_softmax
+from egsw_gym.policies.lm.inputs import last_position, last_true, position_ids_from_mask, prepare_prompt
 
-__all__ = ["AUTO_COMPILE_AFTER_S", "LMPolicy", "LMState"]
+__all__ = ["LMPolicy", "LMState"]
 
 
 @dataclass
@@ -57,50 +50,24 @@ class LMState:
     Attributes
     ----------
     cache : Any
-        The model's KV cache (a ``transformers`` ``Cache``).
-    mask_buffer : torch.Tensor or None
-        ``(B, capacity)`` attention mask, allocated once per round: the packed prompt mask followed
-        by ones, so a step passes the view ``mask_buffer[:, :length]`` instead of concatenating.
-        ``None`` when the round decodes as runs (``runs``).
-    length : int
-        Tokens of each row so far (its prompt's packed columns and its generated tokens).
-    next_positions : torch.Tensor
-        ``(B, 1)`` position id of the next token fed (real tokens so far per row).
-    last_actions : torch.Tensor
+        The model's KV cache (a ``transformers`` ``Cache``) over every token fed so far.
+    attention_mask : torch.Tensor
+        ``(B, L)`` 1 for the real tokens the cache holds (the packed prompt, then one column per
+        token fed).
+    positions : torch.Tensor
+        ``(B, 1)`` position id of the next token fed (the real tokens so far of each row).
+    last_actions : torch.Tensor or None
         ``(B, 1)`` the tokens chosen at the previous step, fed at the next one.
-    static : StaticRound or None
-        Set when the round decodes on a static cache with a compiled step
-        (:mod:`egsw_gym.policies.lm.decode`); ``cache`` is then ``None``.
-    runs : RunDecode or None
-        Set when the round's rows come in runs of one prompt decoded with one cache sequence per
-        run (:mod:`egsw_gym.policies.lm.shared_decode`); ``cache`` then has one row per run.
+    accel : Any
+        ``None`` on the plain path; else the accelerated round (:mod:`egsw_gym.policies.lm.accel`)
+        that holds the round's cache instead of ``cache``.
     """
 
     cache: Any
-    mask_buffer: torch.Tensor | None
-    length: int
-    next_positions: torch.Tensor
-    last_actions: torch.Tensor
-    static: StaticRound | None = None
-    runs: RunDecode | None = None
-
-
-#: ``compile_decode="auto"`` compiles once this many seconds of CPU time (``time.process_time``,
-#: which other processes' load does not inflate) have gone into eager decode steps: a compilation
-#: costs 10-50 s on a CPU (3-5 s with inductor's on-disk cache warm) and about halves a tiny model's
-#: step, so paying for it after about twice its cost in eager steps bounds the waste (ski rental),
-#: and short runs (the demo's arithmetic GRPO: ~25 s of decoding per run) never compile.
-AUTO_COMPILE_AFTER_S = 120.0
-
-
-def _plain_train(module: torch.nn.Module) -> bool:
-    """Whether ``module.train(mode)`` only sets ``module.training`` (and its children's)."""
-    method = type(module).train
-    if method is torch.nn.Module.train:
-        return True
-    return getattr(method, "__qualname__", "") == "PreTrainedModel.train" and not getattr(
-        module, "use_kernels", False
-    )
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    last_actions: torch.Tensor | None = None
+    accel: Any = None
 
 
 class LMPolicy(GRPOPolicy):
@@ -154,23 +121,17 @@ class LMPolicy(GRPOPolicy):
     optimizer_kwargs : dict or None
         Extra optimizer keyword arguments (not the learning rate). Adam and AdamW get
         ``fused=True`` unless ``fused`` or ``foreach`` is given.
-    compile_decode : bool or "auto"
-        Decode the tokens after a round's prefill on a static KV cache with a ``torch.compile`` d
-        single-token step (:mod:`egsw_gym.policies.lm.decode`): about 2x faster steps for small
-        models once compiled, same tokens, log-probs and entropies (to float rounding), but the
-        compilation costs 15-50 s per shape bucket on a CPU. ``True`` compiles at the first round;
-        ``False`` never; ``"auto"`` (default) compiles once :data:`AUTO_COMPILE_AFTER_S` CPU seconds
-        have gone into eager decode steps, so short runs do not pay for it. Where compilation is
-        unavailable or fails the policy warns and decodes eagerly.
+    accel : str or iterable of str
+        The accelerations to use (:mod:`egsw_gym.policies.lm.accel`), each computing the same
+        tokens, log-probs and entropies as the plain path up to float rounding: ``"shared_decode"``
+        (decode GRPO's runs of one prompt with one KV-cache sequence per run), ``"prefix_tree"``
+        (the training pass over each run of one prompt as a prefix tree), ``"compile"`` (decode on
+        a static KV cache with a ``torch.compile`` d step; the first round of each shape compiles).
+        Default :data:`~egsw_gym.policies.lm.accel.DEFAULT_ACCEL`; ``()`` runs the plain path
+        only; ``"all"`` every acceleration.
     """
 
     uses_step_observations = False
-
-    #: Decode a round whose rows come in runs of one prompt of equal length (GRPO's groups) with one
-    #: KV-cache sequence per run (:mod:`~egsw_gym.policies.lm.shared_decode`): the same numbers up
-    #: to float rounding, without a copy of each prompt's cache per row. ``False``: one cache row per
-    #: sequence, as ``generate`` decodes.
-    shared_prompt_decode: bool = True
 
     def __init__(
         self,
@@ -187,13 +148,14 @@ class LMPolicy(GRPOPolicy):
         autocast: bool | str | None = None,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
-        compile_decode: bool | str = "auto",
+        accel: str | tuple[str, ...] | list[str] = accelerations.DEFAULT_ACCEL,
     ) -> None:
         obs_len = check_spaces(observation_space, action_space)
-        if not (isinstance(compile_decode, bool) or compile_decode == "auto"):
-            raise ValueError(f"compile_decode must be True, False or 'auto', got {compile_decode!r}")
+        self.accel = accelerations.check_accel(accel)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (autocast is None or isinstance(autocast, bool) or autocast in ("bfloat16", "float16")):
+            raise ValueError(f"autocast must be None, True, False, 'bfloat16' or 'float16', got {autocast!r}")
         super().__init__(
             observation_space,
             action_space,
@@ -206,25 +168,21 @@ class LMPolicy(GRPOPolicy):
         self.torch_dtype = torch_dtype
         self.lora_config = lora_config
         self.disable_dropout = disable_dropout
-        if not (autocast is None or isinstance(autocast, bool) or autocast in ("bfloat16", "float16")):
-            raise ValueError(f"autocast must be None, True, False, 'bfloat16' or 'float16', got {autocast!r}")
         self.autocast = autocast
-        dtype = resolve_dtype(torch_dtype)
 
         self.tokenizer = resolve_tokenizer(tokenizer, model)
-        self.model = build_model(model, model_config, dtype, obs_len, self.n_actions, self.tokenizer)
+        self.model = build_model(
+            model, model_config, resolve_dtype(torch_dtype), obs_len, self.n_actions, self.tokenizer
+        )
         check_model(self.model, self.n_actions, obs_len)
         if lora_config is not None:
             self.model = apply_lora(self.model, lora_config)
         if disable_dropout:  # after LoRA, which brings its own dropout modules
             zero_dropout(self.model)
-        use_fast_tanh_gelu(self.model)  # same function; faster on CPU where no gradient is recorded
         self._cache_kw, self._has_logits_to_keep = forward_kwargs(self.model)
         self._max_position = last_position(self.base_model.config)
         self._fill_token_id = self._special_id("bos_token_id", "eos_token_id", "pad_token_id")
-        self.compile_decode = compile_decode
-        self._decoder: StaticDecoder | None = None
-        self._eager_decode_seconds = 0.0
+        self._decoder: accelerations.StaticDecoder | None = None  # built at the first compiled round
 
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = self.optimizer_class(
@@ -246,21 +204,6 @@ class LMPolicy(GRPOPolicy):
                     return value
         return 0
 
-    def train(self, mode: bool = True) -> LMPolicy:
-        """``nn.Module.train``: set ``training`` on the policy and every submodule.
-
-        ``nn.Module.train`` recurses and sets the flag through ``Module.__setattr__``, ~75 us for the
-        tiny GPT-2's 35 modules, and GRPO switches modes twice a step. Where no submodule customises
-        ``train`` (``transformers``' only does so for hub kernels, ``use_kernels``), the flags are
-        set directly: same result. Otherwise (peft layers, kernels...) ``nn.Module.train`` runs.
-        """
-        modules = list(self.modules())
-        if not isinstance(mode, bool) or not all(_plain_train(m) for m in modules[1:]):  # [0] is self
-            return super().train(mode)
-        for module in modules:
-            object.__setattr__(module, "training", mode)
-        return self
-
     def _get_constructor_parameters(self) -> dict[str, Any]:
         """What SB3's ``save``/``load`` need to rebuild this policy without the hub or the original model.
 
@@ -281,7 +224,7 @@ class LMPolicy(GRPOPolicy):
             autocast=self.autocast,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
-            compile_decode=self.compile_decode,
+            accel=self.accel,
         )
         return data
 
@@ -325,7 +268,7 @@ class LMPolicy(GRPOPolicy):
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The ``torch.autocast`` context of the model's forward passes (see the ``autocast`` argument)."""
-        setting = getattr(self, "autocast", None)  # policies pickled before the option existed
+        setting = self.autocast
         device = self.device
         if setting is False or (setting is None and device.type != "cuda"):
             return contextlib.nullcontext()
@@ -351,12 +294,27 @@ class LMPolicy(GRPOPolicy):
     def _next_token(
         self, logits: torch.Tensor, deterministic: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Choose tokens from ``(B, V)`` last-position logits; return actions, log-probs, entropies."""
-        logits = logits[:, : self.n_actions].float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        uniform = None if deterministic else torch.rand(logits.shape[0], 1, device=logits.device)
-        return choose_tokens(logits, uniform)
+        """Choose tokens from ``(B, V)`` next-token logits; return actions, log-probs, entropies."""
+        log_p = token_log_softmax(logits, self.n_actions, self.temperature)  # log p = log_softmax(z / tau)
+        uniform = None if deterministic else torch.rand(log_p.shape[0], 1, device=log_p.device)
+        return choose_tokens(log_p, uniform)
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One cached forward pass: the ``(B, V)`` logits after each row's last token, and the new cache."""
+        kwargs: dict[str, Any] = {self._cache_kw: cache}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1  # only the last column's logits are needed
+        with self._autocast():
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
+        return output.logits[:, -1], output_cache(output)
 
     def act(
         self, obs: PyTorchObs, state: LMState | None, deterministic: bool = False
@@ -368,7 +326,8 @@ class LMPolicy(GRPOPolicy):
         obs : dict of torch.Tensor
             ``input_ids`` and ``attention_mask``, ``(n_envs, P + N)`` (or one unbatched observation).
             Read only when ``state`` is None; afterwards the previous actions are fed back, so
-            environments that auto-reset mid-round do not disturb the others' caches.
+            environments that auto-reset mid-round do not disturb the others' caches (the rollout
+            masks what a finished row generates).
         state : LMState or None
             ``None`` at the first step of a round (prefill the prompt); afterwards the value the
             previous call returned.
@@ -390,174 +349,64 @@ class LMPolicy(GRPOPolicy):
         # caller gets ordinary tensors it may later combine with tensors that require grad.
         with torch.inference_mode():
             if state is None:
-                state, chosen = self._prefill(obs, deterministic)
+                state, logits = self._prefill(obs)
+                chosen = self._next_token(logits, deterministic)
             else:
-                chosen = self._static_step(state, deterministic) if state.static is not None else None
+                chosen = self._accelerated_step(state, deterministic) if state.accel is not None else None
                 if chosen is None:
-                    chosen = self._eager_step(state, deterministic)
-                state.length += 1
-                state.next_positions = state.next_positions + 1
+                    chosen = self._next_token(self._decode_step(state), deterministic)
+                state.positions = state.positions + 1
             actions, log_probs, entropies = chosen
             state.last_actions = actions.unsqueeze(-1)
         return actions.clone(), log_probs.clone(), entropies.clone(), state
 
-    def _prefill(self, obs: PyTorchObs, deterministic: bool) -> tuple[LMState, tuple[torch.Tensor, ...]]:
-        """First step of a round: run the prompts, choose the first tokens, maybe go static or runs."""
-        ids, mask = self._obs_tensors(obs)
-        ids, mask = prepare_prompt(ids, mask, self._fill_token_id)
-        batch, length = ids.shape
-        inputs = {
-            "input_ids": ids,
-            # SDPA models take the 4D mask as it is, so transformers builds none (~0.2 ms a round).
-            "attention_mask": causal_attention_mask(mask)
-            if custom_mask_attention(self.model, length) == "sdpa"
-            else mask,
-            "position_ids": position_ids_from_mask(mask, self._max_position),
-            self._cache_kw: None,
-        }
-        if self._has_logits_to_keep:
-            inputs["logits_to_keep"] = 1
-        # Room for as many new tokens as the prompt has, within the observation window (which
-        # every round fits); a longer round doubles it. Reserving the whole window up front
-        # would hold a large model's cache for tokens most rounds never generate.
-        room = min(self.obs_len, 2 * length) - length
-        run_steps = max(room, 1)  # a run's mask and cache hold at least one step
-        decoder = self._static_decoder()
-        shared = distinct_prompts(ids, mask)
-        runs = None if decoder is not None else self._decode_runs(shared, mask, length, run_steps)
-        with self._autocast():
-            prefilled = None if runs is None else shared_prefill(self.model, inputs, *shared, gather=False)
-            if prefilled is None:
-                runs, prefilled = None, self._forward_step(inputs, shared)
-        cache, logits = prefilled
-        state = LMState(cache, None, length, mask.sum(1, keepdim=True), ids[:, -1:], runs=runs)
-        if runs is not None:
-            reserve_cache(cache, runs.cache_length(run_steps))
-            return state, self._next_token(logits, deterministic)
-        # One allocation for the whole round: the prompt mask then ones for every token fed
-        # later (a round takes at most obs_len steps; _eager_step grows it beyond).
-        state.mask_buffer = torch.cat([mask, mask.new_ones(batch, self.obs_len)], dim=1)
-        if decoder is not None:
-            state.static = decoder.begin(cache, mask, self.obs_len)
-            if state.static is not None:
-                state.cache = None
-        if state.cache is not None:
-            reserve_cache(state.cache, length + room)
-        return state, self._next_token(logits, deterministic)
-
-    def _decode_runs(
-        self, shared: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor, length: int, steps: int
-    ) -> RunDecode | None:
-        """The run layout of a round (:mod:`~egsw_gym.policies.lm.shared_decode`), its mask made for
-        ``steps`` decode steps, or ``None`` where its rows do not come in runs of one length or the
-        model cannot take the layout's mask."""
-        if not self.shared_prompt_decode or shared is None:
-            return None
-        first_rows, _ = shared
-        size = uniform_runs(first_rows, mask.shape[0])
-        if size is None:
-            return None
-        # The runs' sequences grow by `size` keys a step: the model must honour the custom mask
-        # (no sliding window shorter than they may grow) for the whole round.
-        attention = custom_mask_attention(self.model, length + size * self.obs_len)
-        if attention is None:
-            return None
-        dtype = None if attention == "sdpa" else next(self.model.parameters()).dtype
-        return RunDecode.start(mask[first_rows], size, steps, dtype)
-
-    def _static_decoder(self) -> StaticDecoder | None:
-        """The compiled decoder when this round should use it (see ``compile_decode``), else ``None``."""
-        setting = getattr(self, "compile_decode", False)  # policies pickled before the option existed
-        if setting is False or (setting == "auto" and self._eager_decode_seconds < AUTO_COMPILE_AFTER_S):
-            return None
-        if not isinstance(self._autocast(), contextlib.nullcontext):
-            return None  # mixed precision rounds differently in a compiled graph: stay eager
-        if self._decoder is None:
-            reason = compile_available(self.device)
-            self._decoder = StaticDecoder(
-                self.model, self.n_actions, self.temperature, self._cache_kw, self._has_logits_to_keep
-            )
-            if reason is not None:
-                self._decoder._fail(reason)
-        return None if self._decoder.failure is not None else self._decoder
-
-    def _positions(self, state: LMState) -> torch.Tensor:
-        """``(B, 1)`` position ids of the tokens fed next, clamped to the model's last position.
-
-        A row's position counts its real tokens, at most ``state.length``; a round stays within the
-        position table (:func:`~egsw_gym.policies.lm.build.check_model`), so the clamp only runs for steps beyond it.
-        """
-        if self._max_position is not None and state.length > self._max_position:
-            return state.next_positions.clamp(max=self._max_position)
-        return state.next_positions
-
-    def _static_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...] | None:
-        """A compiled decode step; ``None`` (and the round continues eagerly) when the bucket is full or failed."""
-        chosen = self._decoder.step(state.static, state.last_actions, self._positions(state), deterministic)
-        if chosen is None:
-            state.cache = self._decoder.to_dynamic(state.static)
-            state.static = None
-        return chosen
-
-    def _eager_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...]:
-        """A decode step on the model's dynamic KV cache (timed, for ``compile_decode="auto"``)."""
-        t0 = time.process_time()
-        length = state.length + 1
-        if state.runs is not None:
-            logits = self._run_step(state, length)
-        else:
-            if length > state.mask_buffer.shape[1]:
-                state.mask_buffer = torch.cat([state.mask_buffer, torch.ones_like(state.mask_buffer)], dim=1)
-            mask = state.mask_buffer[:, :length]
-            if custom_mask_attention(self.model, length) == "sdpa":
-                # The (B, 1, 1, K) mask of one new token as it is: transformers then builds none
-                # (~0.15 ms a step on the tiny model), and computes the same attention.
-                mask = mask[:, None, None, :].bool()
-            inputs = {
-                "input_ids": state.last_actions,
-                "attention_mask": mask,
-                "position_ids": self._positions(state),
-                self._cache_kw: state.cache,
-            }
-            if self._has_logits_to_keep:
-                inputs["logits_to_keep"] = 1
+    def _prefill(self, obs: PyTorchObs) -> tuple[LMState, torch.Tensor]:
+        """First step of a round: run the prompts once; the state and the ``(B, V)`` next-token logits."""
+        ids, mask = prepare_prompt(*self._obs_tensors(obs), self._fill_token_id)  # left-padded
+        position_ids = position_ids_from_mask(mask, self._max_position)
+        state = LMState(cache=None, attention_mask=mask, positions=mask.sum(1, keepdim=True))
+        if "shared_decode" in self.accel:
             with self._autocast():
-                state.cache, logits = self._forward_step(inputs)
-        chosen = self._next_token(logits, deterministic)
-        self._eager_decode_seconds += time.process_time() - t0
+                started = accelerations.start_run_decode(
+                    self.model, ids, mask, position_ids, self.obs_len, self._next_token
+                )
+            if started is not None:
+                state.accel, logits = started
+                return state, logits
+        logits, state.cache = self._forward(ids, mask, position_ids, cache=None)
+        if "compile" in self.accel and isinstance(self._autocast(), contextlib.nullcontext):
+            state.accel = self._static_decoder().begin(state.cache, mask, self.obs_len)
+            if state.accel is not None:
+                state.cache = None  # the static round holds a copy
+        return state, logits
+
+    def _decode_step(self, state: LMState) -> torch.Tensor:
+        """Feed every row's last token through the KV cache; the ``(B, V)`` logits of the next one."""
+        mask = state.attention_mask
+        state.attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = state.positions
+        if self._max_position is not None:  # only steps past an episode's end can reach it
+            positions = positions.clamp(max=self._max_position)
+        logits, state.cache = self._forward(state.last_actions, state.attention_mask, positions, state.cache)
+        return logits
+
+    def _accelerated_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...] | None:
+        """A decode step of an accelerated round; ``None`` when the round continues on the plain path."""
+        positions = state.positions
+        if self._max_position is not None:
+            positions = positions.clamp(max=self._max_position)
+        with self._autocast():
+            chosen = state.accel.step(state.last_actions, positions, deterministic)
+        if chosen is None:  # e.g. a compiled round outgrew its static cache: go on plainly from there
+            state.cache, state.attention_mask = state.accel.to_plain()
+            state.accel = None
         return chosen
 
-    def _run_step(self, state: LMState, length: int) -> torch.Tensor:
-        """A decode step of a round laid out as runs: each run's ``R`` new tokens side by side in one
-        sequence of the batch (``(G, R)``), each at its own row's position. ``(B, V)`` logits."""
-        runs = state.runs
-        inputs = {
-            "input_ids": state.last_actions.view(-1, runs.size),
-            "attention_mask": runs.step_mask(length - runs.prompt_length),
-            "position_ids": self._positions(state).view(-1, runs.size),
-            self._cache_kw: state.cache,
-        }
-        with self._autocast():
-            output = self.model(**inputs, use_cache=True)
-        state.cache = output_cache(output)
-        return output.logits.reshape(-1, output.logits.shape[-1])
-
-    def _forward_step(
-        self, inputs: dict[str, Any], shared: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[Any, torch.Tensor]:
-        """One cached forward pass of :meth:`act`: the new KV cache and the ``(B, V)`` next-token logits.
-
-        A prefill whose batch repeats prompts (``shared``, from :func:`distinct_prompts`: a GRPO
-        round holds ``group_size`` rows per prompt) runs each run of repeated prompts once
-        (:func:`~egsw_gym.policies.lm.forward.shared_prefill`); the rows' caches and logits are the
-        same as a full prefill's.
-        """
-        if shared is not None:
-            prefilled = shared_prefill(self.model, inputs, *shared)
-            if prefilled is not None:
-                return prefilled
-        output = self.model(**inputs, use_cache=True)
-        return output_cache(output), output.logits[:, -1]
+    def _static_decoder(self) -> accelerations.StaticDecoder:
+        """The policy's compiled decoder (built once; it turns itself off where compiling fails)."""
+        if self._decoder is None:
+            self._decoder = accelerations.StaticDecoder(self.model, self.n_actions, self.temperature)
+        return self._decoder
 
     def evaluate_sequences(
         self,
@@ -588,7 +437,7 @@ class LMPolicy(GRPOPolicy):
             ``(B, T)`` float32 entropies of each step's (tempered) next-token distribution.
         """
         del step_obs
-        ids, prompt_mask = self._obs_tensors(first_obs)
+        ids, prompt_mask = prepare_prompt(*self._obs_tensors(first_obs), self._fill_token_id)
         actions = torch.as_tensor(actions, device=self.device).long()
         if actions.dim() == 3:
             actions = actions.squeeze(-1)
@@ -596,16 +445,22 @@ class LMPolicy(GRPOPolicy):
         # Padding may hold anything (GRPO zero-pads); keep it a valid token id for the embedding.
         actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
         with self._autocast():
-            log_probs, entropies = sequence_log_probs(
-                self.model,
-                ids,
-                prompt_mask,
-                actions,
-                n_actions=self.n_actions,
-                temperature=self.temperature,
-                fill_token_id=self._fill_token_id,
-                lengths=last_true(mask),
-            )
+            out = None
+            if "prefix_tree" in self.accel:
+                out = accelerations.prefix_tree_log_probs(
+                    self.model, ids, prompt_mask, actions, last_true(mask), self.n_actions, self.temperature
+                )
+            if out is None:
+                out = sequence_log_probs(
+                    self.model,
+                    ids,
+                    prompt_mask,
+                    actions,
+                    self.n_actions,
+                    self.temperature,
+                    self._fill_token_id,
+                )
+        log_probs, entropies = out
         zero = torch.zeros((), device=log_probs.device)
         return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
 

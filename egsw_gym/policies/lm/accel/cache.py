@@ -1,15 +1,12 @@
-"""A KV cache that grows in place: each decode step writes its token's keys and values into room
-reserved after the prefill, instead of concatenating the whole cache again.
+"""A KV cache that grows in place, for the run decode (:mod:`~egsw_gym.policies.lm.accel.shared_decode`).
 
 ``transformers``' ``DynamicLayer.update`` runs ``torch.cat([keys, new], dim=-2)`` for every layer and
-step, so a round of ``T`` steps copies its cache ``T`` times: O(T^2) bytes moved. At batch 64 with
-~170-token GSM8K-style rounds on the tiny GPT-2 that concatenation alone took ~110 ms of a ~350 ms
-rollout (one CPU thread), as long as the attention itself. :class:`GrowingLayer` keeps the
-same tensors as views ``buffer[:, :, :length]`` of a preallocated buffer, and an update copies only
-the new token: the keys and values each step returns, and so the attention, are the same numbers.
+step, so a round of ``T`` steps copies its cache ``T`` times: O(T^2) bytes moved, which on long
+rounds costs about as much as the attention itself. :class:`GrowingLayer` keeps the same tensors as
+views ``buffer[:, :, :length]`` of a preallocated buffer, and an update copies only the new token: the
+keys and values each step returns, and so the attention, are the same numbers.
 
-The eager decode path of :class:`~egsw_gym.policies.lm.LMPolicy` converts its prefilled cache with
-:func:`reserve_cache`. Only plain full-attention layers (``DynamicLayer`` itself) are converted;
+Only plain full-attention layers (``DynamicLayer`` itself) are converted (:func:`reserve_cache`);
 sliding-window, quantized or offloaded layers keep their own update rules.
 """
 

@@ -1,27 +1,45 @@
-"""The prefix-tree layout of a batch of repeated prompts: each run of a prompt as one sequence,
-runs packed into rows.
+"""Accelerated training pass ``"prefix_tree"``: each run of a repeated prompt as one prefix tree.
 
 GRPO's batch holds every prompt ``group_size`` times in a row. Laid out as ``prompt, c_1, ..., c_R``
 with a mask that lets each completion ``c_k`` see only the prompt and its own earlier tokens (and
 positions that continue each completion from the end of the prompt), one pass computes for every
-completion token exactly what a pass over ``prompt + c_k`` alone computes
-(:func:`~egsw_gym.policies.lm.forward.prefix_tree_logits`).
+completion token exactly what a pass over ``prompt + c_k`` alone computes, while the prompt is
+computed once per run instead of once per row (:func:`prefix_tree_log_probs`).
 
 Runs differ in length (completions end at different steps, prompts differ), so one run per row
-pads every row to the longest run: ~14% of an arithmetic round's columns. :func:`pack_runs` places
-runs side by side in fewer rows, longest first into the emptiest row, so that rows come out about
-equally long; the mask keeps runs that share a row apart. Which row count is cheapest (fewer,
-longer rows trade padding for attention) is decided by
-:func:`~egsw_gym.policies.lm.forward.prefix_tree_rows`. Nothing here calls a model.
+pads every row to the longest run. :func:`pack_runs` places runs side by side in fewer rows,
+longest first into the emptiest row, so that rows come out about equally long; the mask keeps runs
+that share a row apart. A cost model (:func:`prefix_tree_rows`) picks the row count and falls back
+to the plain pass where the tree would cost more (long completions: its attention grows with the
+square of a row's width).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Packing", "PrefixTree", "pack_runs", "prefix_tree"]
+from egsw_gym.policies.lm.accel.runs import additive_mask, custom_mask_attention, distinct_prompts
+from egsw_gym.policies.lm.compat import forward_kwargs, unwrap_peft
+from egsw_gym.policies.lm.forward import token_log_softmax
+from egsw_gym.policies.lm.inputs import last_position
+
+__all__ = [
+    "Packing",
+    "PrefixTree",
+    "pack_runs",
+    "prefix_tree",
+    "prefix_tree_log_probs",
+    "prefix_tree_logits",
+    "prefix_tree_outputs",
+    "prefix_tree_rows",
+]
+
+# The tree's (K, S, S) mask is built in memory: the tree is used only while it stays this small.
+PREFIX_TREE_MAX_MASK_ELEMENTS = 1 << 22
+# Row counts tried for the tree: one or two runs a row (the cheaper is used).
+PREFIX_TREE_MAX_RUNS_PER_ROW = 2
 
 
 class Packing(NamedTuple):
@@ -195,3 +213,139 @@ def prefix_tree(
     own = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])
     allowed = (causal[None] & same_run & own) | torch.eye(size, dtype=torch.bool, device=device)
     return PrefixTree(input_ids, position_ids, allowed, rows, columns, packing.first_column)
+
+
+def prefix_tree_rows(
+    model: torch.nn.Module,
+    prompt_lengths: torch.Tensor,
+    widths: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+) -> int | None:
+    """How many rows :func:`prefix_tree_outputs` should pack the runs into; ``None`` where it cannot
+    serve ``model`` or the plain pass is cheaper.
+
+    ``prompt_lengths`` ``(U,)`` are the runs' real prompt tokens, ``widths`` ``(B,)`` the completion
+    tokens of each row fed to the model (``length - 1`` for teacher forcing). Costs are counted in
+    attention pairs (a query and a key, ~4d FLOPs a layer): a token's dense layers are ~24d^2 FLOPs,
+    i.e. ~6d pairs, and an output column's logits 2dV FLOPs once, i.e. V / (2 * layers) pairs a
+    layer. Packings of 1 to :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are
+    costed (fewer rows pad less but attend over longer ones); the cheapest is used if it costs no
+    more than the plain pass over every row's ``prompt + completion``.
+    """
+    lengths = prompt_lengths.tolist()
+    prompt_len, width = max(lengths), int(widths.max()) if len(widths) else 0
+    if custom_mask_attention(model, prompt_len + width + 1) is None:
+        return None
+    config = getattr(unwrap_peft(model), "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+    dense = 6 * hidden  # a token's dense layers, in attention pairs
+    logit = (getattr(config, "vocab_size", None) or 0) / (2 * layers)  # an output column's logits
+    n_runs, batch = len(first_rows), len(inverse)
+    run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
+    tokens = run_tokens.tolist()
+    best: tuple[float, int] | None = None
+    for runs_per_row in range(1, PREFIX_TREE_MAX_RUNS_PER_ROW + 1):
+        n_rows = -(-n_runs // runs_per_row)
+        packing = pack_runs(lengths, tokens, n_rows)
+        size = packing.size
+        if n_rows * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
+            continue
+        cost = n_rows * (size * (dense + size) + (size - packing.first_column) * logit)
+        if best is None or cost < best[0]:
+            best = (cost, n_rows)
+    row = prompt_len + width + 1  # the plain pass: every row's prompt and completion
+    plain = batch * (row * (dense + row) + (width + 1) * logit)
+    return best[1] if best is not None and best[0] <= plain else None
+
+
+def prefix_tree_outputs(
+    model: torch.nn.Module, tree: PrefixTree
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The packed runs' next-token logits, and where each row's steps read them.
+
+    Returns ``logits`` ``(K, S', V)`` (the tree's columns from ``tree.first_column`` on, or all of
+    them for a model without ``logits_to_keep``) and ``(rows, columns)``, ``(B, 1)`` and ``(B, T)``
+    indices into its first two dimensions: ``logits[rows, columns]`` are the ``(B, T, V)`` logits
+    of :func:`prefix_tree_logits`. Reading per-step values (log-probs, entropies) through the
+    indices instead of gathering the logits first skips a ``(B, T, V)`` copy and its backward.
+    """
+    _, has_keep = forward_kwargs(model)
+    config = getattr(unwrap_peft(model), "config", None)
+    allowed = tree.allowed[:, None]  # (K, 1, S, S): one mask for every head
+    if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
+        allowed = additive_mask(allowed, next(model.parameters()).dtype)
+    size = tree.input_ids.shape[1]
+    kwargs: dict[str, Any] = {}
+    if has_keep:  # no row reads the outputs left of first_column
+        kwargs["logits_to_keep"] = size - tree.first_column
+    logits = model(
+        input_ids=tree.input_ids,
+        attention_mask=allowed,
+        position_ids=tree.position_ids,
+        use_cache=False,
+        **kwargs,
+    ).logits
+    return logits, (tree.rows[:, None], tree.columns - (size - logits.shape[1]))
+
+
+def prefix_tree_logits(model: torch.nn.Module, tree: PrefixTree) -> torch.Tensor:
+    """``(B, T, V)`` next-token logits before each action, in one pass over the packed runs.
+
+    ``tree`` is the layout of :func:`prefix_tree` (each run's prompt,
+    then all its rows' actions but the last, each row's tokens seeing only the prompt and
+    themselves). Same values (and gradients) as one teacher-forced pass over every row, up to float
+    rounding; a row laid out with ``widths[b]`` actions gets the logits of its first
+    ``widths[b] + 1`` steps, and the later steps repeat its last ones (meant to be masked).
+    """
+    logits, at = prefix_tree_outputs(model, tree)
+    return logits[at]
+
+
+def prefix_tree_log_probs(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    actions: torch.Tensor,
+    lengths: torch.Tensor,
+    n_actions: int | None,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`~egsw_gym.policies.lm.forward.sequence_log_probs` through the prefix tree, where it pays.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    ids, mask : torch.Tensor
+        ``(B, L)`` packed prompts (:func:`~egsw_gym.policies.lm.inputs.prepare_prompt`).
+    actions : torch.Tensor
+        ``(B, T)`` completion tokens.
+    lengths : torch.Tensor
+        ``(B,)`` real actions of each row; the outputs after them are not computed (they repeat the
+        row's last values, for the caller to mask).
+    n_actions, temperature
+        As in :func:`~egsw_gym.policies.lm.forward.sequence_log_probs`.
+
+    Returns
+    -------
+    tuple of torch.Tensor or None
+        ``(B, T)`` log-probs and entropies; ``None`` where no prompt repeats, the model does not take
+        the tree's mask, or the plain pass is cheaper (:func:`prefix_tree_rows`).
+    """
+    batch, steps = actions.shape
+    shared = distinct_prompts(ids, mask) if steps else None
+    if shared is None:
+        return None
+    widths = (lengths.to(ids.device) - 1).clamp(0, steps - 1)  # actions fed back: all but the last
+    n_rows = prefix_tree_rows(model, mask[shared[0]].sum(1), widths, *shared)
+    if n_rows is None:
+        return None
+    config = getattr(unwrap_peft(model), "config", None)
+    tree = prefix_tree(ids, mask, actions[:, :-1], *shared, widths, last_position(config), n_rows)
+    logits, at = prefix_tree_outputs(model, tree)
+    log_p = token_log_softmax(logits, n_actions, temperature)  # (K, S', V)
+    entropies = -(log_p.exp() * log_p).sum(-1)  # (K, S')
+    # Read each row's steps at its columns (no (B, T, V) gather of the logits).
+    return log_p[(*at, actions)], entropies[at]

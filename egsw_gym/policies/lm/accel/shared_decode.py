@@ -1,55 +1,39 @@
-"""Decoding a round whose rows come in runs of one prompt with one copy of each prompt's KV cache.
+"""Accelerated decode ``"shared_decode"``: GRPO's runs of one prompt with one KV-cache sequence per run.
 
-A GRPO round holds every prompt ``group_size`` times in a row. The plain eager decode gathers each
-prompt's KV cache to all of its rows after the shared prefill, and every decode step then reads
-``group_size`` copies of it: at batch 64 with ~100-token GSM8K-style prompts, most of the bytes a
-step's attention reads. Here each run of ``R`` rows is instead *one* sequence of the model's batch::
+A GRPO round holds every prompt ``group_size`` times in a row. The plain decode prefills and keeps
+one copy of each prompt's KV cache per row, and every decode step reads all of them. Here each run
+of ``R`` rows is instead *one* sequence of the model's batch::
 
     [ prompt (P) | step 0: rows 0..R-1 | step 1: rows 0..R-1 | ... ]
 
-A decode step feeds the run's ``R`` new tokens side by side (input ``(G, R)``, each at its own row's
-position id) and appends them to the run's cache; a ``(G, 1, R, K)`` mask (:func:`run_decode_mask`)
-lets row ``r`` attend to the prompt and to its own earlier tokens only (key ``P + s * R + r``). It
-is the decode-time counterpart of the prefix-tree training pass (:mod:`~egsw_gym.policies.lm.tree`):
-the same numbers as one cache per row, up to float rounding, from one attention call over ``G``
-sequences of ``R`` queries instead of ``G * R`` single-query calls over copies of the prompt.
+The prompt is prefilled once per run. A decode step feeds the run's ``R`` new tokens side by side
+(input ``(G, R)``, each at its own row's position id) and appends them to the run's cache; a
+``(G, 1, R, K)`` mask (:func:`run_decode_mask`) lets row ``r`` attend to the prompt and to its own
+earlier tokens only (key ``P + s * R + r``). The numbers are those of one cache row per sequence, up
+to float rounding. The cache grows in place (:mod:`~egsw_gym.policies.lm.accel.cache`).
 
-Measured on the tiny GPT-2 (1 CPU thread, batch 64 in runs of 8), a decode step's attention
-(``torch`` SDPA, per layer): 6-token prompts 106 -> 89 us at the first step, 124 -> 63 us at the
-fourth; 100-token prompts 417 -> 122 us at the first, 627 -> 495 us at the 64th.
-
-Used by :class:`~egsw_gym.policies.lm.LMPolicy`'s eager decode when every run has the same length,
-the model takes a custom 4D mask (:func:`~egsw_gym.policies.lm.compat.custom_mask_attention`) and
-the round is not on the compiled static-cache path (which keeps one cache row per sequence).
+Used where every run has the same length and the model takes a custom 4D mask
+(:func:`~egsw_gym.policies.lm.accel.runs.custom_mask_attention`); other rounds decode plainly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["RunDecode", "additive_mask", "run_decode_mask", "uniform_runs"]
+from egsw_gym.policies.lm.accel.cache import reserve_cache
+from egsw_gym.policies.lm.accel.runs import (
+    additive_mask,
+    custom_mask_attention,
+    distinct_prompts,
+    uniform_runs,
+)
+from egsw_gym.policies.lm.compat import forward_kwargs, output_cache
 
-
-def uniform_runs(first_rows: torch.Tensor, batch: int) -> int | None:
-    """Rows per run when the ``batch`` rows form runs of one length ``R >= 2`` (``first_rows`` from
-    :func:`~egsw_gym.policies.lm.inputs.distinct_prompts`), else ``None``."""
-    runs = len(first_rows)
-    if runs == 0 or batch % runs:
-        return None
-    size = batch // runs
-    if size < 2 or not torch.equal(first_rows, torch.arange(0, batch, size, device=first_rows.device)):
-        return None
-    return size
-
-
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The additive form (0 where allowed, the dtype's minimum elsewhere) that eager attention adds
-    to its scores, of a boolean mask (``True``: attend), which SDPA takes as it is."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min
-    )
+__all__ = ["RunDecode", "RunRound", "run_decode_mask", "start_run_decode"]
 
 
 def run_decode_mask(prompt_mask: torch.Tensor, size: int, steps: int) -> torch.Tensor:
@@ -76,7 +60,7 @@ def run_decode_mask(prompt_mask: torch.Tensor, size: int, steps: int) -> torch.T
 
 @dataclass
 class RunDecode:
-    """A round decoded as runs (see the module docstring): its layout and its mask buffer.
+    """The layout of a round decoded as runs, and its mask buffer.
 
     Attributes
     ----------
@@ -121,3 +105,87 @@ class RunDecode:
     def cache_length(self, tokens: int) -> int:
         """Keys in a run's cache when each row has ``tokens`` generated tokens."""
         return self.prompt_length + tokens * self.size
+
+
+@dataclass
+class RunRound:
+    """A round decoded as runs: the model, its cache (one sequence per run), the layout, tokens fed."""
+
+    model: torch.nn.Module
+    cache: Any
+    runs: RunDecode
+    next_token: Callable[[torch.Tensor, bool], tuple[torch.Tensor, ...]]
+    fed: int = 0
+
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, deterministic: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """Feed ``tokens`` ``(B, 1)`` at ``positions`` ``(B, 1)`` as ``(G, R)``; choose the next tokens."""
+        self.fed += 1
+        size = self.runs.size
+        cache_kw, _ = forward_kwargs(self.model)
+        output = self.model(
+            input_ids=tokens.view(-1, size),
+            attention_mask=self.runs.step_mask(self.fed),
+            position_ids=positions.view(-1, size),
+            use_cache=True,
+            **{cache_kw: self.cache},
+        )
+        self.cache = output_cache(output)
+        return self.next_token(output.logits.reshape(-1, output.logits.shape[-1]), deterministic)
+
+
+def start_run_decode(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    obs_len: int,
+    next_token: Callable[[torch.Tensor, bool], tuple[torch.Tensor, ...]],
+) -> tuple[RunRound, torch.Tensor] | None:
+    """Prefill each run's prompt once and lay the round out as runs; ``None`` where it does not apply.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    ids, mask, position_ids : torch.Tensor
+        ``(B, P)`` the round's packed prompts, their mask and positions.
+    obs_len : int
+        The observation window: the most tokens a round generates per row.
+    next_token : callable
+        ``next_token(logits, deterministic)``: the policy's token choice (the plain path's).
+
+    Returns
+    -------
+    tuple or None
+        The round and the ``(B, V)`` logits of every row's first token; ``None`` when the rows do
+        not come in runs of one length or the model cannot take the layout's mask.
+    """
+    shared = distinct_prompts(ids, mask)
+    size = None if shared is None else uniform_runs(shared[0], ids.shape[0])
+    if size is None:
+        return None
+    first_rows, inverse = shared
+    prompt_len = ids.shape[1]
+    # The runs' sequences grow by `size` keys a step: the model must honour the custom mask (no
+    # sliding window shorter than they may grow) for the whole round.
+    attention = custom_mask_attention(model, prompt_len + size * obs_len)
+    if attention is None:
+        return None
+    cache_kw, has_keep = forward_kwargs(model)
+    output = model(
+        input_ids=ids[first_rows],
+        attention_mask=mask[first_rows],
+        position_ids=position_ids[first_rows],
+        use_cache=True,
+        **{cache_kw: None},
+        **({"logits_to_keep": 1} if has_keep else {}),
+    )
+    # Room for as many new tokens as the prompt has, within the window (a longer round doubles it).
+    steps = max(min(obs_len, 2 * prompt_len) - prompt_len, 1)
+    dtype = None if attention == "sdpa" else next(model.parameters()).dtype
+    runs = RunDecode.start(mask[first_rows], size, steps, dtype)
+    cache = output_cache(output)
+    reserve_cache(cache, runs.cache_length(steps))
+    return RunRound(model, cache, runs, next_token), output.logits[:, -1][inverse]

@@ -1,26 +1,25 @@
-"""A static KV cache and a compiled single-token step for :class:`~egsw_gym.policies.lm.LMPolicy`.
+"""Accelerated decode ``"compile"``: a static KV cache and a ``torch.compile`` d single-token step.
 
-A tiny model's decode step is mostly per-call Python and module dispatch, not arithmetic: about
-1 ms per step for the default 2-layer GPT-2 at batch 8 on one CPU thread, the same as
-``model.generate``. Compiling the step (``torch.compile``, inductor) fuses it into a few kernels,
-which needs shapes that do not change from step to step, hence a preallocated cache:
+A small model's decode step is mostly per-call Python and module dispatch, not arithmetic.
+Compiling the step (``torch.compile``, inductor) fuses it into a few kernels, which needs shapes
+that do not change from step to step, hence a preallocated cache:
 
-- the prompt is prefilled eagerly (with :func:`~egsw_gym.policies.lm.forward.shared_prefill` when
-  prompts repeat), and its KV cache is copied into a ``transformers.StaticCache`` of a *shape
-  bucket*: the batch rounded up to a power of two, the length (prompt + the round's steps) rounded
-  up to a multiple of :data:`LENGTH_BUCKET`; rows added by the rounding are ignored;
+- the prompt is prefilled by the plain path, and its KV cache is copied into a
+  ``transformers.StaticCache`` of a *shape bucket*: the batch rounded up to a power of two, the
+  length (prompt + the round's steps) rounded up to a multiple of :data:`LENGTH_BUCKET`; rows added
+  by the rounding are ignored;
 - each later token runs one compiled function: the model's single-token forward on the static
   cache (attention mask of the bucket's full length; causality hides the slots not written yet)
-  and the token choice (:func:`choose_tokens`, the same code as the eager path), with the uniform
-  numbers drawn outside from the same torch generator as the eager path. Same tokens, and the same
-  log-probs and entropies up to float rounding (the static step's attention reduces over more,
-  masked, slots);
+  and the token choice (:func:`~egsw_gym.policies.lm.forward.choose_tokens`, the plain path's
+  code), with the uniform numbers drawn outside from the same torch generator as the plain path.
+  Same tokens, and the same log-probs and entropies up to float rounding (the static step's
+  attention reduces over more, masked, slots);
 - a bucket is compiled once (its first step) and kept (at most :data:`MAX_BUCKETS`, least recently
   used first out); the compile time is added to :attr:`StaticDecoder.compile_seconds`.
 
 Anything that fails (no C++ compiler for inductor, a model or ``transformers`` version whose cache
-does not fit, a compile error) turns the decoder off with a warning, and the policy continues
-eagerly with the same cache contents (:meth:`StaticDecoder.to_dynamic`).
+does not fit, a compile error) turns the decoder off with a warning, and the round continues on the
+plain path with the same cache contents (:meth:`StaticRound.to_plain`).
 """
 
 from __future__ import annotations
@@ -37,46 +36,27 @@ from typing import Any
 
 import torch
 
+from egsw_gym.policies.lm.compat import forward_kwargs, unwrap_peft
+from egsw_gym.policies.lm.forward import choose_tokens, token_log_softmax
+
 __all__ = [
     "LENGTH_BUCKET",
     "MATH_ATTENTION_MAX_LENGTH",
     "MAX_BUCKETS",
     "StaticDecoder",
     "StaticRound",
-    "choose_tokens",
     "compile_available",
 ]
 
 #: Static cache lengths are multiples of this: fewer shapes (hence fewer compilations) against
-#: attention over fewer unused slots per step. 16 ran a 40-token round at batch 64 about 10% faster
-#: than 64 did; a round whose length crosses a multiple compiles a second bucket.
+#: attention over fewer unused slots per step; a round whose length crosses a multiple compiles a
+#: second bucket.
 LENGTH_BUCKET = 16
 #: On CPU, buckets up to this many cache slots run the compiled step with the model's ``eager``
 #: attention, longer ones with ``sdpa`` (see :meth:`StaticDecoder._decode_attention`).
 MATH_ATTENTION_MAX_LENGTH = 64
 #: Compiled shape buckets kept per policy (each holds a KV cache of its shape).
 MAX_BUCKETS = 4
-
-
-def choose_tokens(
-    logits: torch.Tensor, uniform: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens, log-probs and entropies from ``(B, V)`` float32 (tempered) logits.
-
-    ``uniform`` ``(B, 1)`` in ``[0, 1)`` samples by inverse CDF (one number and a binary search per
-    row, several times cheaper on CPU than ``torch.multinomial``); ``None`` takes the argmax.
-    """
-    log_p = torch.log_softmax(logits, dim=-1)
-    probs = log_p.exp()
-    if uniform is None:
-        actions = logits.argmax(-1)
-    else:
-        cdf = probs.cumsum(-1)
-        u = uniform * cdf[:, -1:]
-        actions = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-    log_probs = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropies = -(probs * log_p).sum(-1)
-    return actions, log_probs, entropies
 
 
 def compile_available(device: torch.device) -> str | None:
@@ -127,11 +107,31 @@ class _Bucket:
 
 @dataclass
 class StaticRound:
-    """The static-cache part of a round's state: its bucket, real batch size and cache length."""
+    """A round decoded on a static cache: its decoder, bucket, real batch size and cache length."""
 
+    decoder: StaticDecoder
     bucket: _Bucket
     batch: int
     length: int
+
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, deterministic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """A compiled decode step (:meth:`StaticDecoder.step`); ``None`` when the bucket is full or failed."""
+        return self.decoder.step(self, tokens, positions, deterministic)
+
+    def to_plain(self) -> tuple[Any, torch.Tensor]:
+        """The round so far as the plain path holds it: a ``DynamicCache`` and the ``(B, L)`` mask."""
+        from transformers import DynamicCache  # lazy: the optional [llm] extra
+
+        dynamic = DynamicCache()
+        for index, layer in enumerate(self.bucket.cache.layers):
+            dynamic.update(
+                layer.keys[: self.batch, :, : self.length].clone(),
+                layer.values[: self.batch, :, : self.length].clone(),
+                index,
+            )
+        return dynamic, self.bucket.mask[: self.batch, : self.length].clone()
 
 
 class StaticDecoder:
@@ -145,10 +145,6 @@ class StaticDecoder:
         Tokens the distribution covers (the environment's action space).
     temperature : float
         Sampling temperature.
-    cache_kw : str
-        The model's KV-cache keyword (``cache`` or ``past_key_values``).
-    has_logits_to_keep : bool
-        Whether the model accepts ``logits_to_keep``.
     compile_fn : bool
         ``False`` runs the static step eagerly (tests of the static path without compilation).
 
@@ -167,20 +163,20 @@ class StaticDecoder:
         model: torch.nn.Module,
         n_actions: int,
         temperature: float,
-        cache_kw: str,
-        has_logits_to_keep: bool,
         compile_fn: bool = True,
     ) -> None:
         self.model = model
         self.n_actions = n_actions
         self.temperature = temperature
-        self.cache_kw = cache_kw
-        self.has_logits_to_keep = has_logits_to_keep
+        self.cache_kw, self.has_logits_to_keep = forward_kwargs(model)
         self.compile_fn = compile_fn
         self.buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
         self.compile_seconds = 0.0
         self.compiled_buckets = 0
         self.failure: str | None = None
+        reason = compile_available(next(model.parameters()).device) if compile_fn else None
+        if reason is not None:
+            self._fail(reason)
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
@@ -198,9 +194,8 @@ class StaticDecoder:
         from transformers import StaticCache  # lazy: the optional [llm] extra
 
         rows, cache_len = key
-        config = getattr(self.model, "config", None)
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        cache = StaticCache(config=base.config if config is None else config, max_cache_len=cache_len)
+        config = getattr(self.model, "config", None) or unwrap_peft(self.model).config
+        cache = StaticCache(config=config, max_cache_len=cache_len)
         device = like.device
         bucket = _Bucket(
             cache=cache,
@@ -225,10 +220,8 @@ class StaticDecoder:
 
         def step(tokens, positions, mask, uniform):
             logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, **extra).logits
-            logits = logits[:, -1, :n_actions].float()
-            if temperature != 1.0:
-                logits = logits / temperature
-            return choose_tokens(logits, None if deterministic else uniform)
+            log_p = token_log_softmax(logits[:, -1], n_actions, temperature)
+            return choose_tokens(log_p, None if deterministic else uniform)
 
         if not self.compile_fn:
             return step
@@ -278,7 +271,7 @@ class StaticDecoder:
         except Exception as err:  # a transformers version or model whose cache does not fit
             self._fail(f"{type(err).__name__}: {err}")
             return None
-        return StaticRound(bucket, batch, prompt_len)
+        return StaticRound(self, bucket, batch, prompt_len)
 
     def step(
         self, state: StaticRound, tokens: torch.Tensor, positions: torch.Tensor, deterministic: bool
@@ -331,7 +324,7 @@ class StaticDecoder:
     def _call(self, bucket: _Bucket, deterministic: bool, fn: Callable) -> tuple[torch.Tensor, ...]:
         """Run a bucket's step; skip dynamo's guard evaluation when nothing it guards can have changed.
 
-        Guard evaluation costs about as much as the compiled step itself for a tiny model (~0.3 ms).
+        Guard evaluation costs about as much as the compiled step itself for a tiny model.
         Each compiled step has its own code object and a single entry, its inputs are always the
         bucket's own buffers (same shapes, dtypes, devices), so the guards can only fail when the
         model, its mode or torch's global state change: those are compared first (``_conditions``),
@@ -353,14 +346,11 @@ class StaticDecoder:
         """On CPU, run a short bucket's step with the model's ``eager`` (matmul-softmax) attention.
 
         A decode step has one query per row against the bucket's whole static cache. Inside the
-        compiled graph, which attention is faster depends on the cache length. Measured with the
-        default tiny model at batch 64 (``benchmarks/lm_rollout_throughput.py``, tokens/s against
-        ``generate``): with a 48-slot cache, the math path 1.58x against SDPA's 1.49x (1.32x
-        against 1.29x at batch 256, equal at batch 8); with a 208-slot cache, SDPA 2.74x against
-        the math path's 2.39x (inductor's fused kernel does not vectorise the long reduction as
-        well as torch's flash kernel). Hence the math path up to :data:`MATH_ATTENTION_MAX_LENGTH`
-        slots, SDPA beyond. The prefill and the training passes keep the model's own attention;
-        the two compute the same attention up to float rounding. CUDA keeps ``sdpa``.
+        compiled graph, which attention is faster depends on the cache length: on CPU the math path
+        was faster for short caches and SDPA for long ones (``benchmarks/lm_rollout_throughput.py``
+        compares them), hence the math path up to :data:`MATH_ATTENTION_MAX_LENGTH` slots, SDPA
+        beyond. The prefill and the training passes keep the model's own attention; the two compute
+        the same attention up to float rounding. CUDA keeps ``sdpa``.
         """
         config = getattr(self.model, "config", None)
         if (
@@ -376,19 +366,6 @@ class StaticDecoder:
             yield
         finally:
             config._attn_implementation = "sdpa"
-
-    def to_dynamic(self, state: StaticRound) -> Any:
-        """A ``DynamicCache`` holding the round's cache so far (to continue eagerly)."""
-        from transformers import DynamicCache  # lazy: the optional [llm] extra
-
-        dynamic = DynamicCache()
-        for index, layer in enumerate(state.bucket.cache.layers):
-            dynamic.update(
-                layer.keys[: state.batch, :, : state.length].clone(),
-                layer.values[: state.batch, :, : state.length].clone(),
-                index,
-            )
-        return dynamic
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
