@@ -148,15 +148,20 @@ class EGSWGRPOConfig(GRPOConfig):
 
     egsw_alpha: float | None = field(
         default=0.1,
-        metadata={"help": "EGSW entropy coefficient alpha in [0, 1e6]; None turns EGSW off (plain GRPOTrainer)."},
+        metadata={
+            "help": "EGSW entropy coefficient alpha in [0, 1e6]; None turns EGSW off (plain GRPOTrainer)."
+        },
     )
     egsw_temperature: float = field(default=1.0, metadata={"help": "EGSW softmax temperature P (>= 1e-6)."})
     egsw_mode: str = field(
         default="trajectory",
-        metadata={"help": "'trajectory': one weight per completion; 'step': one per (completion, token position)."},
+        metadata={
+            "help": "'trajectory': one weight per completion; 'step': one per (completion, token position)."
+        },
     )
     egsw_weight_sum: str = field(
-        default="set_size", metadata={"help": "'set_size' (mean weight 1) or 'one' (weights sum to 1 in a set)."}
+        default="set_size",
+        metadata={"help": "'set_size' (mean weight 1) or 'one' (weights sum to 1 in a set)."},
     )
     egsw_standardize_advantages: bool = field(
         default=True, metadata={"help": "Standardise advantages over the global batch before scoring."}
@@ -243,7 +248,9 @@ class EGSWGRPOTrainer(GRPOTrainer):
         entropies = self._rollout_entropies(output, batch_size)
         advantages = output["advantages"]
         weights, stats = self.compute_egsw_weights(advantages, entropies, mask.bool(), group_size)
-        output["advantages"] = advantages.unsqueeze(1) * weights if weights.dim() == 2 else advantages * weights
+        output["advantages"] = (
+            advantages.unsqueeze(1) * weights if weights.dim() == 2 else advantages * weights
+        )
         self.egsw_last = {"advantages": advantages, "entropies": entropies, "mask": mask, "weights": weights}
         metrics = self._metrics["train" if train else "eval"]
         for key, value in stats.items():

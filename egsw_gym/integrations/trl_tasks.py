@@ -77,7 +77,9 @@ def task_dataset(
             )
         n = available
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= available:
-        raise ValueError(f"n must be an int in [1, {available}] for split {split!r} of {task.name!r}, got {n!r}")
+        raise ValueError(
+            f"n must be an int in [1, {available}] for split {split!r} of {task.name!r}, got {n!r}"
+        )
     if not isinstance(chat, bool):
         raise ValueError(f"chat must be a bool, got {chat!r}")
     rows = []
