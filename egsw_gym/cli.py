@@ -42,6 +42,8 @@ from egsw_gym.experiments.presets import (
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
 from egsw_gym.experiments.rundir import check_regular_file, read_json_file
+from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
+from egsw_gym.experiments.rundir import check_regular_file, read_json_file
 from egsw_gym.experiments.runner import evaluate_model, train_run
 from egsw_gym.experiments.study_report import write_study_report
 
@@ -277,10 +279,13 @@ def _evaluate(args: argparse.Namespace) -> dict:
         spec.eval_episodes = args.episodes
     algo_cls = PPO if spec.base_algo == "ppo" else GRPO
     model_path = run_dir / "model.zip"
-    if not model_path.is_file():
+    if not os.path.lexists(model_path):
         raise ValueError(
             f"{model_path} not found: the run has no saved model (train it, or pass its directory)"
         )
+    check_regular_file(model_path, RUN_LIMITS.model_bytes)  # not a link, FIFO or device
+    if os.path.lexists(run_dir / "vecnormalize.json"):
+        check_regular_file(run_dir / "vecnormalize.json", RUN_LIMITS.json_bytes)
     check_regular_file(model_path, RUN_LIMITS.model_bytes)  # not a link, FIFO or device
     if os.path.lexists(run_dir / "vecnormalize.json"):
         check_regular_file(run_dir / "vecnormalize.json", RUN_LIMITS.json_bytes)

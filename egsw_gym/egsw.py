@@ -261,6 +261,10 @@ class EGSW:
         times smaller, and with sets of varying size (step mode, episode segments in PPO) the sets
         are no longer weighted alike. ``max_weight`` is refused with ``"one"`` (its weights are
         at most 1, so a cap ``>= 1`` would never bind).
+    advantage_coef : float
+        Factor on the (standardised) advantage in the score, ``(advantage_coef * A + alpha * H) / P``,
+        in ``[0, 1e6]``. Default ``1.0`` (the specification). ``0`` removes the advantage term:
+        the weights then follow entropy alone (an ablation of the advantage softmax).
     """
 
     alpha: float = 0.1
@@ -270,6 +274,7 @@ class EGSW:
     max_weight: float | None = None
     entropy_reduction: Literal["mean", "sum"] = "mean"
     weight_sum: Literal["set_size", "one"] = "set_size"
+    advantage_coef: float = 1.0
 
     def __post_init__(self) -> None:
         _check_alpha_temperature(self.alpha, self.temperature, prefix="EGSW.")
@@ -290,6 +295,13 @@ class EGSW:
         )
         check_choice("EGSW.entropy_reduction", self.entropy_reduction, ("mean", "sum"))
         _check_weight_sum(self.weight_sum, prefix="EGSW.")
+        check_number(
+            "EGSW.advantage_coef",
+            self.advantage_coef,
+            low=0.0,
+            high=MAX_ALPHA,
+            hint="1.0 is the specification's score; 0 leaves entropy alone in it",
+        )
         if self.weight_sum == "one" and self.max_weight is not None:
             raise ValueError(
                 f"EGSW.max_weight={self.max_weight!r} never binds with weight_sum='one' (its weights sum to 1 "
@@ -408,6 +420,8 @@ class EGSW:
         elif self.standardize_advantages and advantages.numel() > 1:
             # std floored so a constant batch maps to zeros instead of NaN.
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if self.advantage_coef != 1.0:
+            advantages = advantages * self.advantage_coef
         w = egsw_weights(
             advantages,
             entropies,

@@ -286,7 +286,8 @@ def test_report_writes_the_results_layout(tmp_path):
     assert "| control | ppo | 1 | 4 | 0.250 [0.100, 0.400] |" in summary
     assert "| overall |" not in summary  # no row ran in all three domains (PPO has no LM runs)
     # Same finals for both rows on every seed: a zero paired difference, no seed above.
-    assert "| egsw/Arithmetic-v0 | grpo-egsw | grpo | +0.000; 0-2-0 |" in summary
+    assert "| egsw/Arithmetic-v0 | grpo-egsw | grpo | 2 | +0.000 [+0.000, +0.000] | - | 1.000 | 1.000 |" in summary
+    assert "| 0-2-0 |" in summary
     with open(results / "curves.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == (16 + 4) * 3

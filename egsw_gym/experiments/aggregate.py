@@ -50,6 +50,7 @@ REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "egsw/Arithmetic-v0": (0.0, 1.0),
     "egsw/Countdown-v0": (0.0, 1.0),
     "egsw/GSM8K-v0": (0.0, 1.0),
+    "egsw/ReasoningGym-v0": (0.0, 1.0),
 }
 
 #: points (fractions of each run's budget) of the sample-efficiency curves

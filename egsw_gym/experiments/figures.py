@@ -35,8 +35,9 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    """Tight layout, then PNG without matplotlib's version stamp (same inputs, same bytes)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
     _plt().close(fig)
     return path
 
@@ -59,7 +60,8 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
             capsize=3,
         )
         ax.set_yticks(y, [r["label"] for r in rows])
-        ax.set_title(f"{domain}: IQM normalised score")
+        ax.set_title(f"{domain}\nIQM of normalised final score")
+        ax.set_xlabel("normalised score (0 random, 1 reference)")
         ax.grid(alpha=0.3)
         ax = axes[1, j]
         prow = [r for r in poi if r["domain"] == domain]
@@ -75,8 +77,10 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
         ax.axvline(0.5, color="grey", ls="--")
         ax.set_xlim(0, 1)
         ax.set_yticks(y, [f"{r['x']} > {r['y']}" for r in prow])
-        ax.set_title(f"{domain}: P(X+EGSW > X)")
+        ax.set_title(f"{domain}\nP(X+EGSW > X)")
+        ax.set_xlabel("probability of improvement (0.5: none)")
         ax.grid(alpha=0.3)
+    fig.suptitle("points: estimate; bars: 95% stratified-bootstrap CI over runs (rliable)")
     return _save(fig, path)
 
 
@@ -113,7 +117,7 @@ def plot_performance_profiles(runs: list[dict[str, Any]], path: Path, *, reps: i
             labelsize="medium",
             ticklabelsize="medium",
         )
-        ax.set_title(domain)
+        ax.set_title(f"{domain} (band: 95% bootstrap CI)")
         ax.legend(fontsize="small")  # rliable labels each line with its method
     return _save(fig, path)
 
@@ -138,7 +142,7 @@ def plot_sample_efficiency(runs: list[dict[str, Any]], path: Path, *, reps: int 
             labelsize="medium",
             ticklabelsize="medium",
         )
-        ax.set_title(domain)
+        ax.set_title(f"{domain} (band: 95% bootstrap CI)")
         ax.legend(fontsize="small")  # rliable labels each line with its method
     return _save(fig, path)
 
@@ -164,7 +168,7 @@ def plot_training_reward(
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
         ax.set_xlabel("update step")
         ax.set_ylabel("training reward (mean over the update's completions)")
-        ax.set_title(env_id)
+        ax.set_title(f"{env_id}\nline: mean over seeds; band: +-1 std over seeds", fontsize="medium")
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)

@@ -31,10 +31,11 @@ def _grouped(runs: list[dict], key: str = "algo") -> dict[str, dict[str, list[di
     return by_env
 
 
-def summary_table(runs: list[dict], reps: int = 2000, key: str = "algo") -> str:
+def summary_table(runs: list[dict], reps: int = 2000, key: str = "algo", seed: int = 0) -> str:
     """Markdown table: per environment and algorithm, the final evaluation score's interquartile
     mean with a 95% stratified-bootstrap confidence interval (rliable), the mean, and each seed.
-    ``key`` names the run field that makes the rows (``"variant"`` for a study)."""
+    ``key`` names the run field that makes the rows (``"variant"`` for a study); ``seed`` seeds the
+    bootstrap (NumPy's global generator, which rliable draws from, is restored afterwards)."""
     from rliable import library as rly
     from rliable import metrics
 
@@ -47,9 +48,14 @@ def summary_table(runs: list[dict], reps: int = 2000, key: str = "algo") -> str:
             algo: np.array([[r["final_eval_mean"]] for r in sorted(rs, key=lambda r: r["seed"])])
             for algo, rs in sorted(by_algo.items())
         }
-        point, interval = rly.get_interval_estimates(
-            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
-        )
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            point, interval = rly.get_interval_estimates(
+                scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+            )
+        finally:
+            np.random.set_state(state)
         for algo, s in scores.items():
             lo, hi = interval[algo][:, 0]
             per_seed = ", ".join(f"{v:.3g}" for v in s[:, 0])
@@ -62,30 +68,55 @@ def summary_table(runs: list[dict], reps: int = 2000, key: str = "algo") -> str:
     return "\n".join(lines)
 
 
+def curve_axis_labels(env_id: str, eval_episodes: int | None = None) -> tuple[str, str]:
+    """``(x label, y label)`` of an evaluation curve in the task's own units."""
+    if env_id.startswith("egsw/"):  # text tasks: timesteps are generated tokens, the score an accuracy
+        n = f" ({eval_episodes} problems)" if eval_episodes else ""
+        return "generated tokens", f"held-out greedy accuracy{n}"
+    n = f"{eval_episodes} " if eval_episodes else ""
+    return "environment steps", f"mean return of {n}evaluation episodes"
+
+
+def _thousands(x: float, _pos: int = 0) -> str:
+    """Tick label: 0, 50k, 1.5M."""
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:g}M"
+    return f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
+
+
 def plot_curves(runs: list[dict], out_dir: str | Path, key: str = "algo") -> list[Path]:
-    """One PNG per environment: mean evaluation curve per algorithm (or ``key``) with a min-max band over seeds."""
+    """One PNG per environment: mean evaluation curve per algorithm (or ``key``) with a min-max band over seeds.
+
+    Axes are in the task's units (:func:`curve_axis_labels`), the title names the band, and the
+    legend sits beside the axes so it covers no curve.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     paths = []
     for env_id, by_algo in sorted(_grouped(runs, key).items()):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         for algo, rs in sorted(by_algo.items()):
             # Seeds can evaluate at slightly different steps: interpolate onto the first seed's grid.
             grid = rs[0]["curve"]["timesteps"]
             ys = np.stack([np.interp(grid, r["curve"]["timesteps"], r["curve"]["eval_mean"]) for r in rs])
             ax.plot(grid, ys.mean(0), label=f"{algo} (n={len(rs)})")
             ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("evaluation score")
-        ax.set_title(env_id)
+        first = next(iter(by_algo.values()))[0]
+        xlabel, ylabel = curve_axis_labels(env_id, (first.get("config") or {}).get("eval_episodes"))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{env_id}: line = mean over seeds, band = min to max over seeds", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
         fig.tight_layout()
         path = Path(out_dir) / f"curves_{env_id.replace('/', '_')}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same runs, same bytes
         plt.close(fig)
         paths.append(path)
     return paths

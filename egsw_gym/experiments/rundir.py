@@ -93,7 +93,13 @@ class RunDirError(ValueError):
     """Damaged run files: one line per file, each naming the file and the problem."""
 
     def __init__(self, problems: str | Iterable[str], shown: int = LIMITS.problems_shown):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        # One line per file: the first problem found in it (the walk and the read may both see it).
+        self.problems, files = [], set()
+        for line in [problems] if isinstance(problems, str) else problems:
+            file = line.split(": ", 1)[0]
+            if file not in files:
+                files.add(file)
+                self.problems.append(line)
         lines = self.problems[:shown]
         if len(self.problems) > shown:
             lines.append(f"... and {len(self.problems) - shown} more damaged files")

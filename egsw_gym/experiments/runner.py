@@ -31,7 +31,9 @@ from egsw_gym.common.checkpoints import save_atomic
 from egsw_gym.common.env_util import build_vec_env, is_text_env
 from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.experiments.presets import RunSpec
+from egsw_gym.experiments.provenance import code_version, run_provenance
 from egsw_gym.llm import evaluate_accuracy, warm_start
+from egsw_gym.llm.warm_start_artifact import cached_warm_start, isolated_rng
 
 __all__ = [
     "is_text_env",
@@ -42,6 +44,7 @@ __all__ = [
     "EvalCurveCallback",
     "save_normalization",
     "load_normalization",
+    "warm_start_config",
 ]
 
 
@@ -70,8 +73,40 @@ def make_env(
     return make_vec_env(spec.env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
 
 
-def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: int = 0):
-    """Instantiate the algorithm of ``spec`` on its training environment (warm-started if asked)."""
+def warm_start_config(spec: RunSpec) -> dict[str, Any]:
+    """Everything a run's warm start depends on (its artifact's key, see :func:`make_model`).
+
+    The task (``env_id``, ``env_kwargs``), the seed (initial weights and data order), the policy
+    and its ``policy_kwargs`` (the model), and the warm start's steps and settings; not the
+    algorithm, so GRPO and GRPO+EGSW of one seed share it.
+    """
+    return {
+        "env_id": spec.env_id,
+        "env_kwargs": spec.env_kwargs,
+        "seed": spec.seed,
+        "policy": spec.policy,
+        "policy_kwargs": spec.algo_kwargs.get("policy_kwargs"),
+        "steps": spec.warm_start_steps,
+        "warm_start_kwargs": spec.warm_start_kwargs,
+    }
+
+
+def make_model(
+    spec: RunSpec,
+    *,
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+    warm_start_dir: str | os.PathLike | None = None,
+):
+    """Instantiate the algorithm of ``spec`` on its training environment (warm-started if asked).
+
+    With ``warm_start_dir``, the warm start is the saved artifact of :func:`warm_start_config`
+    (trained and saved there by the first run that needs it,
+    :func:`~egsw_gym.llm.warm_start_artifact.cached_warm_start`), so every run of the same task,
+    seed and warm-start settings starts RL from the same weights. Either way the warm start runs
+    with the global random generators restored afterwards, so what follows does not depend on
+    whether it was trained or loaded.
+    """
     env = make_env(spec)
     if spec.normalize:
         # Rewards are normalised for PPO's critic only: GRPO normalises returns within each group
@@ -96,15 +131,25 @@ def make_model(spec: RunSpec, *, tensorboard_log: str | None = None, verbose: in
             raise ValueError(
                 f"warm_start_steps needs a text-generation environment (egsw/*), got env_id={spec.env_id!r}"
             )
-        model.warm_start_result = warm_start(
-            model.policy,
-            venv.task,
-            venv.tokenizer,
-            steps=spec.warm_start_steps,
-            seed=spec.seed,
-            env=venv,
-            **spec.warm_start_kwargs,
-        )
+
+        def train() -> dict[str, Any]:
+            return warm_start(
+                model.policy,
+                venv.task,
+                venv.tokenizer,
+                steps=spec.warm_start_steps,
+                seed=spec.seed,
+                env=venv,
+                **spec.warm_start_kwargs,
+            )
+
+        with isolated_rng():
+            if warm_start_dir is None:
+                model.warm_start_result = train()
+            else:
+                model.warm_start_result = cached_warm_start(
+                    model.policy, warm_start_dir, warm_start_config(spec), train, code_version()
+                )
         # The KL reference (beta > 0) was copied from the untrained model at construction; anchor it
         # to the warm-started one, the "base model" RL starts from.
         model.sync_reference_policy()
@@ -282,8 +327,16 @@ def train_run(
     progress_bar: bool = False,
     verbose: int = 0,
     torch_threads: int = 1,
+    warm_start_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` (skipped when already finished) and return its result.
+
+    ``result.json`` records, besides the scores, the resolved ``config`` (the :class:`RunSpec`)
+    and its ``provenance`` (:func:`~egsw_gym.experiments.provenance.run_provenance`: code
+    version, package versions, CPU model and flags, torch threads). On one machine and one
+    commit, two runs of the same spec write the same ``result.json`` and ``curve.csv`` except for
+    wall-clock times (``wall_s``, ``warm_start.seconds`` of a freshly trained warm start, the
+    ``wall_s`` column) and ``provenance.code.dirty``/``diff_sha256`` where the tree changed.
 
     Parameters
     ----------
@@ -297,6 +350,9 @@ def train_run(
         Algorithm verbosity.
     torch_threads : int
         ``torch.set_num_threads`` for this run (small networks train fastest on one thread).
+    warm_start_dir : path or None
+        Where language-model warm starts are saved and shared between runs (see
+        :func:`make_model`); ``None`` trains the warm start inside the run.
     """
     run_dir = Path(run_dir)
     result_path = run_dir / "result.json"
@@ -308,7 +364,7 @@ def train_run(
     torch.set_num_threads(torch_threads)
     _write_json_atomic(run_dir / "config.json", spec.to_dict())
     t0 = time.perf_counter()
-    model = make_model(spec, verbose=verbose)
+    model = make_model(spec, verbose=verbose, warm_start_dir=warm_start_dir)
     # The warm start's summary belongs in result.json, not in the model's checkpoint (SB3 saves
     # every attribute it is not told to exclude).
     warm_start_result = model.__dict__.pop("warm_start_result", None)
@@ -331,5 +387,7 @@ def train_run(
     )
     if warm_start_result is not None:
         result["warm_start"] = warm_start_result
+    result["config"] = spec.to_dict()
+    result["provenance"] = run_provenance()
     _write_json_atomic(result_path, result)
     return result

@@ -12,9 +12,13 @@ process and one torch thread per run). Each run lives in ``OUT/<env>/<variant>/s
   which :func:`egsw_gym.experiments.study_report.write_study_report` then reports on.
 
 Suites (:data:`SUITES`): ``default`` (control, MuJoCo and language models; budgets in
-:data:`BUDGETS`, sized so that the whole suite takes at most about 3 hours on 2 cores) and
+:data:`BUDGETS`, sized so that the whole suite takes at most about 3 hours on 2 cores),
 ``sensitivity`` (GRPO+EGSW's alpha x temperature grid and step vs trajectory mode on CartPole and
-Arithmetic). ``full=True`` uses the presets' budgets, and 1M steps on MuJoCo (RL Zoo, CleanRL).
+Arithmetic), ``lm`` (GRPO vs GRPO+EGSW on three language tasks with 20 paired seeds) and
+``controls`` (learning-rate, up-weighting, entropy-only, alpha and top-20%-entropy controls on
+Arithmetic, :mod:`egsw_gym.experiments.controls`). ``full=True`` uses the presets' budgets, and
+1M steps on MuJoCo (RL Zoo, CleanRL). Language-model runs of one study share their warm starts
+(``OUT/warm_starts/``, :func:`~egsw_gym.llm.warm_start_artifact.cached_warm_start`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from egsw_gym.experiments.compare import run_parallel
-from egsw_gym.experiments.presets import RunSpec, _merge, load_suite, make_run_spec
+from egsw_gym.experiments.controls import CONTROL_BUDGETS, CONTROL_ENVS, control_variants
+from egsw_gym.experiments.presets import RunSpec, _merge, find_env_preset, load_suite, make_run_spec
 from egsw_gym.experiments.rundir import read_json_file
 
 __all__ = [
@@ -114,7 +119,26 @@ SENSITIVITY_BUDGETS: dict[str, tuple[int, int]] = {
     "CartPole-v1": (100_000, 10_000),
     "egsw/Arithmetic-v0": (300_000, 50_000),
 }
-SUITES = ("default", "sensitivity")
+# The lm suite: the paired comparison with the power the default suite's 5 seeds lack.
+# basic_arithmetic: reasoning-gym's sums of two 2-digit numbers (docs/language_models.md).
+BASIC_ARITHMETIC = {
+    "dataset": "basic_arithmetic",
+    "config": {
+        "min_terms": 2,
+        "max_terms": 2,
+        "min_digits": 2,
+        "max_digits": 2,
+        "operators": ["+"],
+        "allow_parentheses": False,
+        "allow_negation": False,
+    },
+}
+LM_ENVS = ["egsw/Arithmetic-v0", "egsw/Countdown-v0", "egsw/ReasoningGym-v0"]
+LM_BUDGETS: dict[str, tuple[int, int]] = {e: (500_000, 50_000) for e in LM_ENVS}
+LM_ENV_KWARGS: dict[str, dict[str, Any]] = {"egsw/ReasoningGym-v0": BASIC_ARITHMETIC}
+SUITES = ("default", "sensitivity", "lm", "controls")
+#: seeds a suite runs when none are given
+DEFAULT_SEEDS = {"default": 5, "sensitivity": 3, "lm": 20, "controls": 10}
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,27 @@ def _variants_sensitivity(env_id: str, seed: int) -> list[tuple[str, str, dict[s
     return rows
 
 
+def _suite_envs_budgets(suite: str, full: bool) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    if suite == "default":
+        return [e for d in DOMAINS.values() for e in d] + (FULL_EXTRA_ENVS if full else []), BUDGETS
+    return {
+        "sensitivity": (list(SENSITIVITY_ENVS), SENSITIVITY_BUDGETS),
+        "lm": (list(LM_ENVS), LM_BUDGETS),
+        "controls": (list(CONTROL_ENVS), CONTROL_BUDGETS),
+    }[suite]
+
+
+def _suite_rows(suite: str, env_id: str, domain: str) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(variant, algo, EGSW overrides, algorithm-block overrides) of one environment of a suite."""
+    if suite == "default":
+        return [(*r, {}) for r in _variants_default(env_id, domain, 0)]
+    if suite == "sensitivity":
+        return [(*r, {}) for r in _variants_sensitivity(env_id, 0)]
+    if suite == "lm":
+        return [("grpo", "grpo", {}, {}), ("grpo-egsw", "grpo-egsw", {}, {})]
+    return control_variants(find_env_preset(env_id)["grpo"], make_run_spec("grpo-egsw", env_id, 0).egsw)
+
+
 def plan_study(
     suite: str = "default",
     *,
@@ -234,12 +279,13 @@ def plan_study(
 
     Parameters
     ----------
-    suite : {"default", "sensitivity"}
+    suite : {"default", "sensitivity", "lm", "controls"}
         Which study.
     full : bool
         The presets' own budgets (and 1M steps on MuJoCo) instead of :data:`BUDGETS`.
     seeds : list of int, optional
-        Default: 0-4 (``default``), 0-2 (``sensitivity``).
+        Default (:data:`DEFAULT_SEEDS`): 0-4 (``default``), 0-2 (``sensitivity``), 0-19 (``lm``),
+        0-9 (``controls``).
     envs, variants : list of str, optional
         Keep only these environments / variant names of the suite (unknown names are an error).
     overrides : dict, optional
@@ -247,13 +293,9 @@ def plan_study(
     """
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {list(SUITES)}, got {suite!r}")
-    seeds = list(range(5 if suite == "default" else 3)) if seeds is None else list(seeds)
-    if suite == "default":
-        suite_envs = [e for d in DOMAINS.values() for e in d] + (FULL_EXTRA_ENVS if full else [])
-        budgets = {} if full else BUDGETS
-    else:
-        suite_envs = list(SENSITIVITY_ENVS)
-        budgets = {} if full else SENSITIVITY_BUDGETS
+    seeds = list(range(DEFAULT_SEEDS[suite])) if seeds is None else list(seeds)
+    suite_envs, budgets = _suite_envs_budgets(suite, full)
+    budgets = {} if full else budgets
     if full:
         budgets = {**budgets, **FULL_BUDGETS}
     if envs is not None:
@@ -264,21 +306,22 @@ def plan_study(
     plan, seen_variants = [], set()
     for env_id in suite_envs:
         domain = domain_of(env_id)
-        rows = (
-            _variants_default(env_id, domain, 0) if suite == "default" else _variants_sensitivity(env_id, 0)
-        )
-        for variant, algo, egsw_over in rows:
+        for variant, algo, egsw_over, algo_over in _suite_rows(suite, env_id, domain):
             seen_variants.add(variant)
             if variants is not None and variant not in variants:
                 continue
             over: dict[str, Any] = {}
             if env_id in budgets:
                 over["n_timesteps"], over["eval_freq"] = budgets[env_id]
+            if suite == "lm" and env_id in LM_ENV_KWARGS:
+                over["env_kwargs"] = json.loads(json.dumps(LM_ENV_KWARGS[env_id]))
+            if algo_over:
+                over[algo.split("-")[0]] = dict(algo_over)
             if egsw_over:
                 # The variant's EGSW setting refines the algorithm block's own `egsw` (its mode,
                 # alpha, temperature are the defaults the variant departs from).
                 base = algo.split("-")[0]
-                over[base] = {"egsw": dict(egsw_over)}
+                over.setdefault(base, {})["egsw"] = dict(egsw_over)
             over = _merge(over, json.loads(json.dumps(overrides or {})))
             for seed in seeds:
                 spec = make_run_spec(algo, env_id, seed, over)
@@ -362,7 +405,12 @@ def run_study(
     out_dir = Path(out_dir)
     todo = [r for r in plan if not _check_finished(r, out_dir / r.key)]
     todo.sort(key=lambda r: (-r.est_s, r.key))
-    run_parallel([(r.spec, str(out_dir / r.key)) for r in todo], jobs=workers, progress=progress)
+    run_parallel(
+        [(r.spec, str(out_dir / r.key)) for r in todo],
+        jobs=workers,
+        progress=progress,
+        run_kwargs={"warm_start_dir": str(out_dir / "warm_starts")},
+    )
     return {"planned": len(plan), "skipped": len(plan) - len(todo), "trained": len(todo)}
 
 

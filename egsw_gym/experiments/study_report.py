@@ -2,8 +2,10 @@
 
 ``results_dir`` receives:
 
-- ``summary.md``: normalisation anchors, per-environment table, per-domain IQM and optimality gap,
-  probability of improvement (all with 95% stratified-bootstrap CIs);
+- ``summary.md``: the code versions of the runs, normalisation anchors, per-domain IQM and
+  optimality gap, probability of improvement (95% stratified-bootstrap CIs), the paired tests
+  (final score and AUC, Holm-corrected; :mod:`~egsw_gym.experiments.paired_stats`) and the
+  per-environment table;
 - ``curves.csv``: every evaluation point of every run, long format, raw and normalised;
 - ``domains.png`` (the domains side by side), ``performance_profiles.png``,
   ``sample_efficiency.png``, ``curves_<env>.png``;
@@ -22,17 +24,28 @@ from typing import Any
 import numpy as np
 
 from egsw_gym.experiments import figures
+from egsw_gym.experiments.controls import CONTROL_COMPARISONS, CONTROL_ONLY_VARIANTS
+from egsw_gym.experiments.paired_stats import holm, paired_comparison
+from egsw_gym.experiments.provenance import code_version_key
 from egsw_gym.experiments.aggregate import (
     REFERENCE_SCORES,
     aggregate_scores,
     collect_study,
     egsw_pairs,
     improvement_probabilities,
+    seeded_numpy,
 )
 from egsw_gym.experiments.report import plot_curves, summary_table
 from egsw_gym.experiments.rundir import read_progress_log
 
-__all__ = ["write_study_report", "training_reward_curves", "sensitivity_tables"]
+__all__ = [
+    "write_study_report",
+    "training_reward_curves",
+    "sensitivity_tables",
+    "code_versions",
+    "paired_tests",
+    "MixedVersionsError",
+]
 
 _GRID = re.compile(r"^grpo-egsw-a(?P<alpha>[0-9.e-]+)-P(?P<temp>[0-9.e-]+)$")
 
@@ -103,33 +116,116 @@ def _paired_cell(diffs: list[float]) -> str:
     return f"{np.mean(diffs):+.3f}; " + "-".join(map(str, counts))
 
 
-def _paired_table(runs: list[dict[str, Any]]) -> str:
-    """Per environment and EGSW variant: its paired difference to the base algorithm's runs."""
-    rows = [
-        "| env | X+EGSW | X | final(X+EGSW) - final(X), normalised, paired by seed (mean; seeds above-equal-below) |",
-        "|---|---|---|---|",
-    ]
+def _comparisons(rs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(x, y)`` pairs of one environment: the controls suite's list, else each EGSW variant
+    against its base algorithm."""
+    variants = {r["variant"] for r in rs}
+    if variants & CONTROL_ONLY_VARIANTS:
+        return [(x, y) for x, y in CONTROL_COMPARISONS if x in variants and y in variants]
+    return [(x, y) for by, x, y in egsw_pairs(rs) if by == "variant"]
+
+
+def paired_tests(runs: list[dict[str, Any]], *, reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Every comparison of every environment, on the final score (primary) and the AUC (secondary).
+
+    Each row: ``env_id, x, y``, then ``final`` and ``auc``
+    (:func:`~egsw_gym.experiments.paired_stats.paired_comparison` of the normalised values),
+    with Holm-adjusted p-values ``p_t_holm``, ``p_wilcoxon_holm`` added over the family of all
+    rows of the report, separately per metric. Comparisons with fewer than 2 common seeds are left out.
+    """
+    rows = []
     for env_id in sorted({r["env_id"] for r in runs}):
         rs = [r for r in runs if r["env_id"] == env_id]
-        for by, x, y in egsw_pairs(rs):
-            if by != "variant":
-                continue
-            diffs = paired_differences(
-                [r for r in rs if r["variant"] == x], [r for r in rs if r["variant"] == y]
-            )
-            rows.append(f"| {env_id} | {x} | {y} | {_paired_cell(diffs)} |")
-    return "\n".join(rows)
+        for x, y in _comparisons(rs):
+            got = {}
+            for metric, value in (("final", lambda r: r["final_normalized"]), ("auc", _auc)):
+                xs = {r["seed"]: value(r) for r in rs if r["variant"] == x}
+                ys = {r["seed"]: value(r) for r in rs if r["variant"] == y}
+                got[metric] = paired_comparison(xs, ys, reps=reps, seed=seed)
+            if got["final"] is not None:
+                rows.append(dict(env_id=env_id, x=x, y=y, **got))
+    for metric in ("final", "auc"):
+        for test in ("p_t", "p_wilcoxon"):
+            for row, adj in zip(rows, holm([r[metric][test] for r in rows]), strict=True):
+                row[metric][f"{test}_holm"] = adj
+    return rows
 
 
-def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], reps: int) -> str:
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+def _dz_cell(f: dict[str, Any]) -> str:
+    """``d_z [lo, hi]``; ``-`` where it is undefined (every difference 0) or infinite (no spread)."""
+    if not np.isfinite(f["dz"]):
+        return "-"
+    return f"{f['dz']:+.2f} [{f['dz_lo']:+.2f}, {f['dz_hi']:+.2f}]"
+
+
+def _paired_tests_md(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| env | X | Y | seeds | final: X - Y [95% CI] | d_z [95% CI] | p (t) | p (t, Holm) | p (Wilcoxon) "
+        "| p (Wilcoxon, Holm) | above-equal-below | AUC: X - Y [95% CI] | p (t, Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        f, a = r["final"], r["auc"]
+        out.append(
+            f"| {r['env_id']} | {r['x']} | {r['y']} | {f['n']} | {f['mean']:+.3f} [{f['lo']:+.3f}, {f['hi']:+.3f}] | "
+            f"{_dz_cell(f)} | {_p(f['p_t'])} | {_p(f['p_t_holm'])} | "
+            f"{_p(f['p_wilcoxon'])} | {_p(f['p_wilcoxon_holm'])} | {f['above']}-{f['equal']}-{f['below']} | "
+            f"{a['mean']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] | {_p(a['p_t_holm'])} |"
+        )
+    return "\n".join(out)
+
+
+class MixedVersionsError(ValueError):
+    """Runs made by different code versions were about to be pooled in one report."""
+
+
+def code_versions(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Run count per code version (:func:`~egsw_gym.experiments.provenance.code_version_key`)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in runs:
+        counts[code_version_key((r.get("provenance") or {}).get("code"))] += 1
+    return dict(sorted(counts.items()))
+
+
+def _check_versions(versions: dict[str, int], allow_mixed: bool) -> None:
+    if len(versions) > 1 and not allow_mixed:
+        listed = ", ".join(f"{k} ({n} runs)" for k, n in versions.items())
+        raise MixedVersionsError(
+            f"the runs come from {len(versions)} code versions: {listed}. Rerun them at one commit, "
+            "report each version's runs separately, or pass --allow-mixed-versions (the report then says so)"
+        )
+
+
+def _versions_md(versions: dict[str, int]) -> list[str]:
+    lines = ["## Code versions", ""]
+    if len(versions) > 1:
+        lines += [
+            f"**Mixed code versions ({len(versions)}), pooled because `--allow-mixed-versions` was given**: "
+            "these numbers mix runs of different code.",
+            "",
+        ]
+    lines += ["| code version | runs |", "|---|---|", *(f"| {k} | {n} |" for k, n in versions.items()), ""]
+    if "unrecorded" in versions:
+        lines += ["`unrecorded`: runs made before result files recorded their code version.", ""]
+    return lines
+
+
+def _summary_md(
+    runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], reps: int, tests: list[dict]
+) -> str:
     envs = sorted({r["env_id"] for r in runs})
     lines = [
         "# Study summary",
         "",
         "Generated by `egsw-gym study`; every interval is a 95% stratified-bootstrap CI (rliable, "
-        f"{reps} resamples). Normalised score = (score - random) / (reference - random); sources in "
+        f"{reps} resamples, seeded). Normalised score = (score - random) / (reference - random); sources in "
         "`REFERENCE_SCORES` (egsw_gym/experiments/aggregate.py).",
         "",
+        *_versions_md(code_versions(runs)),
         "## Normalisation anchors",
         "",
         "| env | random | reference |",
@@ -162,14 +258,17 @@ def _summary_md(runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], re
             for r in poi
         ),
         "",
-        "## Per environment: paired by seed",
+        "## Per environment: paired tests",
         "",
-        "Each X+EGSW run against the X run of the same seed (same initial model and environment "
-        "seeds): the mean difference and how many seeds were above, equal and below. Not an "
-        "rliable statistic: a sign count per environment, for reading the table below; with 5 "
-        "seeds, 5-0-0 has a one-sided sign-test p of 1/32.",
+        "Each X run against the Y run of the same seed (same initial model and environment seeds), "
+        "on the normalised final score (primary) and the area under the normalised curve over the "
+        "budget fraction (AUC, secondary): the mean difference with a 95% percentile-bootstrap CI, "
+        "the standardised effect d_z = mean / sd of the differences with its CI (both seeded, "
+        f"{reps} resamples), two-sided paired t and Wilcoxon signed-rank p-values, and the same "
+        f"p-values Holm-adjusted over the family of all {len(tests)} rows of this table (per metric). "
+        "The test plan is docs/results/PLAN.md.",
         "",
-        _paired_table(runs),
+        _paired_tests_md(tests),
         "",
         "## Per environment: raw final evaluation score",
         "",
@@ -256,9 +355,17 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def write_study_report(
-    out_dirs: list[str | Path], results_dir: str | Path, *, reps: int = 2000
+    out_dirs: list[str | Path], results_dir: str | Path, *, reps: int = 2000, allow_mixed_versions: bool = False
 ) -> list[Path]:
     """Write every table, CSV and figure of the runs under ``out_dirs`` into ``results_dir``.
+
+    Every bootstrap is seeded and the figures carry no date, so the same runs give the same
+    files byte for byte.
+
+    Raises
+    ------
+    MixedVersionsError
+        When the runs come from more than one code version and ``allow_mixed_versions`` is false.
 
     Returns
     -------
@@ -268,10 +375,13 @@ def write_study_report(
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
     runs = collect_study(out_dirs)
+    _check_versions(code_versions(runs), allow_mixed_versions)
     agg = aggregate_scores(runs, reps=reps)
     poi = improvement_probabilities(runs, reps=reps)
+    tests = paired_tests(runs, reps=reps)
     written = [results / "summary.md", results / "curves.csv"]
-    written[0].write_text(_summary_md(runs, agg, poi, reps))
+    with seeded_numpy(0):  # the per-environment table's rliable bootstrap
+        written[0].write_text(_summary_md(runs, agg, poi, reps, tests))
     _write_curves_csv(runs, written[1])
     written.append(figures.plot_domains(agg, poi, results / "domains.png"))
     written.append(

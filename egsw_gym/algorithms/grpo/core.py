@@ -440,6 +440,21 @@ def aggregate_loss(
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
+def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """``True`` on the valid steps whose entropy is in the top ``quantile`` fraction of the valid steps.
+
+    The threshold is ``torch.quantile`` of the valid entropies at ``1 - quantile`` (linear
+    interpolation), and a step is kept when its entropy is ``>=`` it, as TRL's
+    ``get_high_entropy_mask`` (one process: the batch's own steps).
+    """
+    _check_mask(mask)
+    valid = entropies[mask].float()
+    if valid.numel() == 0:
+        return torch.zeros_like(mask)
+    threshold = torch.quantile(valid, 1.0 - float(quantile))
+    return (entropies >= threshold) & mask
+
+
 class GRPOLossOutput(NamedTuple):
     """Output of :func:`grpo_loss`: the scalar to minimise and detached statistics.
 
@@ -479,6 +494,8 @@ def grpo_loss(
     beta: float = 0.0,
     entropies: torch.Tensor | None = None,
     ent_coef: float = 0.0,
+    positive_weight: float = 1.0,
+    top_entropy_quantile: float = 1.0,
 ) -> GRPOLossOutput:
     """The full GRPO objective on padded sequences.
 
@@ -514,6 +531,14 @@ def grpo_loss(
         ``(B, T)`` current entropies (with grad); needed when ``ent_coef != 0``.
     ent_coef : float
         Entropy bonus coefficient.
+    positive_weight : float
+        Factor on the surrogate of every step with a positive advantage (1: plain GRPO); a
+        control for EGSW, which puts more weight on a group's rare successes.
+    top_entropy_quantile : float
+        Keep the surrogate only on the steps whose entropy is in this top fraction of the
+        batch's valid steps (``entropy >= quantile(H, 1 - q)``; 1: every step), the rest count as
+        0 in the aggregation (Wang et al. 2025, TRL's ``top_entropy_quantile``). Needs
+        ``entropies``.
 
     Returns
     -------
@@ -532,6 +557,13 @@ def grpo_loss(
     if entropies is not None:
         entropies = torch.where(mask, entropies, torch.zeros_like(entropies))
     surrogate, ratio, _ = clipped_surrogate(log_probs, old_log_probs, advantages, clip_range, clip_range_high)
+    if positive_weight != 1.0:
+        surrogate = torch.where(advantages > 0, positive_weight * surrogate, surrogate)
+    if top_entropy_quantile < 1.0:
+        if entropies is None:
+            raise ValueError("entropies is required when top_entropy_quantile < 1")
+        keep = high_entropy_mask(entropies.detach(), mask, top_entropy_quantile)
+        surrogate = surrogate * keep.to(surrogate.dtype)
     per_step = surrogate if weights is None else weights.detach() * surrogate
     kl = None
     if beta != 0.0:

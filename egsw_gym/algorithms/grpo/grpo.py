@@ -108,6 +108,12 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         Divide group-centred returns by the group std (GRPO, default) or not (Dr. GRPO).
     ent_coef : float
         Entropy bonus coefficient.
+    positive_weight : float
+        Factor on the surrogate of steps with a positive advantage (1: plain GRPO), see
+        :func:`~egsw_gym.algorithms.grpo.core.grpo_loss`.
+    top_entropy_quantile : float
+        Train only on the steps whose entropy is in this top fraction of the minibatch (1: all;
+        0.2: Wang et al. 2025), see :func:`~egsw_gym.algorithms.grpo.core.grpo_loss`.
     max_grad_norm : float
         Gradient-norm clip.
     dr_grpo_max_len : int or None
@@ -166,6 +172,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         gamma: float = 1.0,
         scale_rewards: bool = True,
         ent_coef: float = 0.0,
+        positive_weight: float = 1.0,
+        top_entropy_quantile: float = 1.0,
         max_grad_norm: float = 0.5,
         dr_grpo_max_len: int | None = None,
         dynamic_sampling: bool = False,
@@ -448,6 +456,9 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
             beta=self.beta,
             entropies=entropies,
             ent_coef=self.ent_coef,
+            # Checkpoints saved before these options existed train as plain GRPO.
+            positive_weight=getattr(self, "positive_weight", 1.0),
+            top_entropy_quantile=getattr(self, "top_entropy_quantile", 1.0),
         )
         # A NaN/inf loss or gradient raises before the step: parameters never become NaN.
         where = f"in update {self._n_updates // self.n_epochs + 1} (num_timesteps={self.num_timesteps})"

@@ -74,6 +74,8 @@ HYPERPARAMETER_CHECKS: dict[str, Any] = {
     "gamma": lambda n, v: check_number(n, v, low=0, high=1, low_open=True),
     "scale_rewards": lambda n, v: check_bool(n, v, hint="True is GRPO, False is Dr. GRPO"),
     "ent_coef": lambda n, v: check_number(n, v, low=-MAX_COEF, high=MAX_COEF),
+    "positive_weight": lambda n, v: check_number(n, v, low=0, high=MAX_COEF, low_open=True),
+    "top_entropy_quantile": lambda n, v: check_number(n, v, low=0, high=1, low_open=True),
     "max_grad_norm": lambda n, v: check_number(n, v, low=0, low_open=True),
     "dr_grpo_max_len": lambda n, v: check_int(n, v, low=1, allow_none=True),
     "dynamic_sampling": lambda n, v: check_bool(n, v),
