@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from egsw_gym.common.tokenizer import decode_ids, encode_text, load_tokenizer
+from egsw_gym.common.tokenizer import load_tokenizer
 
 from .tasks import TRAIN_SIZE, Problem, Task, make_task
 from .tasks.base import check_split
@@ -208,7 +208,7 @@ class TextGenerationCore:
             out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = out["input_ids"] if hasattr(out, "keys") else out
             return [int(i) for i in ids]
-        return encode_text(self.tokenizer, self.task.raw_prompt(problem, self.system_prompt))
+        return list(self.tokenizer.encode(self.task.raw_prompt(problem, self.system_prompt)))
 
     # ------------------------------------------------------------------------------------ spaces
     def observation_space(self) -> spaces.Dict:
@@ -325,7 +325,7 @@ class TextGenerationCore:
         ids = generated.tolist()
         if ids and ids[-1] == self.eos_token_id:
             ids = ids[:-1]
-        return decode_ids(self.tokenizer, ids, skip_special_tokens=True) if ids else ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
     def finish(self, problem: Problem, generated: np.ndarray) -> tuple[float, dict[str, Any]]:
         """Score a finished episode.

@@ -18,8 +18,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "CHARACTERS",
     "build_char_tokenizer",
-    "decode_ids",
-    "encode_text",
     "load_tokenizer",
 ]
 
@@ -89,91 +87,3 @@ def load_tokenizer(tokenizer=None):
             f"tokenizer must be None, a local directory or a Hugging Face tokenizer, got {type(tokenizer).__name__}"
         )
     return tokenizer
-
-
-@lru_cache(maxsize=1)
-def _plain_methods() -> dict:
-    """The library's own ``encode``/``_encode_plus``/``decode``/``_decode`` of a fast tokenizer
-    (``{}`` where this transformers lays them out differently: the tokenizer's methods then run)."""
-    try:
-        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:  # pragma: no cover - older transformers
-        return {}
-    return {
-        "encode": PreTrainedTokenizerBase.encode,
-        "_encode_plus": TokenizersBackend._encode_plus,
-        "decode": PreTrainedTokenizerBase.decode,
-        "_decode": TokenizersBackend._decode,
-    }
-
-
-def _plain(tokenizer, *names: str) -> bool:
-    """Whether ``tokenizer``'s class runs the library's own methods ``names`` (none overridden)."""
-    plain = _plain_methods()
-    return bool(plain) and all(getattr(type(tokenizer), name, None) is plain[name] for name in names)
-
-
-def encode_text(tokenizer, text: str) -> list[int]:
-    """``tokenizer.encode(text)``: the ids of ``text`` with the tokenizer's special tokens added.
-
-    For a ``transformers`` fast tokenizer whose ``encode`` is the library's own, this asks the Rust
-    backend directly (``backend_tokenizer.encode(text).ids``): what ``encode`` does after its
-    argument handling, about 5 us against 17 us a call (a GRPO step encodes each new prompt). The
-    shortcut is taken only while the backend is in the state ``encode`` would put it in (no
-    truncation, no padding, special tokens split as the tokenizer says); otherwise, and for every
-    other tokenizer, ``tokenizer.encode`` runs.
-
-    Parameters
-    ----------
-    tokenizer : transformers tokenizer or any object with ``encode``
-        The tokenizer.
-    text : str
-        The text.
-
-    Returns
-    -------
-    list of int
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (
-        backend is not None
-        and _plain(tokenizer, "encode", "_encode_plus")
-        and backend.truncation is None
-        and backend.padding is None
-        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
-    ):
-        return backend.encode(text).ids
-    return list(tokenizer.encode(text))
-
-
-def decode_ids(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> str:
-    """``tokenizer.decode(ids, skip_special_tokens=...)`` of one sequence of ids.
-
-    For a ``transformers`` fast tokenizer whose ``decode`` is the library's own and that does not
-    clean up tokenization spaces, this asks the Rust backend directly
-    (``backend_tokenizer.decode``): what ``decode`` does after its argument handling, about 0.5 us
-    against 2.7 us a call on the character tokenizer (a text environment decodes every finished
-    episode). Otherwise, and for every other tokenizer, ``tokenizer.decode`` runs.
-
-    Parameters
-    ----------
-    tokenizer : transformers tokenizer or any object with ``decode``
-        The tokenizer.
-    ids : list of int
-        One sequence of token ids.
-    skip_special_tokens : bool
-        Drop special tokens from the text.
-
-    Returns
-    -------
-    str
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (
-        backend is not None
-        and _plain(tokenizer, "decode", "_decode")
-        and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
-    ):
-        return backend.decode(ids, skip_special_tokens=skip_special_tokens)
-    return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -9,7 +9,6 @@ recognise; none of them raises on any ``str`` input.
 
 from __future__ import annotations
 
-import functools
 import re
 from fractions import Fraction
 
@@ -60,18 +59,6 @@ def parse_number(text: str) -> Fraction | None:
     """
     if not isinstance(text, str):
         return None
-    # Verifiers parse the same few short strings over and over (a group's answer, its common
-    # completions): those are cached, in a bounded cache (a Fraction is immutable).
-    return _parse_short(text) if type(text) is str and len(text) <= _CACHED_CHARS else _parse(text)
-
-
-#: strings up to this long are parsed through a cache of :data:`_CACHED_STRINGS` entries
-_CACHED_CHARS = 64
-_CACHED_STRINGS = 4096
-
-
-def _parse(text: str) -> Fraction | None:
-    """:func:`parse_number` of a ``str``."""
     stripped = text.strip()
     if not stripped or len(stripped) > MAX_NUMBER_CHARS:
         return None
@@ -87,11 +74,6 @@ def _parse(text: str) -> Fraction | None:
     if frac:
         value += Fraction(int(frac), 10 ** len(frac))
     return -value if "-" in (sign + sign2) else value
-
-
-@functools.lru_cache(maxsize=_CACHED_STRINGS)
-def _parse_short(text: str) -> Fraction | None:
-    return _parse(text)
 
 
 def format_number(value: Fraction | int) -> str:

@@ -45,7 +45,6 @@ from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.checks import apply_rules, check_schedule_value, check_total_timesteps
 from egsw_gym.common.env_util import build_vec_env
 from egsw_gym.common.finite import check_loss_finite
-from egsw_gym.common.grad import clip_grad_norm
 from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW
 from egsw_gym.policies.base import GRPOPolicy
@@ -467,7 +466,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         (out.loss * loss_scale).backward()
         params = list(self.policy.parameters())
         plan.sync_gradients(params)  # sum over ranks (no-op for one process)
-        grad_norm = clip_grad_norm(params, self.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         check_loss_finite("GRPO", {"gradient norm": float(grad_norm)}, where)
         self.policy.optimizer.step()
         return out
