@@ -128,10 +128,8 @@ def prefix_tree(
 ) -> PrefixTree:
     """Lay out each run of a repeated prompt as ``prompt, c_1, c_2, ..., c_R``, runs packed in rows.
 
-    A causal LM run over the layout, with each completion token allowed to attend only to its run's
-    real prompt tokens and to its own completion's earlier tokens (runs sharing a row never see each
-    other), and positions that continue each completion from the end of its prompt, computes for
-    every completion token exactly what a pass over ``prompt + c_k`` alone computes.
+    Each completion token attends only to its run's real prompt tokens and its own completion's
+    earlier tokens, at positions continuing from the end of its prompt (see the module docstring).
 
     Parameters
     ----------
@@ -140,7 +138,7 @@ def prefix_tree(
     completions : torch.Tensor
         ``(B, C)`` completion tokens to lay out (for teacher forcing, every action but the last).
     first_rows, inverse : torch.Tensor
-        The runs of :func:`~egsw_gym.policies.lm.inputs.distinct_prompts`.
+        The runs of :func:`~egsw_gym.policies.lm.accel.runs.distinct_prompts`.
     widths : torch.Tensor or None
         ``(B,)`` how many of each row's completion tokens to lay out (the rest are never read: a
         finished episode's padding); ``None`` lays out all ``C``.
@@ -152,9 +150,8 @@ def prefix_tree(
     Returns
     -------
     PrefixTree
-        ``columns[b, 1 + j]`` for ``j >= widths[b]`` repeats the row's last laid-out column (its
-        prompt's last if it has none); columns no run uses hold fill tokens that attend only to
-        themselves.
+        ``columns[b, 1 + j]`` for ``j >= widths[b]`` repeats the row's last laid-out column;
+        unused columns attend only to themselves.
     """
     batch, width = completions.shape
     n_runs, prompt_len = len(first_rows), ids.shape[1]
@@ -170,14 +167,7 @@ def prefix_tree(
     prompt_end = torch.tensor(packing.base, device=device) + prompt_lengths  # one past each prompt
     size = packing.size
 
-    # Each row's first laid-out column: after its prompt and the earlier rows of its run.
-    ends = widths.cumsum(0)
-    starts = ends - widths
-    offsets = prompt_end[inverse] + starts - starts[first_rows][inverse]
-    steps = torch.arange(width, device=device)
-    laid = steps[None, :] < widths[:, None]  # (B, C): tokens placed in the tree
-    last = torch.where(widths > 0, offsets + widths - 1, prompt_end[inverse] - 1)
-    completion_columns = torch.where(laid, offsets[:, None] + steps, last[:, None])
+    laid, completion_columns = _completion_columns(prompt_end, first_rows, inverse, widths, width)
     rows = run_row[inverse]
     columns = torch.cat([(prompt_end[inverse] - 1)[:, None], completion_columns], dim=1)
 
@@ -204,15 +194,44 @@ def prefix_tree(
     if max_position is not None:
         position_ids.clamp_(max=max_position)
 
-    # Key column k is visible from query column q if it comes no later, belongs to q's run, and is
-    # a prompt token or a token of q's own completion; every column sees itself, so no query
-    # (padding, unused columns) is left with nothing to attend to.
-    order = torch.arange(size, device=device)
+    allowed = _tree_mask(run_of, owner)
+    return PrefixTree(input_ids, position_ids, allowed, rows, columns, packing.first_column)
+
+
+def _completion_columns(
+    prompt_end: torch.Tensor,
+    first_rows: torch.Tensor,
+    inverse: torch.Tensor,
+    widths: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``laid`` ``(B, C)``: the completion tokens placed in the tree; and each token's column ``(B, C)``.
+
+    A row's tokens follow its run's prompt (which ends before column ``prompt_end``) and the earlier
+    rows of its run; a step not laid out repeats the row's last column (its prompt's last if none).
+    """
+    ends = widths.cumsum(0)
+    starts = ends - widths
+    offsets = prompt_end[inverse] + starts - starts[first_rows][inverse]  # each row's first column
+    steps = torch.arange(width, device=widths.device)
+    laid = steps[None, :] < widths[:, None]
+    last = torch.where(widths > 0, offsets + widths - 1, prompt_end[inverse] - 1)
+    return laid, torch.where(laid, offsets[:, None] + steps, last[:, None])
+
+
+def _tree_mask(run_of: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """``(K, S, S)`` which key columns each query column sees, from each column's run and owner.
+
+    Key column k is visible from query column q if it comes no later, belongs to q's run, and is a
+    prompt token (owner -1) or a token of q's own completion; every column sees itself, so no query
+    (padding, unused columns: run -1) is left with nothing to attend to.
+    """
+    size = run_of.shape[1]
+    order = torch.arange(size, device=run_of.device)
     causal = order[None, :] <= order[:, None]
     same_run = (run_of[:, None, :] == run_of[:, :, None]) & (run_of[:, :, None] >= 0)
     own = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])
-    allowed = (causal[None] & same_run & own) | torch.eye(size, dtype=torch.bool, device=device)
-    return PrefixTree(input_ids, position_ids, allowed, rows, columns, packing.first_column)
+    return (causal[None] & same_run & own) | torch.eye(size, dtype=torch.bool, device=run_of.device)
 
 
 def prefix_tree_rows(
