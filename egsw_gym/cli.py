@@ -26,19 +26,12 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from egsw_gym.algorithms.grpo import GRPO
-from egsw_gym.algorithms.ppo import PPO
+from egsw_gym.algorithms import registry
+from egsw_gym.algorithms.registry import ALGORITHMS, DEFAULT_ALGORITHMS, closest_name, get_algorithm
 from egsw_gym.egsw import EGSW
 from egsw_gym.experiments import study
 from egsw_gym.experiments.compare import compare, run_dir_of
-from egsw_gym.experiments.presets import (
-    ALGORITHMS,
-    DEFAULT_ALGORITHMS,
-    SUITES,
-    RunSpec,
-    make_run_spec,
-    parse_overrides,
-)
+from egsw_gym.experiments.presets import SUITES, RunSpec, make_run_spec, parse_overrides
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
 from egsw_gym.experiments.rundir import check_regular_file, read_json_file
@@ -84,31 +77,86 @@ def _seeds(text: str) -> list[int]:
 
 
 def _algos(text: str) -> list[str]:
+    """``--algos``: comma-separated names of the algorithm table; a typo gets the closest name."""
     algos = [a.strip() for a in text.split(",") if a.strip()]
-    bad = [a for a in algos if a not in ALGORITHMS]
+    valid = list(registry.ALGORITHMS)
+    bad = [a for a in algos if a not in valid]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad}; allowed: {', '.join(ALGORITHMS)}")
+        close = {a: closest_name(a, valid) for a in bad}
+        hints = [f"{c!r} for {a!r}" for a, c in close.items() if c]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad}{hint}; allowed: {', '.join(valid)}")
     return algos
+
+
+def _algo(text: str) -> str:
+    """``--algo``: one name of the algorithm table (the error lists them and the closest one)."""
+    try:
+        get_algorithm(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _timesteps(text: str) -> int:
+    """``--timesteps``: an integer >= 1 (``1e5`` and ``100_000`` are accepted)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = 0.0
+    if not (value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps >= 1, got {text!r}")
+    return int(value)
+
+
+#: How runs choose their torch threads, for the command line's help.
+THREADS_HELP = (
+    "Threads: `train` runs with --threads torch threads (default 1: the small networks and the "
+    "tiny language model train fastest on one thread, and torch's default of one thread per core "
+    "is much slower on a busy machine); `compare`, `study` and `demo` run each run in its own "
+    "process with one torch thread, --jobs/--workers processes at a time (default: one per core)."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="egsw-gym", description="EGSW-augmented PPO and GRPO, from CartPole to LLMs."
+        prog="egsw-gym",
+        description="EGSW-augmented PPO and GRPO, from CartPole to LLMs.",
+        epilog=THREADS_HELP,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one algorithm on one environment with its preset")
-    t.add_argument("--algo", required=True, choices=list(ALGORITHMS))
+    t = sub.add_parser(
+        "train", help="train one algorithm on one environment with its preset", epilog=THREADS_HELP
+    )
+    t.add_argument(
+        "--algo", required=True, type=_algo, metavar="ALGO", help=f"one of {', '.join(ALGORITHMS)}"
+    )
     t.add_argument("--env", required=True, help="environment id with a preset, e.g. CartPole-v1")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="preset override, e.g. grpo.learning_rate=1e-3"
     )
+    t.add_argument(
+        "--timesteps",
+        type=_timesteps,
+        default=None,
+        metavar="N",
+        help="training budget in environment steps (tokens for language models); the same as "
+        "--set n_timesteps=N (default: the preset's)",
+    )
     t.add_argument("--progress", action="store_true", help="show a progress bar")
-    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the run (default 1, fastest for small networks; try more for a large model)",
+    )
 
-    c = sub.add_parser("compare", help="algorithms x environments x seeds, with table and plots")
+    c = sub.add_parser(
+        "compare", help="algorithms x environments x seeds, with table and plots", epilog=THREADS_HELP
+    )
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--suite", choices=list(SUITES))
     g.add_argument("--envs", help="comma-separated environment ids")
@@ -121,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (5) or a list (0,3,7); default 3")
     c.add_argument("--out", required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override for every run")
-    c.add_argument("--jobs", type=int, default=None, help="parallel processes (default: all cores)")
+    c.add_argument(
+        "--jobs", type=int, default=None, help="parallel runs, one torch thread each (default: all cores)"
+    )
 
     pl = sub.add_parser("plot", help="(re)write the table and plots of a compare output directory")
     pl.add_argument("out")
@@ -136,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: PPO vs PPO+EGSW on CartPole, GRPO vs GRPO+EGSW on arithmetic"
     )
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--jobs", type=int, default=None)
+    d.add_argument(
+        "--jobs", type=int, default=None, help="parallel runs, one torch thread each (default: all cores)"
+    )
     return p
 
 
@@ -260,8 +312,9 @@ def _load_spec(run_dir: Path):
             raise ValueError(
                 f"{path}: field {name!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
             )
-    if cfg["algo"] not in ALGORITHMS:
-        raise ValueError(f"{path}: field 'algo' must be one of {sorted(ALGORITHMS)}, got {cfg['algo']!r}")
+    if cfg["algo"] not in registry.ALGORITHMS:
+        valid = sorted(registry.ALGORITHMS)
+        raise ValueError(f"{path}: field 'algo' must be one of {valid}, got {cfg['algo']!r}")
     if cfg.get("eval_episodes", 1) < 1 or cfg["n_envs"] < 1:
         raise ValueError(f"{path}: fields 'eval_episodes' and 'n_envs' must be >= 1")
     try:
@@ -277,7 +330,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     spec = _load_spec(run_dir)
     if args.episodes:
         spec.eval_episodes = args.episodes
-    algo_cls = PPO if spec.base_algo == "ppo" else GRPO
+    algo_cls = get_algorithm(spec.algo).cls
     model_path = run_dir / "model.zip"
     if not os.path.lexists(model_path):
         raise ValueError(
@@ -321,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        spec = make_run_spec(args.algo, args.env, args.seed, parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        if args.timesteps is not None:
+            if "n_timesteps" in overrides and overrides["n_timesteps"] != args.timesteps:
+                raise ValueError("--timesteps and --set n_timesteps= disagree; give one of them")
+            overrides["n_timesteps"] = args.timesteps
+        spec = make_run_spec(args.algo, args.env, args.seed, overrides)
         run_dir = run_dir_of(args.out, spec.algo, spec.env_id, spec.seed)
         result = train_run(spec, run_dir, progress_bar=args.progress, torch_threads=args.threads)
         print(json.dumps(result, indent=2))

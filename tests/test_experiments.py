@@ -62,7 +62,7 @@ def test_overrides_are_parsed_as_yaml_and_merged():
 
 
 def test_bad_names_are_rejected_with_allowed_values():
-    with pytest.raises(ValueError, match="algo must be one of"):
+    with pytest.raises(ValueError, match="unknown algorithm .sac.; valid: ppo, ppo-egsw"):
         make_run_spec("sac", "CartPole-v1", 0)
     with pytest.raises(ValueError, match="no preset for env"):
         make_run_spec("ppo", "NoSuchEnv-v0", 0)

@@ -12,7 +12,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from egsw_gym.experiments.presets import ALGORITHMS, NoAlgorithmBlockError, load_suite, make_run_spec
+from egsw_gym.algorithms.registry import get_algorithm
+from egsw_gym.experiments.presets import NoAlgorithmBlockError, load_suite, make_run_spec
 from egsw_gym.experiments.progress import RunProgress
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.runner import train_run
@@ -38,8 +39,7 @@ def plan_runs(
             raise ValueError("give --suite or --envs")
         env_ids = list(load_suite(suite))
     for a in algos:
-        if a not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {a!r}; allowed: {list(ALGORITHMS)}")
+        get_algorithm(a)  # an unknown name fails before any run starts, naming the closest one
     plan = []
     for env_id in env_ids:
         for algo in algos:
@@ -118,7 +118,7 @@ def compare(
     env_ids : list of str, optional
         Explicit environments instead of a suite.
     algos : list of str
-        Algorithms from :data:`~egsw_gym.experiments.presets.ALGORITHMS`.
+        Names of the algorithm table (:data:`~egsw_gym.algorithms.registry.ALGORITHMS`).
     seeds : list of int
         Seeds; every (env, algo) pair runs each.
     out_dir : path

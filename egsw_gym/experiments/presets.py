@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from stable_baselines3.common.utils import LinearSchedule
 
+from egsw_gym.algorithms.registry import ALGORITHMS, DEFAULT_ALGORITHMS, get_algorithm
 from egsw_gym.egsw import EGSW
 
 __all__ = [
     "ALGORITHMS",
-    "ALGORITHM_KWARGS",
     "DEFAULT_ALGORITHMS",
     "SUITES",
     "NoAlgorithmBlockError",
@@ -35,23 +35,6 @@ __all__ = [
     "parse_overrides",
 ]
 
-#: algorithm name -> (base algorithm block in the preset, whether EGSW is on)
-ALGORITHMS: dict[str, tuple[str, bool]] = {
-    "ppo": ("ppo", False),
-    "ppo-egsw": ("ppo", True),
-    "grpo": ("grpo", False),
-    "grpo-egsw": ("grpo", True),
-    "grpo-sr": ("grpo", False),
-}
-#: constructor arguments an algorithm variant sets on its base block: they win over the preset file,
-#: and ``--set`` overrides win over them (``--set grpo.sr_temperature=0.3``)
-ALGORITHM_KWARGS: dict[str, dict[str, Any]] = {
-    # SR-GRPO (KAIST-AILab/SR-GRPO): softmax-weighted group return as the advantage (GRPO's
-    # sr_temperature, 0.5 by default as in the reference code).
-    "grpo-sr": {"advantage": "sr_grpo"},
-}
-#: what ``egsw-gym compare`` runs when ``--algos`` is not given (baselines such as grpo-sr are opt-in)
-DEFAULT_ALGORITHMS = ("ppo", "ppo-egsw", "grpo", "grpo-egsw")
 #: suite name -> preset file (also the environment family)
 SUITES = ("classic", "mujoco", "llm")
 
@@ -73,7 +56,7 @@ class RunSpec:
     Parameters
     ----------
     algo : str
-        One of :data:`ALGORITHMS`.
+        An algorithm name of :data:`~egsw_gym.algorithms.registry.ALGORITHMS`.
     env_id : str
         Gymnasium environment id.
     seed : int
@@ -119,7 +102,8 @@ class RunSpec:
 
     @property
     def base_algo(self) -> str:
-        return ALGORITHMS[self.algo][0]
+        """The base algorithm (``ppo``, ``grpo``) of :attr:`algo`, from the algorithm table."""
+        return get_algorithm(self.algo).base
 
     def algorithm_kwargs(self) -> dict[str, Any]:
         """``algo_kwargs`` ready for the constructor: ``"lin_<x>"`` strings become linear schedules.
@@ -215,7 +199,8 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     Parameters
     ----------
     algo : str
-        ``ppo``, ``ppo-egsw``, ``grpo``, ``grpo-egsw`` or ``grpo-sr`` (:data:`ALGORITHMS`).
+        A name of the algorithm table (:data:`~egsw_gym.algorithms.registry.ALGORITHMS`:
+        ``ppo``, ``ppo-egsw``, ``grpo``, ``grpo-egsw``, ``grpo-sr``).
     env_id : str
         Environment id with a preset.
     seed : int
@@ -228,12 +213,12 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
     NoAlgorithmBlockError
         When the preset of ``env_id`` has no block for ``algo``'s base algorithm.
     """
-    if algo not in ALGORITHMS:
-        raise ValueError(f"algo must be one of {list(ALGORITHMS)}, got {algo!r}")
+    entry = get_algorithm(algo)
+    base, use_egsw = entry.base, entry.egsw
     preset = find_env_preset(env_id)
-    base, use_egsw = ALGORITHMS[algo]
-    if base in preset and algo in ALGORITHM_KWARGS:
-        _merge(preset[base], copy.deepcopy(ALGORITHM_KWARGS[algo]))
+    if base in preset and entry.kwargs:
+        # The variant's fixed arguments win over the preset file; the user's overrides win over them.
+        _merge(preset[base], copy.deepcopy(dict(entry.kwargs)))
     preset = _merge(preset, copy.deepcopy(overrides or {}))
     if base not in preset:
         raise NoAlgorithmBlockError(

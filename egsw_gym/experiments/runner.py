@@ -25,8 +25,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
 
-from egsw_gym.algorithms.grpo import GRPO
-from egsw_gym.algorithms.ppo import PPO
+from egsw_gym.algorithms.registry import BASES, get_algorithm
 from egsw_gym.common.checkpoints import save_atomic
 from egsw_gym.common.env_util import build_vec_env, is_text_env
 from egsw_gym.envs.vector import find_text_vector_env
@@ -109,12 +108,11 @@ def make_model(
     """
     env = make_env(spec)
     if spec.normalize:
-        # Rewards are normalised for PPO's critic only: GRPO normalises returns within each group
-        # already, and its presets were tuned with observation normalisation alone.
-        env = VecNormalize(
-            env, gamma=spec.algo_kwargs.get("gamma", 0.99), norm_reward=spec.base_algo == "ppo"
-        )
-    algo_cls = PPO if spec.base_algo == "ppo" else GRPO
+        # Rewards are normalised for a learned critic (PPO) only: GRPO normalises returns within each
+        # group already, and its presets were tuned with observation normalisation alone.
+        norm_reward = BASES[spec.base_algo].normalize_reward
+        env = VecNormalize(env, gamma=spec.algo_kwargs.get("gamma", 0.99), norm_reward=norm_reward)
+    algo_cls = get_algorithm(spec.algo).cls
     model = algo_cls(
         spec.policy,
         env,

@@ -68,6 +68,7 @@ from egsw_gym.common.checks import (
 from egsw_gym.common.finite import VecCheckFinite, check_step_finite, guard_optimizer_step
 from egsw_gym.common.serialization import SafeSerializationMixin
 from egsw_gym.egsw import EGSW, egsw_statistics
+from egsw_gym.policies.base import GRPOPolicy
 
 __all__ = ["PPO"]
 
@@ -208,6 +209,7 @@ class PPO(SafeSerializationMixin, EGSWConfigMixin, SB3PPO):
         _init_setup_model: bool = True,
         egsw: EGSW | dict[str, Any] | None = None,
     ) -> None:
+        _check_not_a_grpo_policy(policy)
         _check_ppo_settings(**{k: v for k, v in locals().items() if k in PPO_SETTING_CHECKS})
         self._init_egsw(egsw)  # the live EGSW object and the plain dict checkpoints store
         super().__init__(
@@ -522,6 +524,18 @@ PPO_SETTING_CHECKS: dict[str, Any] = {
     ),
     "normalize_advantage": check_bool,
 }
+
+
+def _check_not_a_grpo_policy(policy: Any) -> None:
+    """PPO needs an actor-critic policy; a critic-free GRPO policy (``"LMPolicy"``...) gets pointed at GRPO."""
+    is_grpo_class = isinstance(policy, type) and issubclass(policy, GRPOPolicy)
+    if policy == "LMPolicy" or is_grpo_class:
+        name = policy if isinstance(policy, str) else policy.__name__
+        raise ValueError(
+            f'PPO cannot train policy={name!r}: PPO needs an actor-critic policy ("MlpPolicy", '
+            f'"CnnPolicy", "MultiInputPolicy" or an SB3 ActorCriticPolicy). Language models '
+            f"train with GRPO, which needs no critic: GRPO({name!r}, env, ...)"
+        )
 
 
 def _check_ppo_settings(**hp: Any) -> None:
