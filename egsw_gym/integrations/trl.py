@@ -58,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from egsw_gym.egsw import EGSW, egsw_statistics
-from egsw_gym.integrations.trl_tasks import completion_text, task_dataset, task_reward_func
+from egsw_gym.integrations.trl_tasks import completion_text, greedy_accuracy, task_dataset, task_reward_func
 
 __all__ = [
     "EGSWGRPOConfig",
@@ -67,6 +67,7 @@ __all__ = [
     "task_dataset",
     "task_reward_func",
     "completion_text",
+    "greedy_accuracy",
 ]
 
 #: TRL's ``loss_type`` values that EGSW supports, each with the reason that scaling the advantage by

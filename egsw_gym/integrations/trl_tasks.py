@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from egsw_gym.envs.tasks import Task, make_task
 from egsw_gym.envs.tasks.base import check_split
 
-__all__ = ["task_dataset", "task_reward_func", "completion_text"]
+__all__ = ["task_dataset", "task_reward_func", "completion_text", "greedy_accuracy"]
 
 
 def _resolve(task: str | Task, task_kwargs: dict[str, Any]) -> Task:
@@ -131,3 +133,78 @@ def task_reward_func(task: str | Task, **task_kwargs: Any) -> Callable[..., list
 
     reward.__name__ = reward.__qualname__ = f"{task.name}_reward"
     return reward
+
+
+@torch.no_grad()
+def greedy_accuracy(
+    model: Any,
+    tokenizer: Any,
+    task: str | Task,
+    split: str = "test",
+    n: int = 200,
+    *,
+    chat: bool = False,
+    system_prompt: str | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    **task_kwargs: Any,
+) -> float:
+    """Greedy accuracy of a Hugging Face causal LM on the first ``n`` problems of a split.
+
+    The prompts are those of :func:`task_dataset` (``chat`` and ``system_prompt`` alike), tokenized as
+    TRL tokenizes them, and the completions are scored by the task's verifier, so the number is the
+    fraction of problems whose greedy completion :func:`task_reward_func` would count as correct.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The model (put in eval mode for the call, then restored).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer (padding side switched to left for the call).
+    task : str or Task
+        The task; ``**task_kwargs`` configure it when it is a name.
+    split, n, chat, system_prompt
+        As for :func:`task_dataset`.
+    max_new_tokens : int or None
+        Completion budget; ``None`` uses the task's ``suggested_max_new_tokens``.
+    batch_size : int
+        Prompts generated together.
+
+    Returns
+    -------
+    float
+        Fraction correct, in ``[0, 1]``.
+    """
+    task = _resolve(task, task_kwargs)
+    data = task_dataset(task, split, n, chat=chat, system_prompt=system_prompt)
+    max_new_tokens = max_new_tokens or task.suggested_max_new_tokens
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    correct = 0
+    try:
+        for start in range(0, len(data), batch_size):
+            part = data[start : start + batch_size]
+            texts = part["prompt"]
+            if chat:
+                texts = [
+                    tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+                    for m in texts
+                ]
+            enc = tokenizer(text=texts, padding=True, return_tensors="pt", add_special_tokens=not chat)
+            enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            completions = tokenizer.batch_decode(
+                out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            for text, index in zip(completions, part["index"], strict=True):
+                correct += task.score(text, task.problem(index, split)).correct
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = side
+    return correct / len(data)
