@@ -33,5 +33,6 @@ def test_readme_has_examples():
 def test_readme_block_runs(index, local_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples save files
     code = re.sub(r"learn\(\s*[\d_]+", "learn(256", BLOCKS[index])
+    code = re.sub(r"\bsteps=[\d_]+", "steps=4", code)  # the warm start's supervised steps
     code = code.replace("/path/to/checkpoint", local_checkpoint)
     exec(compile(code, f"README block {index}", "exec"), {"__name__": "readme"})
