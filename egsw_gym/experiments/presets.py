@@ -144,29 +144,14 @@ def find_env_preset(env_id: str) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["grpo.learning_rate=1e-3", "n_timesteps=5000"]`` -> nested dict of YAML-parsed values."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. grpo.learning_rate=1e-3), got {item!r}")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = _parse_value(value)
-    return out
+    """``["grpo.learning_rate=1e-3", "n_timesteps=5000"]`` -> nested dict of YAML-parsed values.
 
+    Strict: YAML aliases, anchors and tags are refused, and every key and value is checked (an
+    unknown key gets the closest valid one); see :mod:`egsw_gym.experiments.overrides`.
+    """
+    from egsw_gym.experiments.overrides import parse_overrides as parse
 
-def _parse_value(text: str) -> Any:
-    """YAML scalar, except that ``1e-3`` is a float (PyYAML's YAML 1.1 reads it as a string)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    return parse(items)
 
 
 def _schedule(value: Any) -> Any:
