@@ -428,3 +428,21 @@ def test_training_reward_logs_are_read_with_caps(tmp_path):
     os.symlink("/dev/zero", d / "logs" / "progress.csv")
     with pytest.raises(RunDirError, match="progress.csv: is a symbolic link"):
         training_reward_curves(runs)
+
+
+def test_plot_never_writes_through_a_link_in_its_directory(tree, outside, capsys):
+    os.symlink(outside / "secret.txt", tree / "summary.md")
+    before = snapshot(outside)
+    lines = run_cli(["plot", str(tree)], capsys)
+    assert len(lines) == 1 and "summary.md: is a symbolic link" in lines[0]
+    assert snapshot(outside) == before and not (tree / "curves.csv").exists()
+
+
+def test_resuming_over_a_finished_run_reads_its_result_safely(tmp_path):
+    from egsw_gym.experiments.runner import train_run
+
+    run = tmp_path / "CartPole-v1" / "ppo" / "seed0"
+    run.mkdir(parents=True)
+    os.symlink("/dev/zero", run / "result.json")
+    with bounded_memory(), pytest.raises(RunDirError, match="result.json: is a symbolic link"):
+        train_run(make_run_spec("ppo", "CartPole-v1", 0), run)

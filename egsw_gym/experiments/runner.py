@@ -31,6 +31,7 @@ from egsw_gym.common.env_util import build_vec_env, is_text_env
 from egsw_gym.envs.vector import find_text_vector_env
 from egsw_gym.experiments.presets import RunSpec
 from egsw_gym.experiments.provenance import code_version, run_provenance
+from egsw_gym.experiments.rundir import read_json_file
 from egsw_gym.llm import evaluate_accuracy, warm_start
 from egsw_gym.llm.warm_start_artifact import cached_warm_start, isolated_rng
 
@@ -355,7 +356,7 @@ def train_run(
     run_dir = Path(run_dir)
     result_path = run_dir / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        return read_json_file(result_path)  # a finished run: checked like every run file
     if run_dir.exists():
         shutil.rmtree(run_dir)  # interrupted earlier: restart cleanly rather than mix two partial runs
     run_dir.mkdir(parents=True)
