@@ -1,6 +1,6 @@
 """Entropy-guided sequence weighting (EGSW): the one weighting that PPO and GRPO share.
 
-The specification (``shared/EGSW.md``, after Vanlioglu, arXiv 2503.22456)::
+The method (``docs/egsw.md``, after Vanlioglu, arXiv 2503.22456)::
 
     score_i = (A_i + alpha * H_i) / P
     w_i     = N * exp(score_i) / sum_{j in set} exp(score_j)        (N = size of the set)
@@ -42,14 +42,9 @@ __all__ = [
     "WEIGHT_SUMS",
 ]
 
-#: Largest accepted ``alpha`` and smallest accepted ``temperature``. Beyond them a unit of entropy or
-#: of (standardised) advantage moves a score by more than a million, so the weights are a hard
-#: arg-max and EGSW is no longer a soft weighting: such a value is a typo far more often than a
-#: choice. They also make overflow impossible: the scores are computed in float64 as
-#: ``(z - max z) / P`` with ``z = A + alpha * H``; for float32 inputs ``|z| <= 3.4e38 * (1 + 1e6)``
-#: is finite, ``z - max z <= 0`` and dividing it by ``P > 0`` gives a finite number or ``-inf``,
-#: whose ``exp`` is 0, so no value of ``z`` can produce NaN or inf weights (float64 inputs beyond
-#: ~1e302 are refused with a ValueError naming the overflow).
+#: Largest accepted ``alpha`` and smallest accepted ``temperature``: beyond them the weights are a
+#: hard arg-max, not a soft weighting. Scores are computed in float64 as ``(z - max z) / P`` with
+#: ``z = A + alpha * H``, so within them no input can produce NaN or inf weights.
 MAX_ALPHA = 1e6
 MIN_TEMPERATURE = 1e-6
 
@@ -209,62 +204,36 @@ def egsw_statistics(weights: torch.Tensor, entropies: Any) -> dict[str, float]:
 class EGSW:
     """Configuration of entropy-guided sequence weighting, passed as ``egsw=EGSW(...)`` to PPO or GRPO.
 
+    Each sample's clipped surrogate term is multiplied by ``N * softmax((A + alpha * H) / P)`` over
+    its comparison set. The method, the choice of defaults and the options' effects are explained
+    in ``docs/egsw.md``.
+
     Parameters
     ----------
     alpha : float
-        Weight of the entropy bonus in the score, in ``[0, 1e6]`` (:data:`MAX_ALPHA`). Default
-        ``0.1``. ``alpha=0`` weights by advantage alone (a per-sample weight on the surrogate; it
-        is *not* SR-GRPO, whose softmax makes one group-level advantage: ``GRPO(advantage="sr_grpo")``).
+        Weight of the entropy ``H`` in the score, in ``[0, 1e6]``. Default ``0.1``; ``0`` weights
+        by advantage alone (not SR-GRPO, which is ``GRPO(advantage="sr_grpo")``).
     temperature : float
-        Softmax temperature ``P``, finite and ``>= 1e-6`` (:data:`MIN_TEMPERATURE`). Default
-        ``1.0``. Large values give uniform weights, i.e. the plain algorithm. The two bounds keep
-        EGSW a soft weighting and make overflow impossible (see :data:`MAX_ALPHA`).
+        Softmax temperature ``P``, finite and ``>= 1e-6``. Default ``1.0``; large values flatten the
+        weights towards 1 (the plain algorithm).
     mode : {"trajectory", "step"}
-        ``"trajectory"`` (default): one weight per trajectory, scored by its (mean) advantage and
-        mean entropy, the set is the group (GRPO) or the episode segments of a rollout (PPO).
-        ``"step"``: one weight per (sample, step), the set at step ``t`` is the group's members
-        still running (GRPO) or the ``n_envs`` environments (PPO); with a single environment every
-        PPO set has size 1, so every weight is 1 (plain PPO, with a one-time warning).
-
-        Why trajectory is the default: it is defined for every environment count (the rollout of
-        even one environment holds several episode segments), it is the paper's sequence-level
-        weighting, and in our CartPole runs step mode collapsed the policy entropy (every step-wise
-        set rewards its highest-advantage samples, which pushes up the likelihood of all of them).
+        ``"trajectory"`` (default): one weight per trajectory, compared within its group (GRPO) or
+        among the rollout's episode segments (PPO). ``"step"``: one weight per sample and step,
+        compared among the group's running members (GRPO) or the ``n_envs`` environments (PPO).
     standardize_advantages : bool
-        Standardise advantages over the update batch (zero mean, unit std) before scoring, so that
-        ``temperature`` means the same thing on every environment whatever its reward scale.
-        Default ``True``. Only the *scores* see standardised advantages; the loss uses the
-        algorithm's own advantages.
+        Standardise advantages over the update batch before scoring, so that ``temperature`` means
+        the same on every environment. Default ``True``; the loss keeps the algorithm's advantages.
     max_weight : float or None
-        Optional cap on a single weight for stability (weights are clipped at it after the
-        softmax, so a capped set sums to less than its size). ``None`` (default) means no cap.
-        Must be ``>= 1`` (a cap below 1 would shrink even uniform weights).
+        Cap on a single weight, ``>= 1``, applied after the softmax. Default ``None`` (no cap).
     entropy_reduction : {"mean", "sum"}
-        How per-step entropies make the trajectory-wise ``H_i``: mean (default, length-neutral)
-        or sum over the trajectory's steps (favours long, uncertain trajectories).
+        How a trajectory's step entropies make its ``H``: ``"mean"`` (default, length-neutral) or
+        ``"sum"``.
     weight_sum : {"set_size", "one"}
-        What the weights of a set sum to. ``"set_size"`` (default): the set size ``N`` (mean
-        weight 1, so uniform weights leave the algorithm unchanged). ``"one"``: 1, the form a
-        summary of the paper gives (``w = softmax((A + alpha * H) / P)`` over the set); its
-        weights are exactly the default ones divided by ``N``.
-
-        When the two are the same update: where the weight *replaces* GRPO's ``1/G`` average over
-        the group. Our losses keep the mean (``loss_type="grpo"`` averages the sequences of a batch
-        of ``n_groups`` groups of ``G``), so ``"one"`` with its weights multiplied by ``N = G``
-        is ``"set_size"`` term for term: ``sum_i softmax_i * l_i`` over a group equals
-        ``(1/G) sum_i (G * softmax_i) * l_i``.
-
-        When they differ: used as is, *on top of* that mean, ``"one"`` scales the policy
-        (surrogate) term by ``1/N`` while the KL penalty (``beta``) and the entropy bonus
-        (``ent_coef``) keep their full size, so their balance shifts by the factor ``N``; the
-        gradient-norm clip (``max_grad_norm``) and Adam's step size see a policy gradient ``N``
-        times smaller, and with sets of varying size (step mode, episode segments in PPO) the sets
-        are no longer weighted alike. ``max_weight`` is refused with ``"one"`` (its weights are
-        at most 1, so a cap ``>= 1`` would never bind).
+        What a set's weights sum to: its size ``N`` (default; mean weight 1) or ``1`` (the paper's
+        plain softmax, i.e. the default weights divided by ``N``). ``"one"`` refuses ``max_weight``.
     advantage_coef : float
-        Factor on the (standardised) advantage in the score, ``(advantage_coef * A + alpha * H) / P``,
-        in ``[0, 1e6]``. Default ``1.0`` (the specification). ``0`` removes the advantage term:
-        the weights then follow entropy alone (an ablation of the advantage softmax).
+        Factor on the (standardised) advantage in the score, in ``[0, 1e6]``. Default ``1.0`` (the
+        method); ``0`` leaves entropy alone in the score (an ablation).
     """
 
     alpha: float = 0.1
