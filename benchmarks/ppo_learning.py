@@ -49,7 +49,7 @@ def main() -> None:
     for seed in a.seeds:
         for algo in a.algos:
             env = make_vec_env("CartPole-v1", n_envs=8, seed=seed, vec_env_cls=DummyVecEnv)
-            # RL Zoo hyperparameters for PPO on CartPole-v1 (as in shared/baselines/ppo_bench.py).
+            # RL Zoo hyperparameters for PPO on CartPole-v1.
             hyper = dict(
                 n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
                 learning_rate=1e-3, clip_range=0.2, device="cpu", seed=seed, verbose=0,

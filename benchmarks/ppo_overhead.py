@@ -1,6 +1,6 @@
 """Wall-time overhead of EGSW-PPO over Stable-Baselines3's PPO, side by side in one process.
 
-Same seeds, same hyperparameters (those of ``shared/baselines/ppo_bench.py``: RL Zoo settings on
+Same seeds, same hyperparameters (RL Zoo's settings on
 CartPole-v1, SB3 defaults on HalfCheetah-v5). For each seed the two models train in lockstep: they
 take turns to ``learn`` one chunk of ``--chunk`` steps (a few PPO iterations; which one goes first
 alternates), so that load from other processes on a shared machine hits both alike. Only time
