@@ -21,12 +21,12 @@ on the main thread of their process (SB3's ``SubprocVecEnv`` workers included).
 
 A signal is only handled between bytecodes, so it cannot stop one long C-level call. math-verify
 is exposed to exactly that: sympy turns ``$10^{10^{10}}$`` into a big-integer power that runs for
-minutes inside one C call (measured: still running after 120 s). For such scorers
+minutes inside one C call. For such scorers
 ``isolation="process"`` runs every call in a persistent worker process (forked once, so nothing
 is re-imported) and kills and replaces the worker when a call overruns: the bound then holds for
-any call, at the price of a pipe round trip (about 0.4 ms for math-verify) per call. A replaced
-worker is forked and warmed up (one unbounded warm-up call) before it serves, so the call after a
-kill waits for that restart too (about 0.1 s), but no scorer work runs past ``time_limit``.
+any call, at the price of a pipe round trip per call. A replaced worker is forked and warmed up
+(one unbounded warm-up call) before it serves, so the call after a kill waits for that restart
+too, but no scorer work runs past ``time_limit``.
 
 The pipe protocol cannot fall out of step: every request carries an id and only the answer with
 that id is taken (an answer to an earlier request is discarded and counted), and a call that does
