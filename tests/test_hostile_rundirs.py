@@ -186,6 +186,9 @@ CASES = {
     "config_other_env": ("config.json", _config(env_id="Acrobot-v1"), "env_id 'Acrobot-v1' differs from result.json's"),
     "config_bad_budget": ("config.json", _config(n_timesteps=-1), "field 'n_timesteps' must be an integer >= 1"),
     "config_nan_alpha": ("config.json", _config(egsw={"alpha": float("nan")}), "field 'egsw' must be"),
+    "config_egsw_no_mode": ("config.json", _config(egsw={"alpha": 0.1, "temperature": 1.0}), "field 'egsw' must be"),
+    "result_provenance": ("result.json", _result(provenance="main"), "field 'provenance' must be an object"),
+    "result_code_version": ("result.json", _result(provenance={"code": [1]}), "field 'provenance' must be"),
     "config_fifo": ("config.json", _fifo, "is a FIFO"),
 }  # fmt: skip
 

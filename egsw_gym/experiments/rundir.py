@@ -435,6 +435,11 @@ _RESULT_FIELDS: dict[str, tuple[bool, Any, str]] = {
     "initial_eval_mean": (False, _is_finite, "a finite number"),
     "final_eval_std": (False, _is_finite, "a finite number"),
     "timesteps": (False, lambda x: _is_int(x) and x >= 0, "an integer >= 0"),
+    "provenance": (
+        False,
+        lambda x: isinstance(x, dict) and (x.get("code") is None or isinstance(x["code"], dict)),
+        "an object whose 'code' is null or an object",
+    ),
 }
 #: config.json fields the readers use
 _CONFIG_FIELDS: dict[str, tuple[bool, Any, str]] = {
@@ -444,13 +449,19 @@ _CONFIG_FIELDS: dict[str, tuple[bool, Any, str]] = {
     "n_timesteps": (True, lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
     "egsw": (
         False,
-        lambda x: (
-            x is None
-            or (isinstance(x, dict) and all(_is_finite(x[k]) for k in ("alpha", "temperature") if k in x))
-        ),
-        "null or an EGSW config with finite alpha and temperature",
+        lambda x: x is None or _is_egsw(x),
+        "null or an EGSW config (mode, finite alpha, temperature)",
     ),
 }
+
+
+def _is_egsw(x: Any) -> bool:
+    """An EGSW config as ``EGSW.to_dict`` writes it, as far as the reports read it."""
+    return (
+        isinstance(x, dict)
+        and x.get("mode") in ("trajectory", "step")
+        and all(_is_finite(x.get(k)) for k in ("alpha", "temperature"))
+    )
 
 
 def _check_fields(data: Any, shown: Path, fields: dict[str, tuple[bool, Any, str]]) -> None:
