@@ -389,6 +389,9 @@ def test_merge_refuses_an_out_inside_a_source_and_conflicting_configs(tree, tmp_
     assert not (tmp_path / "merged").exists()
     with pytest.raises(FileNotFoundError):
         merge_runs([tmp_path / "missing"], tmp_path / "merged")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunDirError, match="exists and is not a directory"):
+        merge_runs([tree], tmp_path / "a_file")
 
 
 # ------------------------------------------------------------------- study resume, evaluate, logs

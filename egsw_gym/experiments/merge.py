@@ -244,12 +244,17 @@ def merge_runs(
         is written then.
     """
     dest = Path(dest)
+    if os.path.lexists(dest) and not dest.is_dir():
+        raise RunDirError(f"--out {dest} exists and is not a directory")
     todo, counts = _plan([Path(s) for s in sources], dest, limits)
     if not todo:
         return counts
-    dest.mkdir(parents=True, exist_ok=True)
-    with RunTree(dest, limits) as out:
-        for c in todo:
-            _copy_run(c, out.fd, dest, limits)
-            counts["copied"] += 1
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with RunTree(dest, limits) as out:
+            for c in todo:
+                _copy_run(c, out.fd, dest, limits)
+                counts["copied"] += 1
+    except OSError as err:  # disk full, permissions: one line, the runs copied so far are complete
+        raise RunDirError(f"{dest}: writing the merged runs failed ({err})") from None
     return counts
