@@ -16,7 +16,7 @@ def test_logged_timesteps_reads_the_last_complete_row(tmp_path):
     assert logged_timesteps(tmp_path) == 0  # no log yet (warm start, first rollout)
     _write_log(tmp_path, "train/loss,time/total_timesteps,time/fps\n0.5,256,10\n0.4,512,11\n0.3,76")
     assert logged_timesteps(tmp_path) == 512  # the half-written last line is ignored
-    _write_log(tmp_path, "a,time/total_timesteps\n1,256\n\"x,y\",1024\n")
+    _write_log(tmp_path, 'a,time/total_timesteps\n1,256\n"x,y",1024\n')
     assert logged_timesteps(tmp_path) == 1024  # quoted commas do not shift the column
 
 
@@ -45,6 +45,16 @@ def test_run_progress_sums_runs_caps_them_and_counts_finished_ones(tmp_path):
         assert (bar.completed, bar.total) == (1300, 2000)
         bar.finished(runs[0][1], "a done")
         assert bar.completed == 2000
+        assert bar.starting == 0
+
+
+def test_run_progress_counts_runs_before_their_first_update(tmp_path):
+    spec = SimpleNamespace(env_id="CartPole-v1", n_timesteps=100)
+    runs = [(spec, str(tmp_path / "started")), (spec, str(tmp_path / "queued"))]
+    (tmp_path / "started").mkdir()  # created by train_run; no log yet
+    with RunProgress(runs, disable=True) as bar:
+        bar.refresh()
+        assert bar.starting == 1
     assert bar.unit == "steps"
 
 

@@ -93,6 +93,8 @@ class RunProgress:
         self.unit = _unit([s for s, _ in work])
         self.total = sum(n for _, n in self._runs)
         self.completed = 0
+        #: runs started but not yet past their first update
+        self.starting = 0
         self.bar = tqdm(
             total=self.total,
             desc=f"{len(self._runs)} run(s), {self.unit}",
@@ -125,11 +127,16 @@ class RunProgress:
     def refresh(self) -> None:
         """Read every run's logged timesteps and move the bar there."""
         with self._lock:
-            total = 0
+            total, starting = 0, 0
             for run_dir, n in self._runs:
-                total += n if run_dir in self._done else min(n, logged_timesteps(run_dir))
-            self.completed = self.bar.n = total
+                logged = n if run_dir in self._done else min(n, logged_timesteps(run_dir))
+                # Started (its directory exists) but nothing logged yet: building, warm start, first update.
+                starting += logged == 0 and Path(run_dir).is_dir()
+                total += logged
+            self.completed, self.starting, self.bar.n = total, starting, total
             done = f"{len(self._done)}/{len(self._runs)} runs done"
+            if starting:
+                done += f", {starting} before their first update (warm start, first rollout)"
             self.bar.set_postfix_str(f"{done}; last: {self._label}" if self._label else done, refresh=False)
             self.bar.refresh()
 

@@ -26,8 +26,9 @@ WORK="${SB3_SUITE_WORK:-${TMPDIR:-/tmp}/egsw-sb3-suite-$ver}"
 if [[ ! -d "$WORK/tests" ]]; then
   echo "[sb3-suite] downloading the stable-baselines3 $ver source distribution into $WORK"
   mkdir -p "$WORK/dl"
+  # pip's notices about this machine's unused package folders are filtered out, as in setup.sh.
   "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-    --dest "$WORK/dl" "stable-baselines3==$ver" \
+    --dest "$WORK/dl" "stable-baselines3==$ver" 2>&1 | { grep -v "is ignored: it is neither" >&2 || true; } \
     || { echo "[sb3-suite] could not download stable-baselines3==$ver with pip" >&2; exit 2; }
   tar xzf "$WORK/dl/stable_baselines3-$ver.tar.gz" -C "$WORK/dl"
   cp -r "$WORK/dl/stable_baselines3-$ver/tests" "$WORK/tests"
