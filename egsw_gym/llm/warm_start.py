@@ -169,6 +169,7 @@ def warm_start(
     target_accuracy: float | None = None,
     eval_every: int = 25,
     eval_problems: int = 200,
+    schedule_steps: int | None = None,
 ) -> dict[str, Any]:
     """Short supervised fine-tune on the task's answer format (prompt + reference completion + EOS).
 
@@ -212,14 +213,18 @@ def warm_start(
         Stop as soon as the *sampled* accuracy (one completion per problem at the policy's
         temperature: what GRPO's rewards see) on ``eval_problems`` train-split problems reaches
         this value, checked every ``eval_every`` steps; ``steps`` is then the most it may take.
-        How many steps a format needs varies a lot with the data order (on arithmetic, 250 to
-        350), so a step count leaves some seeds with almost no correct samples and thus no reward
-        spread for GRPO; a target starts every seed from the same competence. Needs an
-        ``LMPolicy`` and ``env``. ``None`` (default) runs exactly ``steps``.
+        Needs an ``LMPolicy`` and ``env``. ``None`` (default) runs exactly ``steps``. The
+        experiment presets do not use it: a sampled accuracy near the target crosses it at a step
+        that float noise decides, so the starting policy would differ between machines; they run
+        a fixed ``steps`` instead.
     eval_every : int
         Steps between two checks of ``target_accuracy``.
     eval_problems : int
         Problems per check (the first ones of the train split; the test split stays held out).
+    schedule_steps : int or None
+        Length of the learning-rate schedule (warmup over its first 5%, then linear decay to 0
+        at ``schedule_steps``); ``None`` (default) is ``steps``. A larger value stops part-way
+        down the decay, as a ``target_accuracy`` stop did.
 
     Returns
     -------
@@ -243,9 +248,12 @@ def warm_start(
     optimizer = torch.optim.AdamW(params, lr=lr)
     # Short warmup then linear decay to 0: a few hundred steps at a constant high rate end noisy,
     # annealing them buys most of the accuracy for free.
-    warmup = max(1, steps // 20)
+    if schedule_steps is not None and not (isinstance(schedule_steps, int) and schedule_steps >= 1):
+        raise ValueError(f"schedule_steps must be a positive int or None, got {schedule_steps!r}")
+    horizon = max(1, steps) if schedule_steps is None else schedule_steps
+    warmup = max(1, horizon // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / max(1, steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / horizon)
     )
     was_training = model.training
     model.train()
