@@ -9,7 +9,12 @@ source scripts/python.sh
 
 if [ ! -x "$PY" ] && [ "$PY" = "$(pwd)/.venv/bin/python" ]; then
   echo "[setup] creating the project virtualenv in $(pwd)/.venv (remove it with: rm -rf .venv)"
-  "${BASE_PYTHON:-python3}" -m venv .venv
+  if ! "${BASE_PYTHON:-python3}" -m venv .venv; then
+    rm -rf .venv  # a half-made .venv without pip would be taken for a working one next time
+    echo "[setup] could not create .venv (see above; on Debian/Ubuntu: apt install python3-venv)," \
+      "or activate a virtualenv of your own and rerun" >&2
+    exit 1
+  fi
 fi
 # pip install, quiet, with the notices about this machine's unused package folders filtered out.
 pip_install() {
