@@ -66,6 +66,13 @@ def params(model: GRPO) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.policy.parameters()])
 
 
+def one_update(model: GRPO, callback: BaseCallback) -> None:
+    """Collect and train one whole update (``learn`` would cut it at a tiny budget's first round)."""
+    _, callback = model._setup_learn(1, callback)
+    batch = model.collect_groups(model.env, callback)  # no max_timesteps: all n_groups groups
+    model.train(batch)
+
+
 def make(always_dead: bool = False, **kwargs: Any) -> GRPO:
     env = make_vec_env(SometimesSparseEnv, n_envs=8, env_kwargs=dict(always_dead=always_dead))
     model = GRPO("MlpPolicy", env, group_size=4, n_groups=4, batch_size=8, seed=0, **kwargs)
@@ -76,7 +83,7 @@ def make(always_dead: bool = False, **kwargs: Any) -> GRPO:
 def test_kept_groups_all_have_reward_spread_and_every_step_counts():
     model = make(dynamic_sampling=True, dynamic_sampling_max_rounds=50)
     cb = Capture()
-    model.learn(1, callback=cb, log_interval=10_000)
+    one_update(model, cb)
     (batch,), (logged,) = cb.batches, cb.logged
     returns = (batch.rewards * batch.mask).sum(dim=1).reshape(4, 4)  # n_groups x group_size
     assert batch.mask.shape == (16, EPISODE_LEN)
@@ -92,7 +99,7 @@ def test_kept_groups_all_have_reward_spread_and_every_step_counts():
 def test_cap_tops_the_batch_up_with_zero_spread_groups():
     model = make(always_dead=True, dynamic_sampling=True, dynamic_sampling_max_rounds=3)
     cb = Capture()
-    model.learn(1, callback=cb, log_interval=10_000)
+    one_update(model, cb)
     (batch,), (logged,) = cb.batches, cb.logged
     assert logged["rollout/sampling_rounds"] == 3
     assert logged["rollout/frac_reward_zero_std"] == 1.0
@@ -104,7 +111,7 @@ def test_cap_tops_the_batch_up_with_zero_spread_groups():
 def test_default_cap_is_four_plain_updates():
     model = make(always_dead=True, dynamic_sampling=True)
     cb = Capture()
-    model.learn(1, callback=cb, log_interval=10_000)
+    one_update(model, cb)
     assert cb.logged[0]["rollout/sampling_rounds"] == 4 * 2
 
 
@@ -120,7 +127,9 @@ def test_off_by_default_and_identical_when_every_group_has_spread():
     dynamic.set_logger(silent_logger())
     cb = Capture()
     dynamic.learn(3_000, callback=cb)
-    assert all(log["rollout/sampling_rounds"] == 2 for log in cb.logged)
+    # Two rounds per update; the last update stops at the round that reaches the budget.
+    assert all(log["rollout/sampling_rounds"] == 2 for log in cb.logged[:-1])
+    assert cb.logged[-1]["rollout/sampling_rounds"] in (1, 2)
     assert dynamic.num_timesteps == plain.num_timesteps
     assert torch.equal(params(plain), params(dynamic))
 

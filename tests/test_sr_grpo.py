@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from egsw_gym import GRPO
 from egsw_gym.algorithms.grpo.core import group_advantages, sr_grpo_advantages
+from egsw_gym.algorithms.grpo.sr_grpo import sr_grpo_weights
 
 torch.set_num_threads(1)
 
@@ -143,3 +144,62 @@ def test_grpo_sr_is_a_preset_algorithm_and_overrides_still_win():
     assert build_parser().parse_args(
         ["compare", "--suite", "classic", "--out", "x", "--algos", "grpo-sr"]
     ).algos == ["grpo-sr"]
+
+
+def loop_softmax(scores, ids, tau):
+    """Loop reference of SR-GRPO's weights: exp(z_i / tau) / sum_{j in g(i)} exp(z_j / tau), group by group."""
+    out = [0.0] * len(scores)
+    for g in set(ids):
+        members = [i for i, x in enumerate(ids) if x == g]
+        top = max(scores[i] / tau for i in members)
+        e = {i: math.exp(scores[i] / tau - top) for i in members}
+        for i in members:
+            out[i] = e[i] / sum(e.values())
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(-50, 50), st.integers(-3, 3)), min_size=1, max_size=24),
+    st.floats(1e-3, 100),
+)
+def test_sr_grpo_weights_match_a_loop_reference(pairs, tau):
+    scores, ids = [p[0] for p in pairs], [p[1] for p in pairs]
+    got = sr_grpo_weights(torch.tensor(scores, dtype=torch.float64), torch.tensor(ids), tau)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), loop_softmax(scores, ids, tau), rtol=1e-12, atol=1e-300)
+    for g in set(ids):  # each group's weights sum to 1
+        assert float(got[torch.tensor(ids) == g].sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_sr_grpo_weights_do_not_overflow_and_refuse_bad_input():
+    w = sr_grpo_weights(torch.tensor([1e3, 0.0, -1e3]), torch.zeros(3, dtype=torch.long), 1e-6)
+    assert torch.equal(w, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    assert sr_grpo_weights(torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).numel() == 0
+    with pytest.raises(ValueError, match="sr_temperature"):
+        sr_grpo_weights(torch.zeros(2), torch.zeros(2, dtype=torch.long), 0.0)
+    with pytest.raises(ValueError, match="1-D of equal length"):
+        sr_grpo_weights(torch.zeros(2), torch.zeros(3, dtype=torch.long), 0.5)
+    with pytest.raises(TypeError, match="integer"):
+        sr_grpo_weights(torch.zeros(2), torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        sr_grpo_weights(torch.tensor([0.0, float("nan")]), torch.zeros(2, dtype=torch.long), 0.5)
+
+
+def test_sr_grpo_does_not_depend_on_egsw_weighting(monkeypatch):
+    """Changing EGSW's formula must not change SR-GRPO: it has its own softmax."""
+    import egsw_gym.egsw as egsw_module
+    from egsw_gym.algorithms.grpo import advantages, core
+    from egsw_gym.algorithms.grpo import sr_grpo as sr_module
+
+    def changed_egsw(*args, **kwargs):
+        raise AssertionError("SR-GRPO called EGSW's weighting")
+
+    for module in (egsw_module, advantages, core, sr_module):
+        monkeypatch.setattr(module, "egsw_weights", changed_egsw, raising=False)
+    r = [0.0, 1.0, 3.0, -1.0, 2.0, 2.0]
+    ids = [0, 0, 0, 1, 1, 1]
+    got = sr_grpo_advantages(
+        torch.tensor(r, dtype=torch.float64), torch.tensor(ids), temperature=0.5, eps=1e-5
+    )
+    np.testing.assert_allclose(got.numpy(), published_sr_grpo(r, ids, 0.5, 1e-5), rtol=1e-12)

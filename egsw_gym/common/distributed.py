@@ -318,7 +318,7 @@ class GlobalBatch:
         """One epoch of minibatches: ``(local row indices, loss scale)`` pairs.
 
         The global permutation comes from rank 0 (from torch's default generator, as without
-        distribution). The loss that :func:`~egsw_gym.algorithms.grpo_core.grpo_loss` returns for the
+        distribution). The loss that :func:`~egsw_gym.algorithms.grpo.core.grpo_loss` returns for the
         local rows must be multiplied by the scale: it turns the local denominator into the global one.
         A rank holding none of a minibatch's rows gets one of its rows with scale 0, so that it still
         runs a backward pass and joins the gradient ``all_reduce``.

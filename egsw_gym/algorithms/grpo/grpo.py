@@ -60,23 +60,20 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     Parameters
     ----------
     policy : str or type of GRPOPolicy
-        ``"MlpPolicy"``, ``"CnnPolicy"`` (image observations), ``"MultiInputPolicy"`` (``Dict``
-        observations), ``"LMPolicy"`` (imported lazily from ``egsw_gym.policies.lm``), or a
-        :class:`~egsw_gym.policies.GRPOPolicy` subclass.
+        ``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"`` (``Dict`` observations),
+        ``"LMPolicy"`` (language models), or a :class:`~egsw_gym.policies.GRPOPolicy` subclass.
     env : gymnasium.Env, str or VecEnv
-        The environment. An id string or a single Gymnasium env is built by
-        :func:`~egsw_gym.common.env_util.build_vec_env` (a single env is replicated to ``n_envs``
-        copies); a VecEnv is used as is. ``reset(seed=s)`` must determine the start state.
+        An id string or a single env (replicated to ``n_envs`` copies by
+        :func:`~egsw_gym.common.env_util.build_vec_env`), or a VecEnv. ``reset(seed=s)`` must
+        determine the start state.
     group_size : int
         Episodes per group (same reset seed, so same start state / prompt); ``>= 2``.
     n_groups : int
         Groups per update (over all processes under torchrun). Their ``n_groups * group_size``
         episodes are played in rounds of ``n_envs``, so that number must be a multiple of ``n_envs``.
     n_envs : int or None
-        Number of environments when ``env`` is a string or a single env; default
-        ``group_size * n_groups`` (all groups in one round). It may be smaller than ``group_size``:
-        a group then spans several rounds, every member reset with the group's seed (see
-        :mod:`egsw_gym.algorithms.grpo.rollout`).
+        Environments when ``env`` is a string or a single env; default ``group_size * n_groups``
+        (one round per update). Fewer than ``group_size`` works: a group then spans rounds.
     env_kwargs : dict or None
         Keyword arguments of ``gym.make`` when ``env`` is an id string (e.g. a text task's knobs).
     learning_rate : float or Callable[[float], float]
@@ -96,8 +93,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         Loss aggregation over steps, see :func:`~egsw_gym.algorithms.grpo.core.aggregate_loss`.
     advantage : {"outcome", "process", "sr_grpo"}
         Episode return normalised in the group, reward-to-go normalised per step across the
-        group's running members, or SR-GRPO's soft-reward group advantage (one softmax-weighted
-        mean return per group, :func:`~egsw_gym.algorithms.grpo.core.sr_grpo_advantages`).
+        group's running members, or SR-GRPO's soft-reward group advantage (see
+        :func:`~egsw_gym.algorithms.grpo.advantages.group_advantages`).
     sr_temperature : float
         SR-GRPO's softmax temperature ``tau > 0`` (default 0.5, the reference code's); used only
         with ``advantage="sr_grpo"``.
@@ -118,17 +115,12 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     dr_grpo_max_len : int or None
         The constant ``max_len`` of ``"dr_grpo"``; ``None`` uses the padded length of each batch.
     dynamic_sampling : bool
-        DAPO's dynamic sampling (verl's ``filter_groups``): keep collecting, and keep only the groups
-        whose (discounted) episode returns have a non-zero spread, until ``n_groups`` such groups are
-        gathered or ``dynamic_sampling_max_rounds`` rounds have run; then top up with zero-spread
-        groups in collection order. Every step counts in ``num_timesteps``. Logs
-        ``rollout/sampling_rounds`` and ``rollout/frac_reward_zero_std``. Default ``False``; single
-        process only. See :meth:`~egsw_gym.algorithms.grpo.rollout.GroupRolloutMixin._collect_groups_dynamic`.
+        DAPO's dynamic sampling: keep collecting until ``n_groups`` groups have a non-zero return
+        spread (or the round cap), then top up with zero-spread groups; single process only (see
+        :meth:`~egsw_gym.algorithms.grpo.rollout.GroupRolloutMixin._collect_groups_dynamic`).
     dynamic_sampling_max_rounds : int or None
-        Cap on the rounds (``n_envs`` episodes each) one update may collect with ``dynamic_sampling``;
-        ``None`` means 4 times the rounds of a plain update (``4 * n_groups * group_size // n_envs``).
-        Must be at least the plain number of rounds. Rounds come in blocks of whole groups
-        (one round when ``n_envs`` is a multiple of ``group_size``), so the last block may pass it.
+        Cap on the rounds one update may collect with ``dynamic_sampling``, at least the rounds of
+        a plain update; ``None``: 4 times those (``4 * n_groups * group_size // n_envs``).
     egsw : EGSW, dict or None
         EGSW configuration; ``None`` is plain GRPO. Stored as plain data (``egsw_config``) and
         rebuilt as ``self.egsw``.
@@ -189,6 +181,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         # The constructor arguments the shared checks validate (all of them but env, policy and egsw).
         hyperparameters = {k: v for k, v in locals().items() if k in HYPERPARAMETER_CHECKS}
         self._check_hyperparameters(**hyperparameters)
+        # This process's rank and world size: one process until _setup_model joins torchrun's group.
+        self._dist = dist_utils.DistInfo()
         if env is not None and not isinstance(env, VecEnv):
             # Under torchrun n_groups is global: each rank runs its n_groups / world_size share.
             default_n_envs = group_size * dist_utils.local_n_groups(n_groups)
@@ -224,11 +218,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
 
     @classmethod
     def _check_hyperparameters(cls, **hp: Any) -> None:
-        """Validate the given constructor arguments with the shared checks; ``ValueError`` names the bad one.
-
-        Each GRPO hyperparameter among the keywords is checked by its rule
-        (:data:`~egsw_gym.algorithms.grpo.settings.HYPERPARAMETER_CHECKS`); others are ignored.
-        """
+        """Check each keyword that has a rule in :data:`~egsw_gym.algorithms.grpo.settings.HYPERPARAMETER_CHECKS`."""
         apply_rules(HYPERPARAMETER_CHECKS, hp)
 
     @classmethod
@@ -236,11 +226,6 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         """The constructor's checks, applied to a checkpoint's values (see SafeSerializationMixin)."""
         super()._validate_loaded_params(data)
         cls._check_hyperparameters(**cls._loaded_settings(data, CHECKPOINT_HYPERPARAMETERS))
-
-    @property
-    def _dist_info(self) -> dist_utils.DistInfo:
-        """This process's rank and world size (a trivial one before ``_setup_model``)."""
-        return getattr(self, "_dist", None) or dist_utils.DistInfo()
 
     def _setup_model(self) -> None:
         self._restore_egsw()  # after load(): load(..., egsw=EGSW(...)) if given, else the saved config
@@ -307,7 +292,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save``; under torch.distributed only rank 0 writes (the ranks hold equal weights)."""
-        if not self._dist_info.is_main:
+        if not self._dist.is_main:
             return
         # policy_kwargs as plain data (an LM object or a tokenizer object -> its config / directory).
         original = self.policy_kwargs
@@ -367,7 +352,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
         """SB3's ``1 - num_timesteps / total_timesteps``, floored at 0.
 
-        The last update may overshoot ``total_timesteps`` (whole updates); without the floor a
+        The last update may overshoot ``total_timesteps`` (whole rounds); without the floor a
         schedule such as ``lambda p: p * lr`` would give it a negative learning rate.
         """
         super()._update_current_progress_remaining(num_timesteps, total_timesteps)
@@ -391,10 +376,10 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
             advantage=self.advantage,
             gamma=self.gamma,
             scale_by_std=self.scale_rewards,
-            sr_temperature=getattr(self, "sr_temperature", 0.5),  # checkpoints saved before it: 0.5
+            sr_temperature=self.sr_temperature,
         )
         # The update batch as the union of every rank's sequences (trivial for one process).
-        plan = dist_utils.GlobalBatch(mask, self._dist_info, self.loss_type)
+        plan = dist_utils.GlobalBatch(mask, self._dist, self.loss_type)
         weights = self._egsw_weights(adv.advantages, batch, plan) if self.egsw is not None else None
         ref_log_probs = None
         if self.beta > 0:
@@ -455,9 +440,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
             beta=self.beta,
             entropies=entropies,
             ent_coef=self.ent_coef,
-            # Checkpoints saved before these options existed train as plain GRPO.
-            positive_weight=getattr(self, "positive_weight", 1.0),
-            top_entropy_quantile=getattr(self, "top_entropy_quantile", 1.0),
+            positive_weight=self.positive_weight,
+            top_entropy_quantile=self.top_entropy_quantile,
         )
         # A NaN/inf loss or gradient raises before the step: parameters never become NaN.
         where = f"in update {self._n_updates // self.n_epochs + 1} (num_timesteps={self.num_timesteps})"
@@ -480,9 +464,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     ) -> None:
         """Record the update's ``train/*`` values, reduced over ranks (the identity for one process).
 
-        Each minibatch statistic is weighted by the rank's share of the minibatch (``loss_scale``, 1
-        for one process), so its sum over ranks is the global minibatch's value; the values are then
-        averaged over the update's minibatches.
+        A minibatch statistic times the rank's share (``loss_scale``) sums over ranks to the global
+        minibatch's value; the values are then averaged over the update's minibatches.
         """
 
         def mean(field: str) -> float:
@@ -519,10 +502,8 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
     def _record_throughput(self, batch: GroupBatch, rollout_s: float, train_s: float) -> None:
         """Log this update's wall times and its episode steps per second (tokens/s on text envs).
 
-        ``time/fps`` counts every vectorised step, including the steps of environments that already
-        finished their episode and wait for the round's longest one; ``time/valid_steps_per_s`` counts
-        only the steps that belong to an episode (the generated tokens, for a language model), over
-        the rollout plus the update, and ``time/rollout_steps_per_s`` over the rollout alone.
+        Unlike ``time/fps`` (every vectorised step), ``time/valid_steps_per_s`` (rollout + update) and
+        ``time/rollout_steps_per_s`` count only the steps inside an episode (generated tokens).
         """
         valid = float(batch.mask.sum())
         self.logger.record("time/rollout_s", rollout_s)
@@ -537,9 +518,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         fps = int((self.num_timesteps - self._num_timesteps_at_start) / time_elapsed)
         if iteration > 0:
             self.logger.record("time/iterations", iteration, exclude="tensorboard")
-        ep_stats = dist_utils.episode_stats(
-            self.ep_info_buffer, self._dist_info
-        )  # recent episodes, all ranks
+        ep_stats = dist_utils.episode_stats(self.ep_info_buffer, self._dist)  # recent episodes, all ranks
         if ep_stats is not None:
             self.logger.record("rollout/ep_rew_mean", ep_stats[0])
             self.logger.record("rollout/ep_len_mean", ep_stats[1])
@@ -559,13 +538,17 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfGRPO:
-        """Train for at least ``total_timesteps`` environment steps (every stepped env counts).
+        """Train for ``total_timesteps`` environment steps (every stepped env counts), within one round.
+
+        The update that reaches the budget stops at the end of that round (of the block of rounds
+        holding whole groups) and trains on the groups played, as SB3's PPO stops after the rollout
+        that crosses it (:meth:`collect_groups`; under torch.distributed, updates are whole).
 
         Parameters
         ----------
         total_timesteps : int
             Environment steps to run, ``>= 0`` (``0`` is a no-op; a float such as ``1e5`` works, as in
-            SB3); whole updates are completed, so the count may overshoot.
+            SB3). The count ends at most one round (``n_envs`` times its longest episode) above it.
         callback : callable, BaseCallback, list or None
             SB3 callback(s); ``on_step`` after every vectorised step, returning ``False`` stops.
         log_interval : int
@@ -588,7 +571,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
             For a negative, NaN, infinite or non-numeric ``total_timesteps``.
         """
         check_total_timesteps(total_timesteps)
-        if not self._dist_info.is_main:
+        if not self._dist.is_main:
             # Only rank 0 writes logs and shows a progress bar (train still joins every reduction).
             self.set_logger(Logger(folder=None, output_formats=[]))
             progress_bar = False
@@ -600,7 +583,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
         iteration = 0
         while self.num_timesteps < total_timesteps:
             t_start = time.perf_counter()
-            batch = self.collect_groups(self.env, callback)
+            batch = self.collect_groups(self.env, callback, max_timesteps=total_timesteps)
             if batch is None:
                 break
             t_collected = time.perf_counter()

@@ -32,7 +32,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from egsw_gym.algorithms.grpo.core import discounted_returns, group_normalize
+from egsw_gym.algorithms.grpo.advantages import discounted_returns, group_normalize
 from egsw_gym.common import distributed as dist_utils
 from egsw_gym.common.finite import check_step_finite
 from egsw_gym.envs.vector import hold_finished_episodes
@@ -200,7 +200,7 @@ class GroupRolloutMixin:
     """Collection of groups for :class:`~egsw_gym.algorithms.grpo.GRPO` (the ``collect_rollouts`` side).
 
     Reads the algorithm's ``group_size``, ``n_groups``, ``policy``, ``device``, ``gamma``,
-    ``dynamic_sampling`` settings and ``_dist_info``, and advances ``num_timesteps``.
+    ``dynamic_sampling`` settings and ``_dist``, and advances ``num_timesteps``.
     """
 
     #: Keys of a finished episode's ``info`` averaged over each update's episodes and logged as
@@ -231,17 +231,17 @@ class GroupRolloutMixin:
 
     def _check_env(self, env: VecEnv) -> None:
         """Rounds fit the update (see :class:`RoundPlan`), and ``reset(seed=s)`` fixes the start state."""
-        local_groups = dist_utils.local_n_groups(self.n_groups, self._dist_info.world_size)
+        local_groups = dist_utils.local_n_groups(self.n_groups, self._dist.world_size)
         episodes = local_groups * self.group_size
         if episodes % env.num_envs:
             raise ValueError(
                 f"n_groups * group_size = {episodes} (the episodes of one update"
-                f"{' on each rank' if self._dist_info.enabled else ''}) must be a multiple of the env's "
+                f"{' on each rank' if self._dist.enabled else ''}) must be a multiple of the env's "
                 f"n_envs = {env.num_envs}, which plays them in rounds; change n_envs or n_groups "
                 f"(n_envs may be smaller than group_size: a group then spans several rounds)"
             )
         if self.dynamic_sampling:
-            if self._dist_info.enabled:
+            if self._dist.enabled:
                 raise ValueError(
                     "dynamic_sampling is not supported under torch.distributed (single process only)"
                 )
@@ -345,15 +345,19 @@ class GroupRolloutMixin:
         )
 
     def _collect_block(
-        self, env: VecEnv, callback: BaseCallback, group_seeds: np.ndarray
+        self, env: VecEnv, callback: BaseCallback, group_seeds: np.ndarray, stop_at: int | None = None
     ) -> tuple[GroupBatch | None, int]:
         """Play the groups with these reset seeds, in rounds of ``n_envs`` episodes.
 
-        Returns the batch (rows in group order, ``group_ids`` ``0 .. len(group_seeds) - 1``), or
-        ``None`` when a callback stopped the run, and the number of rounds played.
+        With ``stop_at``, stop early at the first round that ends with ``num_timesteps >= stop_at``
+        and completes a block of whole groups (:attr:`RoundPlan.rounds_per_block`; every round
+        when ``n_envs`` is a multiple of ``group_size``): the groups played so far form the batch.
+
+        Returns the batch (rows in group order, ``group_ids`` ``0 .. n - 1`` for the ``n`` groups
+        played), or ``None`` when a callback stopped the run, and the number of rounds played.
         """
         plan = RoundPlan(env.num_envs, self.group_size)
-        info = self._dist_info
+        info = self._dist
         seeded = self.round_seeded_sampling if self.round_seeded_sampling is not None else info.enabled
         rounds = []
         for r, (seeds, groups) in enumerate(plan.rounds(group_seeds)):
@@ -363,33 +367,55 @@ class GroupRolloutMixin:
             if batch is None:
                 return None, r + 1
             rounds.append(batch)
+            whole_groups = (r + 1) % plan.rounds_per_block == 0
+            if stop_at is not None and self.num_timesteps >= stop_at and whole_groups:
+                break  # the budget is spent: train on the whole groups played so far
         return GroupBatch.concat(rounds), len(rounds)
 
     # ------------------------------------------------------------------------------------------
     # One update's batch
     # ------------------------------------------------------------------------------------------
 
-    def collect_groups(self, env: VecEnv, callback: BaseCallback) -> GroupBatch | None:
+    def collect_groups(
+        self, env: VecEnv, callback: BaseCallback, max_timesteps: int | None = None
+    ) -> GroupBatch | None:
         """Collect this update's groups (``n_groups`` in all ranks together), padded to one batch.
 
-        ``None`` when a callback stopped the run (on any rank).
+        Parameters
+        ----------
+        env : VecEnv
+            The environments that play the rounds.
+        callback : BaseCallback
+            SB3 callback; ``on_step`` returning ``False`` stops the run.
+        max_timesteps : int or None
+            The training budget (``learn``'s ``total_timesteps``). Once ``num_timesteps`` reaches
+            it, collection stops at the end of the round (block of rounds holding whole groups),
+            and the update trains on the groups played so far, so ``learn`` stops within one round
+            of its budget. ``None``: always ``n_groups`` groups. Single process only: under
+            torch.distributed every update collects all of its groups.
+
+        Returns
+        -------
+        GroupBatch or None
+            The batch, or ``None`` when a callback stopped the run (on any rank).
         """
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
+        stop_at = None if self._dist.enabled else max_timesteps
         if self.dynamic_sampling:
-            batch = self._collect_groups_dynamic(env, callback)
+            batch = self._collect_groups_dynamic(env, callback, stop_at)
         else:
             # All of the update's (global) group seeds in one draw; this rank plays its contiguous
             # block of groups (all of them for one process).
             seeds = np.random.randint(0, 2**31 - 1, size=self.n_groups)
-            local_seeds = dist_utils.shard_group_seeds(seeds, 1, self._dist_info).ravel()
+            local_seeds = dist_utils.shard_group_seeds(seeds, 1, self._dist).ravel()
             steps_before = self.num_timesteps
-            batch, _ = self._collect_block(env, callback, local_seeds)
+            batch, _ = self._collect_block(env, callback, local_seeds, stop_at)
             # Global step count (every rank runs the same number of updates) and a global stop.
             sync = torch.tensor(
                 [float(self.num_timesteps - steps_before), float(batch is None)], dtype=torch.float64
             )
-            dist_utils.all_reduce(sync, self._dist_info)
+            dist_utils.all_reduce(sync, self._dist)
             self.num_timesteps = steps_before + int(sync[0])
             if sync[1] > 0:
                 batch = None
@@ -401,12 +427,16 @@ class GroupRolloutMixin:
         callback.on_rollout_end()
         return batch
 
-    def _collect_groups_dynamic(self, env: VecEnv, callback: BaseCallback) -> GroupBatch | None:
+    def _collect_groups_dynamic(
+        self, env: VecEnv, callback: BaseCallback, stop_at: int | None = None
+    ) -> GroupBatch | None:
         """Dynamic sampling (``dynamic_sampling=True``): blocks until ``n_groups`` groups have reward spread.
 
         A block is the fewest groups that fill whole rounds (:attr:`RoundPlan.groups_per_block`; one
-        round when ``n_envs`` is a multiple of ``group_size``). Zero spread is judged exactly as
-        :func:`~egsw_gym.algorithms.grpo.core.group_advantages` does (discounted episode returns,
+        round when ``n_envs`` is a multiple of ``group_size``). Sampling also ends after the block
+        that brings ``num_timesteps`` to ``stop_at`` (the batch may then hold fewer than
+        ``n_groups`` groups). Zero spread is judged exactly as
+        :func:`~egsw_gym.algorithms.grpo.advantages.group_advantages` does (discounted episode returns,
         ``group_normalize``'s tolerance), so a kept group never ends up with all-zero advantages.
         """
         plan = RoundPlan(env.num_envs, self.group_size)
@@ -415,6 +445,8 @@ class GroupRolloutMixin:
         spare: list[tuple[GroupBatch, torch.Tensor]] = []  # zero-spread groups, to top up at the cap
         n_sampled = n_zero = rounds = 0
         while len(kept) < self.n_groups and rounds < cap:
+            if rounds > 0 and stop_at is not None and self.num_timesteps >= stop_at:
+                break
             seeds = np.random.randint(0, 2**31 - 1, size=plan.groups_per_block)
             batch, played = self._collect_block(env, callback, seeds)
             rounds += played

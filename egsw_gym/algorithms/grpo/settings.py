@@ -15,7 +15,8 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from egsw_gym.algorithms.grpo.core import ADVANTAGE_TYPES, LOSS_TYPES, check_sr_temperature
+from egsw_gym.algorithms.grpo.core import ADVANTAGE_TYPES, LOSS_TYPES
+from egsw_gym.algorithms.grpo.sr_grpo import check_sr_temperature
 from egsw_gym.common.checks import (
     MAX_COEF,
     MAX_EPOCHS,

@@ -151,7 +151,7 @@ class LMPolicy(GRPOPolicy):
         accel: str | tuple[str, ...] | list[str] = accelerations.DEFAULT_ACCEL,
     ) -> None:
         obs_len = check_spaces(observation_space, action_space)
-        self.accel = accelerations.check_accel(accel)
+        accel = accelerations.check_accel(accel)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not (autocast is None or isinstance(autocast, bool) or autocast in ("bfloat16", "float16")):
@@ -169,6 +169,7 @@ class LMPolicy(GRPOPolicy):
         self.lora_config = lora_config
         self.disable_dropout = disable_dropout
         self.autocast = autocast
+        self.accel = accel
 
         self.tokenizer = resolve_tokenizer(tokenizer, model)
         self.model = build_model(
