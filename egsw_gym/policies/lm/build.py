@@ -35,7 +35,7 @@ def fused_if_unset(optimizer_class: type, optimizer_kwargs: dict[str, Any]) -> d
     """``optimizer_kwargs`` plus ``fused=True`` for torch's Adam/AdamW when no implementation is chosen.
 
     The fused kernel updates every parameter in one call instead of a dozen small ops per tensor:
-    the same update (same math, float rounding aside), about 3x faster for small models, where the
+    the same update (same math, float rounding aside), faster for small models, where the
     optimizer step is a visible share of a GRPO update. An explicit ``fused``/``foreach`` wins.
     """
     if optimizer_class not in (torch.optim.Adam, torch.optim.AdamW) or {"fused", "foreach"} & set(
