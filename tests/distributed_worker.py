@@ -82,6 +82,7 @@ def run_case(name: str, seed: int = 3) -> dict[str, Any]:
     try:
         model = GRPO(seed=seed, device="cpu", **cfg)
         model.round_seeded_sampling = True  # already the default under torchrun; needed for 1 process
+        model.whole_updates = True  # the same: one process must not stop mid-update at the budget
         played.clear()  # drop the seedability probe of the constructor
         model.learn(total)
     finally:

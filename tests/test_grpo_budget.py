@@ -110,3 +110,10 @@ def test_collect_groups_without_a_budget_collects_every_group():
     _, callback = model._setup_learn(1, None)
     batch = model.collect_groups(model.env, callback)  # no max_timesteps: the whole update
     assert batch.group_ids.numel() == 16 and model.num_timesteps >= 1
+
+
+def test_whole_updates_completes_the_update_that_reaches_the_budget():
+    model = GRPO("MlpPolicy", "CartPole-v1", n_envs=4, group_size=2, n_groups=8, n_epochs=1, seed=0)
+    model.whole_updates = True  # what torch.distributed runs do
+    _, rounds, trained = recorded_learn(model, 1)
+    assert rounds == [4] and trained[0].numel() == 16

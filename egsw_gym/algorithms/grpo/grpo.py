@@ -542,7 +542,7 @@ class GRPO(GroupRolloutMixin, SafeSerializationMixin, EGSWConfigMixin, BaseAlgor
 
         The update that reaches the budget stops at the end of that round (of the block of rounds
         holding whole groups) and trains on the groups played, as SB3's PPO stops after the rollout
-        that crosses it (:meth:`collect_groups`; under torch.distributed, updates are whole).
+        that crosses it (:meth:`collect_groups`; :attr:`whole_updates` turns this off).
 
         Parameters
         ----------

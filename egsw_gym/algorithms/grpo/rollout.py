@@ -215,6 +215,12 @@ class GroupRolloutMixin:
     #: set ``True`` on a single-process run to reproduce an N-rank run with the same per-rank n_envs.
     round_seeded_sampling: bool | None = None
 
+    #: Complete every update even when ``learn``'s budget is reached in its middle. ``None``
+    #: (default): off for one process (the update stops at the round that reaches the budget), on
+    #: under torch.distributed (whose ranks play different rounds); set ``True`` on a
+    #: single-process run to reproduce an N-rank run.
+    whole_updates: bool | None = None
+
     @staticmethod
     def _set_reset_seeds(env: VecEnv, seeds: Sequence[int]) -> None:
         """Make the next ``env.reset()`` reset env ``i`` with ``seed=seeds[i]``.
@@ -391,8 +397,8 @@ class GroupRolloutMixin:
             The training budget (``learn``'s ``total_timesteps``). Once ``num_timesteps`` reaches
             it, collection stops at the end of the round (block of rounds holding whole groups),
             and the update trains on the groups played so far, so ``learn`` stops within one round
-            of its budget. ``None``: always ``n_groups`` groups. Single process only: under
-            torch.distributed every update collects all of its groups.
+            of its budget. ``None``, or :attr:`whole_updates` (on under torch.distributed):
+            all ``n_groups`` groups.
 
         Returns
         -------
@@ -401,7 +407,8 @@ class GroupRolloutMixin:
         """
         self.policy.set_training_mode(False)
         callback.on_rollout_start()
-        stop_at = None if self._dist.enabled else max_timesteps
+        whole = self.whole_updates if self.whole_updates is not None else self._dist.enabled
+        stop_at = None if whole else max_timesteps
         if self.dynamic_sampling:
             batch = self._collect_groups_dynamic(env, callback, stop_at)
         else:
