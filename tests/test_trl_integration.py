@@ -5,7 +5,8 @@ What is checked against what:
 - EGSW off: batch, loss and gradients equal plain ``GRPOTrainer``'s (same seed, same model);
 - EGSW on: the weights equal :func:`egsw_gym.egsw_weights` / :meth:`EGSW.sample_weights` on the same
   advantages and rollout entropies (the entropies themselves checked against the model's logits);
-  the loss and its gradients equal our GRPO core's :func:`grpo_loss` with those weights (float64);
+  the loss and its gradients equal our GRPO core's :func:`grpo_loss` with those weights (1e-6; TRL's
+  fused LM head returns float32 log-probs, so float32 precision);
 - every TRL ``loss_type``: the EGSW loss is ``sum_i w_i * (loss of sequence i alone)`` (the weight
   multiplies the policy term of each sequence and nothing else), and the KL term is untouched;
 - two processes (torchrun, gloo, accelerate) give the weights one process gives;
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+torch.set_num_threads(1)  # tiny tensors: more threads only contend for the shared cores
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
@@ -209,11 +211,23 @@ def test_egsw_off_equals_plain_grpo_trainer(tiny_dir, tmp_path):
         torch.testing.assert_close(g_ours, g_plain, rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def shared(tiny_dir, tmp_path_factory):
+    """One EGSW trainer (float64 model, reference model loaded) that the tests below reconfigure."""
+    return make_trainer(tiny_dir, tmp_path_factory.mktemp("shared"), dtype=torch.float64, beta=0.04)
+
+
+def configure(trainer, egsw: EGSW, loss_type: str = "grpo", beta: float = 0.04):
+    """Set what ``_generate_and_score_completions`` / ``_compute_loss`` read (the config is not reread)."""
+    trainer.egsw, trainer.loss_type, trainer.beta = egsw, loss_type, beta
+    # luspo needs sequence-level importance sampling (TRL refuses it otherwise).
+    trainer.importance_sampling_level = "sequence" if loss_type == "luspo" else "token"
+    return trainer
+
+
 @pytest.mark.parametrize("standardize", [False, True])
-def test_trajectory_weights_equal_egsw_weights(tiny_dir, tmp_path, standardize):
-    trainer = make_trainer(
-        tiny_dir, tmp_path, egsw_alpha=0.5, egsw_temperature=0.7, egsw_standardize_advantages=standardize
-    )
+def test_trajectory_weights_equal_egsw_weights(shared, standardize):
+    trainer = configure(shared, EGSW(alpha=0.5, temperature=0.7, standardize_advantages=standardize))
     batch = generate(trainer)
     last = trainer.egsw_last
     adv, ent, mask = last["advantages"], last["entropies"], last["mask"].bool()
@@ -224,7 +238,7 @@ def test_trajectory_weights_equal_egsw_weights(tiny_dir, tmp_path, standardize):
         logits = trainer.model(input_ids=ids, attention_mask=attn).logits[:, -ent.shape[1] - 1 : -1]
     logp = torch.log_softmax(logits / trainer.temperature, -1)
     expected_ent = -(logp.exp() * logp).sum(-1)
-    torch.testing.assert_close(ent[mask], expected_ent[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[mask].double(), expected_ent[mask].double(), rtol=1e-5, atol=1e-5)
     # The weights are egsw_weights on (standardised) advantages and mean entropies, per group of G.
     h = trajectory_entropy(ent, mask)
     a = (adv - adv.mean()) / (adv.std() + 1e-8) if standardize else adv
@@ -236,8 +250,8 @@ def test_trajectory_weights_equal_egsw_weights(tiny_dir, tmp_path, standardize):
     torch.testing.assert_close(batch["advantages"], adv * expected, rtol=1e-6, atol=1e-6)
 
 
-def test_step_weights_are_per_group_and_position(tiny_dir, tmp_path):
-    trainer = make_trainer(tiny_dir, tmp_path, egsw_alpha=0.5, egsw_mode="step")
+def test_step_weights_are_per_group_and_position(shared):
+    trainer = configure(shared, EGSW(alpha=0.5, mode="step"))
     batch = generate(trainer)
     last = trainer.egsw_last
     adv, ent, mask, w = last["advantages"], last["entropies"], last["mask"].bool(), last["weights"]
@@ -264,17 +278,9 @@ CORE_LOSS = {"grpo": "grpo", "dapo": "token", "dr_grpo": "dr_grpo"}
     "loss_type, mode",
     [("grpo", "trajectory"), ("dapo", "trajectory"), ("dr_grpo", "trajectory"), ("grpo", "step")],
 )
-def test_loss_equals_our_grpo_core(tiny_dir, tmp_path, loss_type, mode):
-    """TRL's EGSW loss and gradients equal grpo_loss(weights=w) on the same batch (float64, 1e-6)."""
-    trainer = make_trainer(
-        tiny_dir,
-        tmp_path,
-        dtype=torch.float64,
-        loss_type=loss_type,
-        beta=0.04,
-        egsw_alpha=0.5,
-        egsw_mode=mode,
-    )
+def test_loss_equals_our_grpo_core(shared, loss_type, mode):
+    """TRL's EGSW loss and gradients equal grpo_loss(weights=w) on the same batch (1e-6)."""
+    trainer = configure(shared, EGSW(alpha=0.5, mode=mode), loss_type=loss_type)
     batch = generate(trainer)
     last = trainer.egsw_last
     mask = last["mask"].bool()
@@ -306,20 +312,11 @@ def test_loss_equals_our_grpo_core(tiny_dir, tmp_path, loss_type, mode):
         torch.testing.assert_close(g_trl, g_core, rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def weighted_batch(tiny_dir, tmp_path_factory):
-    """One EGSW trainer and one generated batch, shared by the per-loss-type checks."""
-    trainer = make_trainer(tiny_dir, tmp_path_factory.mktemp("loss_types"), egsw_alpha=0.5)
-    return trainer, generate(trainer)
-
-
 @pytest.mark.parametrize("loss_type", sorted(EGSW_LOSS_TYPES))
-def test_weight_multiplies_each_sequences_policy_term(weighted_batch, loss_type):
-    """For every loss type: L_egsw = sum_i w_i * L(advantages of sequence i only)."""
-    trainer, batch = weighted_batch
-    # _compute_loss reads these two attributes; luspo needs sequence-level importance sampling.
-    trainer.loss_type = loss_type
-    trainer.importance_sampling_level = "sequence" if loss_type == "luspo" else "token"
+def test_weight_multiplies_each_sequences_policy_term(shared, loss_type):
+    """For every loss type: L_egsw = sum_i w_i * L(advantages of sequence i only) (beta = 0)."""
+    trainer = configure(shared, EGSW(alpha=0.5), loss_type=loss_type, beta=0.0)
+    batch = generate(trainer)
     adv, w = trainer.egsw_last["advantages"], trainer.egsw_last["weights"]
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
@@ -398,6 +395,36 @@ def test_task_dataset_and_reward_use_the_tasks_verifier():
         task_dataset("arithmetic", "test", 10**9)
 
 
+def load_script(path: Path):
+    """Import a script (example or benchmark) as a module, to call its ``main`` in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_cpu_smoke_path(tmp_path):
+    """examples/trl's script with a tiny local model, transformers generation, 2 CPU steps."""
+    script = load_script(ROOT / "examples" / "trl" / "egsw_grpo_gsm8k.py")
+    argv = ["--model", "tiny", "--task", "gsm8k", "--no-vllm", "--cpu", "--max-steps", "2"]
+    argv += ["--per-device-batch", "4", "--num-generations", "2", "--max-completion-length", "4"]
+    argv += ["--train-problems", "16", "--eval-problems", "4", "--output-dir", str(tmp_path)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = script.main(argv)
+    assert result["egsw"] and 0.0 <= result["accuracy_after"] <= 1.0
+    config = script.make_config(script.parse_args(["--output-dir", str(tmp_path), "--cpu"]))
+    assert config.use_vllm and config.vllm_mode == "colocate" and config.egsw is not None
+
+
+def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_script(ROOT / "benchmarks" / "gpu_trl_check.py").main([]) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------ two processes
 
 
@@ -426,3 +453,77 @@ def test_two_processes_give_the_weights_of_one(tmp_path, tiny_dir):
             got = torch.cat(got)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=case)
         assert not torch.allclose(expected, torch.ones_like(expected)), f"{case}: uniform weights"
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+
+def learn_arithmetic(out: Path, steps: int, seed: int = 0, eval_every: int = 0) -> dict:
+    """Warm-start the default tiny model (as the llm preset does), then train it with EGSWGRPOTrainer
+    on Arithmetic; held-out greedy accuracy (200 test problems) before, during and after."""
+    from transformers import TrainerCallback
+
+    from egsw_gym import GRPO
+    from egsw_gym.envs.vector import find_text_vector_env
+    from egsw_gym.integrations.trl import greedy_accuracy
+    from egsw_gym.llm import warm_start
+
+    base = GRPO("LMPolicy", "egsw/Arithmetic-v0", n_envs=8, group_size=8, n_groups=1, seed=seed, device="cpu")
+    venv = find_text_vector_env(base.env)
+    warm_start(
+        base.policy, venv.task, venv.tokenizer, steps=500, lr=1.5e-3, batch_size=64, seed=seed, env=venv,
+        target_accuracy=0.12, eval_every=25,
+    )  # fmt: skip
+    ckpt = base.policy.save_pretrained(out / "init")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    curve: list[tuple[int, float]] = []
+
+    class Evaluate(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if eval_every and state.global_step % eval_every == 0:
+                curve.append((state.global_step, greedy_accuracy(model, tokenizer, "arithmetic")))
+
+    config = EGSWGRPOConfig(
+        **config_kwargs(
+            out / "trl",
+            max_steps=steps,
+            per_device_train_batch_size=128,
+            num_generations=8,
+            max_completion_length=venv.task.suggested_max_new_tokens,
+            learning_rate=2e-4,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=0.5,
+            logging_steps=10,
+            seed=seed,
+            egsw_alpha=0.1,
+            egsw_mode="step",
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GPT2LMHeadModel.from_pretrained(ckpt)
+        before = greedy_accuracy(model, tokenizer, "arithmetic")
+        trainer = EGSWGRPOTrainer(
+            model=model,
+            reward_funcs=task_reward_func("arithmetic"),
+            args=config,
+            train_dataset=task_dataset("arithmetic", "train", 128 // 8 * steps),
+            processing_class=tokenizer,
+            callbacks=[Evaluate()],
+        )
+        trainer.train()
+    after = greedy_accuracy(trainer.model, tokenizer, "arithmetic")
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    return dict(before=before, after=after, curve=curve, rewards=rewards, log=trainer.state.log_history)
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_arithmetic_through_egsw_grpo_trainer(tmp_path):
+    torch.set_num_threads(1)
+    result = learn_arithmetic(tmp_path, steps=600, eval_every=100)
+    print(
+        f"held-out greedy accuracy {result['before']:.3f} -> {result['after']:.3f}; curve {result['curve']}"
+    )
+    assert result["after"] - result["before"] >= 0.20, result
