@@ -35,9 +35,10 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    """Tight layout, then PNG without matplotlib's version stamp (same inputs, same bytes)."""
+    """Tight layout, then PNG cropped to every label and title, without matplotlib's version stamp
+    (same inputs, same bytes)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120, metadata={"Software": None})
+    fig.savefig(path, dpi=120, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
     _plt().close(fig)
     return path
 
@@ -61,7 +62,7 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
         )
         ax.set_yticks(y, [r["label"] for r in rows])
         ax.set_title(f"{domain}\nIQM of normalised final score")
-        ax.set_xlabel("normalised score (0 random, 1 reference)")
+        ax.set_xlabel("normalised score")
         ax.grid(alpha=0.3)
         ax = axes[1, j]
         prow = [r for r in poi if r["domain"] == domain]
@@ -80,7 +81,10 @@ def plot_domains(agg: list[dict[str, Any]], poi: list[dict[str, Any]], path: Pat
         ax.set_title(f"{domain}\nP(X+EGSW > X)")
         ax.set_xlabel("probability of improvement (0.5: none)")
         ax.grid(alpha=0.3)
-    fig.suptitle("points: estimate; bars: 95% stratified-bootstrap CI over runs (rliable)")
+    fig.suptitle(
+        "normalised score: 0 = random policy, 1 = reference; points: estimate; "
+        "bars: 95% stratified-bootstrap CI over runs (rliable)"
+    )
     return _save(fig, path)
 
 

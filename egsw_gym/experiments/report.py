@@ -116,7 +116,8 @@ def plot_curves(runs: list[dict], out_dir: str | Path, key: str = "algo") -> lis
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
         fig.tight_layout()
         path = Path(out_dir) / f"curves_{env_id.replace('/', '_')}.png"
-        fig.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same runs, same bytes
+        # No version stamp (same runs, same bytes); cropped to the legend beside the axes.
+        fig.savefig(path, dpi=120, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
         plt.close(fig)
         paths.append(path)
     return paths
