@@ -338,7 +338,7 @@ def test_one_megabyte_is_rejected_unread(tasks, text, monkeypatch):
     task_map, problems = tasks
     for name, task in task_map.items():
         read: list[str] = []
-        monkeypatch.setattr(task, "_score", lambda *a, _n=name, **k: read.append(_n))
+        monkeypatch.setattr(task, "_score", lambda *a, _n=name, _read=read, **k: _read.append(_n))
         result = task.score(text, problems[name][0])
         assert result.score == 0.0 and result.breakdown.get("too_long"), (name, result.breakdown)
         assert read == [], f"{name}: the verifier read a completion over max_completion_chars"

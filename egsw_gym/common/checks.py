@@ -81,6 +81,9 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
 #: Sanity bounds for the algorithms' rules: past them training never ends or the loss overflows float32.
 MAX_EPOCHS = 1_000_000
 MAX_COEF = 1e6
+#: a learning rate above this moves an Adam parameter by about that much per step: no optimizer here
+#: trains with it (1e308 would pass every finiteness check and overflow the first update)
+MAX_LEARNING_RATE = 1e3
 
 
 def apply_rules(rules: dict[str, Any], values: dict[str, Any]) -> None:
@@ -313,7 +316,7 @@ def check_schedule(
 
 
 def check_learning_rate(value: Any, name: str = "learning_rate") -> Any:
-    """A learning rate: a finite number ``> 0``, or a schedule (checked at progress 1.0 and 0.0).
+    """A learning rate: a number in ``(0, MAX_LEARNING_RATE]``, or a schedule (checked at progress 1.0 and 0.0).
 
     A schedule must start ``> 0`` and stay finite and ``>= 0`` (it may decay to 0, as SB3's
     documented linear schedule does). A non-finite learning rate turns every parameter into NaN at
@@ -325,6 +328,7 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> Any:
         value,
         low=0.0,
         low_open=True,
+        high=MAX_LEARNING_RATE,
         hint="pass a finite number > 0 (e.g. 3e-4) or a schedule callable(progress_remaining) -> float >= 0",
     )
 

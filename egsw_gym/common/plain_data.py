@@ -38,6 +38,8 @@ __all__ = [
     "decode_plain",
     "resolve_class",
     "parse_json",
+    "ENTRY_VALUE_LIMITS",
+    "check_entry_sizes",
 ]
 
 #: classes are only imported by name from these packages (a module is allowed when it is one of them or
@@ -60,6 +62,20 @@ CONFIG_SLOTS: dict[str, str] = {"policy_kwargs.model_config": "transformers:Pret
 SCHEDULE_ENTRIES = ("learning_rate", "lr_schedule", "clip_range", "clip_range_vf")
 #: top-level entries that hold Gymnasium spaces
 SPACE_ENTRIES = ("observation_space", "action_space")
+
+#: top-level entry -> most JSON values (numbers, strings, containers) it may hold, by what it is for:
+#: spaces and last observations are as large as an observation (twice, for a Box's bounds); a
+#: schedule is at most a table of ``TABLE_POINTS`` values; episode buffers hold a window of episode
+#: dicts; ``policy_kwargs`` holds layer widths and a model config. Anything else: ``DEFAULT_ENTRY_VALUES``.
+ENTRY_VALUE_LIMITS: dict[str, int] = {
+    **{k: 2**21 for k in ("observation_space", "action_space", "_last_obs", "_last_original_obs",
+                          "_last_episode_starts")},
+    **{k: 4 * schedules.TABLE_POINTS for k in ("learning_rate", "lr_schedule", "clip_range", "clip_range_vf")},
+    "ep_info_buffer": 2**20,
+    "ep_success_buffer": 2**20,
+    "policy_kwargs": 2**16,
+}  # fmt: skip
+DEFAULT_ENTRY_VALUES = 2**16
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ARRAY_KINDS = "biuf"  # bool, signed, unsigned, float: nothing that can hold objects
@@ -127,6 +143,25 @@ def parse_json(text: str, member: str, limits: PlainDataLimits | None = None) ->
         ) from err
     _check_depth(value, member, limits.max_depth)
     return value
+
+
+def check_entry_sizes(data: dict[str, Any], member: str) -> None:
+    """Refuse an entry holding more JSON values than :data:`ENTRY_VALUE_LIMITS` allows for it."""
+    for key, value in data.items():
+        limit = ENTRY_VALUE_LIMITS.get(key, DEFAULT_ENTRY_VALUES)
+        count, stack = 0, [value]
+        while stack:
+            item = stack.pop()
+            count += 1
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            if count > limit:
+                raise UnsafeCheckpointError(
+                    f"checkpoint member {member!r}, entry {key!r}: holds more than {limit} values, more than "
+                    "this entry ever needs"
+                )
 
 
 def _check_depth(value: Any, member: str, max_depth: int) -> None:

@@ -43,6 +43,10 @@ class ZipLimits:
         Members smaller than this are never refused for their ratio.
     max_members : int
         Most members in the archive.
+    max_json_values : int
+        Most values (counted by their separating commas, while streaming, before anything is
+        parsed) in one JSON member. The largest legitimate entries are a space's bounds and the
+        last observations (a Box's size, twice); a million-dimensional Box fits.
     """
 
     max_json_bytes: int = 256 * 2**20
@@ -51,6 +55,7 @@ class ZipLimits:
     max_ratio: float = 200.0
     ratio_floor_bytes: int = 2**20
     max_members: int = 10_000
+    max_json_values: int = 2**21
 
 
 def checkpoint_path(path_or_file: Any) -> Any:
@@ -112,13 +117,29 @@ def read_text_member(archive: zipfile.ZipFile, name: str, limits: ZipLimits | No
         raise UnsafeCheckpointError(
             f"checkpoint member {name!r} is {info.file_size} bytes, more than {limits.max_json_bytes} for JSON"
         )
+    chunks, size, values = [], 0, 0
     try:
         with archive.open(info) as stream:
-            raw = stream.read(limits.max_json_bytes + 1)
+            while size <= limits.max_json_bytes:
+                chunk = stream.read(2**20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                values += chunk.count(b",")
+                if values > limits.max_json_values:  # refused before a number of it is parsed
+                    break
     except ZIP_ERRORS as err:
         raise UnsafeCheckpointError(f"checkpoint member {name!r} cannot be read: {err}") from err
-    if len(raw) > limits.max_json_bytes:
+    if values > limits.max_json_values:
+        raise UnsafeCheckpointError(
+            f"checkpoint member {name!r} holds more than {limits.max_json_values} JSON values (a list far "
+            "longer than any entry of a checkpoint needs), refused before parsing"
+        )
+    if size > limits.max_json_bytes:
         raise UnsafeCheckpointError(f"checkpoint member {name!r} is larger than its header says")
+    raw = b"".join(chunks)
+    del chunks
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -51,6 +51,7 @@ from egsw_gym.common.plain_data import (
     DecodeContext,
     PlainDataLimits,
     UnsafeCheckpointError,
+    check_entry_sizes,
     decode_plain,
     encode_plain,
     parse_json,
@@ -216,6 +217,7 @@ class SafeSerializationMixin:
                 as_egsw(data["egsw_config"])
             except (TypeError, ValueError) as err:
                 raise ValueError(f"egsw_config: {err}") from err
+        _check_schedule_values(data)
 
     @staticmethod
     def _loaded_settings(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -242,6 +244,7 @@ class SafeSerializationMixin:
         for member, value in (("data", data), (SAFE_DATA_MEMBER, safe)):
             if not isinstance(value, dict):
                 raise UnsafeCheckpointError(f"checkpoint member {member!r} is not a JSON object")
+            check_entry_sizes(value, member)
         data_ctx = DecodeContext("data", limits, trusted)
         safe_ctx = DecodeContext(SAFE_DATA_MEMBER, limits, trusted)
         entries: dict[str, Any] = {}
@@ -312,6 +315,7 @@ class SafeSerializationMixin:
         except (ValueError, TypeError) as err:
             raise UnsafeCheckpointError(f"checkpoint member 'data': {err}") from err
         _check_net_budget(entries, archive)
+        _check_lm_policy(entries, archive)
         _check_buffer_budget(entries, cls._max_buffer_bytes)
 
     @classmethod
@@ -528,15 +532,6 @@ def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None
     if kwargs.get("net_arch") is not None:
         lower = sum(sum(a * b for a, b in itertools.pairwise(w)) for w in _net_widths(kwargs["net_arch"]))
         claims.append(("policy_kwargs.net_arch", lower))
-    config = kwargs.get("model_config")
-    config = config.to_dict() if hasattr(config, "to_dict") else config
-    if isinstance(config, dict):
-        ints = {k: v for k, v in config.items() if _is_int(v) and v > 0}
-        hidden = next((ints[k] for k in ("n_embd", "hidden_size", "d_model") if k in ints), 0)
-        layers = next((ints[k] for k in ("n_layer", "num_hidden_layers") if k in ints), 0)
-        claims.append(
-            ("policy_kwargs.model_config", hidden * ints.get("vocab_size", 0) + 4 * layers * hidden**2)
-        )
     extractor_kwargs = kwargs.get("features_extractor_kwargs")
     if isinstance(extractor_kwargs, dict):  # a width (features_dim, ...) means at least that many weights
         widest = max((v for v in extractor_kwargs.values() if _is_int(v)), default=0)
@@ -547,3 +542,52 @@ def _check_net_budget(entries: dict[str, Any], archive: zipfile.ZipFile) -> None
                 f"checkpoint member 'data', entry {entry!r}: claims at least {params} parameters but "
                 f"'policy.pth' holds {stored} bytes"
             )
+
+
+def _is_lm_policy(policy_class: Any) -> bool:
+    return isinstance(policy_class, type) and any(
+        c.__name__ == "LMPolicy" and c.__module__.startswith("egsw_gym.policies.lm")
+        for c in policy_class.__mro__
+    )
+
+
+def _check_lm_policy(entries: dict[str, Any], archive: zipfile.ZipFile) -> None:
+    """An LMPolicy's ``policy_kwargs`` must build (on the meta device, nothing allocated) exactly the model
+    ``policy.pth`` stores: a config or LoRA rank edited to claim a larger model is refused before loading."""
+    kwargs = entries.get("policy_kwargs")
+    if not (_is_lm_policy(entries.get("policy_class")) and isinstance(kwargs, dict)):
+        return
+    from egsw_gym.common.model_size import zip_member_shapes
+    from egsw_gym.policies.lm.build import check_checkpoint_policy  # lazy: transformers
+
+    try:
+        stored = zip_member_shapes(archive, "policy.pth")
+    except Exception as err:  # noqa: BLE001 - torch's unpickler refusing, a damaged member: one named error
+        raise UnsafeCheckpointError(
+            f"checkpoint member 'policy.pth' cannot be described: {type(err).__name__}: {err}"[:500]
+        ) from err
+    try:
+        check_checkpoint_policy(kwargs, entries.get("observation_space"), entries.get("action_space"), stored)
+    except (ValueError, TypeError) as err:
+        raise UnsafeCheckpointError(f"checkpoint member 'data', {err}") from err
+
+
+#: schedule entry -> (low, high) its values must stay within at every progress point of a file
+_SCHEDULE_BOUNDS = {"learning_rate": (0.0, "lr"), "lr_schedule": (0.0, "lr"), "clip_range": (0.0, "coef"),
+                    "clip_range_vf": (0.0, "coef")}  # fmt: skip
+
+
+def _check_schedule_values(data: dict[str, Any]) -> None:
+    """A loaded schedule (constant, linear or a table of a callable's values) is evaluated at every one of
+    the ``TABLE_POINTS`` progress points and must stay finite and within the constructor's bounds there
+    (a table of 1e308 learning rates is refused like ``learning_rate=1e308``)."""
+    from egsw_gym.common.checks import MAX_COEF, MAX_LEARNING_RATE, check_schedule_value
+
+    for key, (low, kind) in _SCHEDULE_BOUNDS.items():
+        schedule = data.get(key)
+        if not callable(schedule) or isinstance(_unwrap(schedule), MissingEntry):
+            continue
+        high = MAX_LEARNING_RATE if kind == "lr" else MAX_COEF
+        for i in range(TABLE_POINTS):
+            progress = i / (TABLE_POINTS - 1)
+            check_schedule_value(key, schedule(progress), progress, low=low, high=high)
