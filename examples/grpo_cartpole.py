@@ -17,7 +17,8 @@ parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 torch.set_num_threads(1)
 
-for name, egsw in [("GRPO", None), ("GRPO+EGSW", EGSW(alpha=0.1, mode="trajectory"))]:
+# The CartPole preset's EGSW for GRPO (trajectory mode; egsw_gym/experiments/presets/classic.yaml).
+for name, egsw in [("GRPO", None), ("GRPO+EGSW", EGSW(alpha=0.1, temperature=2.0, mode="trajectory"))]:
     model = GRPO(
         "MlpPolicy",
         "CartPole-v1",

@@ -17,7 +17,8 @@ parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 torch.set_num_threads(1)  # small networks train fastest on one thread
 
-for name, egsw in [("PPO", None), ("PPO+EGSW", EGSW(alpha=0.1, temperature=1.0, mode="step"))]:
+# Trajectory mode, the default and the CartPole preset's (step mode collapses the policy entropy here).
+for name, egsw in [("PPO", None), ("PPO+EGSW", EGSW(alpha=0.1, temperature=1.0, mode="trajectory"))]:
     env = make_vec_env("CartPole-v1", n_envs=8, seed=args.seed)
     model = PPO(
         "MlpPolicy",

@@ -61,9 +61,9 @@ class EGSWConfigMixin:
 
     def _restore_egsw(self) -> None:
         """After ``load``: an explicit ``load(..., egsw=...)`` if given, else the saved ``egsw_config``."""
-        if getattr(self, "egsw", None) is None and getattr(self, "egsw_config", None) is not None:
+        if self.egsw is None and self.egsw_config is not None:
             self.egsw = EGSW.from_dict(self.egsw_config)
-        self._init_egsw(getattr(self, "egsw", None))
+        self._init_egsw(self.egsw)
 
     def _excluded_save_params(self) -> list[str]:
         # The EGSW object is never pickled into the zip; egsw_config (a plain dict) is saved instead.
