@@ -415,8 +415,11 @@ def test_example_cpu_smoke_path(tmp_path):
         warnings.simplefilter("ignore")
         result = script.main(argv)
     assert result["egsw"] and 0.0 <= result["accuracy_after"] <= 1.0
-    config = script.make_config(script.parse_args(["--output-dir", str(tmp_path), "--cpu"]))
-    assert config.use_vllm and config.vllm_mode == "colocate" and config.egsw is not None
+    gpu = script.config_kwargs(script.parse_args(["--output-dir", str(tmp_path)]))  # the GPU defaults
+    assert gpu["use_vllm"] and gpu["vllm_mode"] == "colocate" and gpu["bf16"] and not gpu["use_cpu"]
+    assert gpu["egsw_alpha"] == 0.1 and gpu["loss_type"] in EGSW_LOSS_TYPES
+    with pytest.raises(SystemExit):
+        script.parse_args(["--cpu"])  # vLLM needs a GPU: --cpu requires --no-vllm
 
 
 def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):

@@ -75,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="train on CPU in float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-to", default="none", help="TRL/transformers loggers (tensorboard, wandb, none)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cpu and not args.no_vllm:
+        p.error("--cpu needs --no-vllm: vLLM generation runs on a GPU")
+    return args
 
 
 def tiny_model(directory: Path) -> str:
@@ -87,15 +90,14 @@ def tiny_model(directory: Path) -> str:
     tokenizer = build_char_tokenizer()
     tokenizer.save_pretrained(directory)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=64, n_head=2, n_positions=256, **ids)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=64, n_head=2, n_positions=1024, **ids)
     GPT2LMHeadModel(config).save_pretrained(directory)
     return str(directory)
 
 
-def make_config(args: argparse.Namespace) -> Any:
-    from egsw_gym.integrations.trl import EGSWGRPOConfig
-
-    return EGSWGRPOConfig(
+def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``EGSWGRPOConfig`` arguments of the command line."""
+    return dict(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_batch,
@@ -118,6 +120,12 @@ def make_config(args: argparse.Namespace) -> Any:
         report_to=args.report_to,
         seed=args.seed,
     )
+
+
+def make_config(args: argparse.Namespace) -> Any:
+    from egsw_gym.integrations.trl import EGSWGRPOConfig
+
+    return EGSWGRPOConfig(**config_kwargs(args))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
