@@ -164,6 +164,11 @@ def test_config_validates_like_egsw_and_names_the_field(tmp_path):
         EGSWGRPOConfig(**config_kwargs(tmp_path, egsw_weight_sum="two"))
     config = EGSWGRPOConfig(**config_kwargs(tmp_path, egsw_alpha=0.3, egsw_mode="step"))
     assert config.egsw == EGSW(alpha=0.3, mode="step")
+    # Every EGSW field has its egsw_* field, with EGSW's default.
+    for name, spec in EGSW.__dataclass_fields__.items():
+        assert getattr(config, f"egsw_{name}") == (
+            0.3 if name == "alpha" else "step" if name == "mode" else spec.default
+        )
     off = EGSWGRPOConfig(**config_kwargs(tmp_path, egsw_alpha=None, loss_type="anything"))
     assert off.egsw is None  # EGSW off: no EGSW checks, TRL's own rules apply
 
@@ -461,7 +466,9 @@ def test_two_processes_give_the_weights_of_one(tmp_path, tiny_dir):
 # ------------------------------------------------------------------------------------------ learning
 
 
-def learn_arithmetic(out: Path, steps: int, seed: int = 0, eval_every: int = 0) -> dict:
+def learn_arithmetic(
+    out: Path, steps: int, seed: int = 0, eval_every: int = 0, egsw_alpha: float | None = 0.1
+) -> dict:
     """Warm-start the default tiny model (as the llm preset does), then train it with EGSWGRPOTrainer
     on Arithmetic; held-out greedy accuracy (200 test problems) before, during and after."""
     from transformers import TrainerCallback
@@ -500,7 +507,7 @@ def learn_arithmetic(out: Path, steps: int, seed: int = 0, eval_every: int = 0) 
             max_grad_norm=0.5,
             logging_steps=10,
             seed=seed,
-            egsw_alpha=0.1,
+            egsw_alpha=egsw_alpha,
             egsw_mode="step",
         )
     )

@@ -95,6 +95,7 @@ _EGSW_FIELDS = {
     "egsw_standardize_advantages": "standardize_advantages",
     "egsw_max_weight": "max_weight",
     "egsw_entropy_reduction": "entropy_reduction",
+    "egsw_advantage_coef": "advantage_coef",
 }
 
 #: The multimodal / token-type inputs TRL's ``_compute_loss`` forwards to the model; the entropy pass
@@ -140,6 +141,9 @@ class EGSWGRPOConfig(GRPOConfig):
         Optional cap on a single weight (``>= 1``); ``None`` (default) is no cap.
     egsw_entropy_reduction : {"mean", "sum"}
         Trajectory mode's ``H``: mean (default) or sum of the completion's token entropies.
+    egsw_advantage_coef : float
+        Factor on the (standardised) advantage in the score, in ``[0, 1e6]``; default ``1.0``
+        (``0``: entropy alone, an ablation).
 
     Raises
     ------
@@ -172,6 +176,10 @@ class EGSWGRPOConfig(GRPOConfig):
     )
     egsw_entropy_reduction: str = field(
         default="mean", metadata={"help": "Trajectory mode: mean or sum of a completion's token entropies."}
+    )
+    egsw_advantage_coef: float = field(
+        default=1.0,
+        metadata={"help": "Factor on the standardised advantage in the EGSW score (0: entropy alone)."},
     )
 
     def __post_init__(self) -> None:
