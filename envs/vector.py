@@ -96,7 +96,9 @@ class TextGenerationVectorEnv(VectorEnv):
     Parameters
     ----------
     num_envs : int
-        Number of parallel sequences.
+        Number of parallel sequences, at most :attr:`max_num_envs` (16,384; a class attribute:
+        subclass or set it to allow more). Construction costs O(``num_envs`` x sequence length)
+        memory and no per-slot work (each slot's generator is built at its first unseeded draw).
     task : str or Task
         As for :class:`~egsw_gym.envs.text_generation.TextGenerationEnv` (one task object is
         shared by all slots).
@@ -143,6 +145,9 @@ class TextGenerationVectorEnv(VectorEnv):
         "render_fps": 4,
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
+    #: most slots of one vector env: far above any batch of sequences one process generates, below the
+    #: sizes whose (num_envs, seq_len) buffers and batched spaces would take gigabytes
+    max_num_envs = 16_384
     supports_per_env_options = True
 
     def __init__(
@@ -160,6 +165,12 @@ class TextGenerationVectorEnv(VectorEnv):
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if num_envs > self.max_num_envs:
+            raise ValueError(
+                f"num_envs={num_envs} is more than max_num_envs={self.max_num_envs} slots of one vector env; "
+                "use fewer (a GRPO round of n_envs slots is repeated as often as needed) or raise "
+                "TextGenerationVectorEnv.max_num_envs"
+            )
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.num_envs = int(num_envs)
         self.core = TextGenerationCore(
@@ -192,7 +203,7 @@ class TextGenerationVectorEnv(VectorEnv):
         self._hold_episodes = False  # ...which reset() moves here
         self._started = False
         self.problems: list[Any] = [None] * n
-        self._rngs: list[np.random.Generator | None] = [seeding.np_random(None)[0] for _ in range(n)]
+        self._rngs: list[np.random.Generator | None] = [None] * n  # built at the first draw (see _rng)
         # Slots reset with the same seed (and options) as an earlier slot of the same reset share its
         # problem; their own generator is only built, by replaying that reset's draw, if they ever
         # draw again (an autoreset). A GRPO round seeds group_size slots alike and never does.
@@ -203,8 +214,11 @@ class TextGenerationVectorEnv(VectorEnv):
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
     def _rng(self, i: int) -> np.random.Generator:
-        """Slot ``i``'s generator (built now if its seeded reset was shared, see ``_deferred``)."""
+        """Slot ``i``'s generator: built now if its seeded reset was shared (see ``_deferred``), or from
+        fresh entropy at the slot's first draw when it was never seeded."""
         rng = self._rngs[i]
+        if rng is None and i not in self._deferred:
+            rng = self._rngs[i] = seeding.np_random(None)[0]
         if rng is None:
             seed, options = self._deferred.pop(i)
             rng = seeding.np_random(seed)[0]

@@ -11,11 +11,7 @@ growth.
 
 from __future__ import annotations
 
-import gc
 import json
-import os
-import threading
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,51 +22,20 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from memory_bound import MB, RSS_BOUND, RssGrowth  # noqa: E402
+
 from egsw_gym import GRPO  # noqa: E402
 from egsw_gym.common.env_util import build_vec_env  # noqa: E402
 from egsw_gym.common.serialization import SAFE_DATA_MEMBER, UnsafeCheckpointError  # noqa: E402
 from egsw_gym.common.tokenizer import load_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)
-MB = 2**20
-RSS_BOUND = 200 * MB
 ENV_KWARGS = dict(max_new_tokens=4)
 GPT = dict(n_layer=1, n_embd=32, n_head=2)
 LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
 REPORT: list[tuple[str, str, float, float]] = []
 pytestmark = pytest.mark.timeout(120)  # a hang guard for each case, not a performance assertion
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RssGrowth:
-    """Peak growth of the resident set while the block runs (a sampling thread, every 2 ms)."""
-
-    def __enter__(self):
-        gc.collect()
-        self.base = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self.start = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-        self.seconds = time.perf_counter() - self.start
-        self.growth = self.peak - self.base
-        return False
 
 
 def refused(case: str, load, match: str, error=ValueError) -> BaseException:

@@ -23,12 +23,33 @@ _MATCH_MODES = ("auto", "number", "exact")
 
 #: the longest line read (bytes, before decoding or parsing); longer lines are refused unread
 DEFAULT_MAX_LINE_BYTES = 1_000_000
+#: the most lines a file may hold (counted before any is parsed): problems are validated and held in
+#: memory (about 1 KB each), and RL problem sets (GSM8K 7,473, MATH 7,500) are far smaller
+DEFAULT_MAX_PROBLEMS = 100_000
 #: Python's limit on converting digit strings to int (sys.get_int_max_str_digits)
 _MAX_INT_DIGITS = 4300
 
 
 class _NumberLiteral(str):
     """A JSON number exactly as written in the file (never converted to float and back)."""
+
+
+def _check_line_count(path: str, max_problems: int) -> None:
+    """Refuse a file of more than ``max_problems`` lines, counted in 1 MiB chunks before any is parsed."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(2**20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+            if lines > max_problems:
+                break
+    lines += last != b"\n"  # a last line without a newline
+    if lines > max_problems:
+        raise ValueError(
+            f"{path} holds more than max_problems={max_problems} lines; every problem is validated and held "
+            "in memory (about 1 KB each), so a larger file needs max_problems=<its line count> "
+            "(env_kwargs={'max_problems': ...})"
+        )
 
 
 def _read_lines(path: str, max_line_bytes: int) -> Iterator[tuple[int, str]]:
@@ -125,6 +146,7 @@ def load_jsonl_problems(
     path: str | os.PathLike,
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_problems: int = DEFAULT_MAX_PROBLEMS,
 ) -> list[Problem]:
     """Read and validate a JSONL problem file, streaming it line by line.
 
@@ -140,6 +162,8 @@ def load_jsonl_problems(
         A local file (UTF-8).
     max_line_bytes : int
         Longer lines (so longer prompts) are refused before they are decoded, parsed or tokenised.
+    max_problems : int
+        A file of more lines is refused before any line is parsed (default 100,000).
 
     Returns
     -------
@@ -159,6 +183,7 @@ def load_jsonl_problems(
             f"data_path={path!r} is not a file; pass a local JSONL file with one "
             '{"prompt": ..., "answer": ...} object per line'
         )
+    _check_line_count(path, max_problems)
     problems: list[Problem] = []
     for lineno, text in _read_lines(path, max_line_bytes):
         if not text.strip():
@@ -215,6 +240,9 @@ class JSONLTask(Task):
         Longer completions score 0 unread.
     max_line_bytes : int
         Longer lines of the file are refused unread (default 1,000,000).
+    max_problems : int
+        Most lines of each file (default 100,000), counted before any is parsed: the problems are
+        validated at construction and held in memory (about 1 KB each).
     tokenizer : tokenizer object or None
         When given, :meth:`check_tokenizer` runs at once (the environment can also call it).
     unknown_chars : str
@@ -235,6 +263,7 @@ class JSONLTask(Task):
         format_weight: float = 0.0,
         max_completion_chars: int = DEFAULT_MAX_COMPLETION_CHARS,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_problems: int = DEFAULT_MAX_PROBLEMS,
         tokenizer: Any = None,
         unknown_chars: str = "warn",
     ):
@@ -253,8 +282,9 @@ class JSONLTask(Task):
             raise ValueError(f"test_fraction must be a float in [0, 1), got {test_fraction!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
-            raise ValueError(f"max_line_bytes must be an integer >= 1, got {max_line_bytes!r}")
+        for name, value in (("max_line_bytes", max_line_bytes), ("max_problems", max_problems)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if unknown_chars not in ("warn", "error"):
             raise ValueError(f"unknown_chars must be 'warn' or 'error', got {unknown_chars!r}")
         self.unknown_chars = unknown_chars
@@ -265,9 +295,11 @@ class JSONLTask(Task):
             float(test_fraction),
             int(seed),
         )
-        rows = load_jsonl_problems(data_path, max_line_bytes=max_line_bytes)
+        rows = load_jsonl_problems(data_path, max_line_bytes=max_line_bytes, max_problems=max_problems)
         if test_data_path is not None:
-            test = load_jsonl_problems(test_data_path, max_line_bytes=max_line_bytes)
+            test = load_jsonl_problems(
+                test_data_path, max_line_bytes=max_line_bytes, max_problems=max_problems
+            )
             test_prompts = {p.prompt for p in test}
             train = [p for p in rows if p.prompt not in test_prompts]
         else:

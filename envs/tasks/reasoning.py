@@ -71,7 +71,10 @@ class ReasoningGymTask(Task):
     seed : int
         The dataset seed (non-negative).
     num_test : int
-        Number of held-out test items generated (fewer after de-duplication).
+        Number of held-out test items generated (fewer after de-duplication), at most
+        :attr:`max_num_test` (32,768). The test split is generated at construction, because its
+        questions must be known to keep them out of the train split (which is generated lazily,
+        by index, at any ``size``).
     config : dict or None
         The dataset's own configuration keywords (e.g. ``{"min_terms": 2, "max_terms": 2}`` for
         ``chain_sum``), passed to ``create_dataset``.
@@ -98,6 +101,9 @@ class ReasoningGymTask(Task):
 
     name = "reasoning_gym"
     prompt_chars_bounded = True
+    #: largest ``num_test``: held-out sets in the literature are far smaller (GSM8K 1,319, MATH 5,000);
+    #: a class attribute, so a subclass (or an assignment) can raise it
+    max_num_test = 1 << 15
 
     def __init__(
         self,
@@ -129,7 +135,17 @@ class ReasoningGymTask(Task):
         self.dataset_name = dataset
         self.size = _bounded_int("size", size, 1)
         self.seed = _bounded_int("seed", seed, 0)
-        self.num_test_requested = _bounded_int("num_test", num_test, 1, 1 << 20)
+        if (
+            isinstance(num_test, (int, np.integer))
+            and not isinstance(num_test, bool)
+            and num_test > self.max_num_test
+        ):
+            raise ValueError(
+                f"num_test={num_test} is more than max_num_test={self.max_num_test}: the test split is generated "
+                "and de-duplicated at construction (its questions are kept out of the train split); use fewer "
+                "test items, or raise ReasoningGymTask.max_num_test"
+            )
+        self.num_test_requested = _bounded_int("num_test", num_test, 1, self.max_num_test)
         self.answer_format = check_answer_format(answer_format)
         self.system_prompt = format_instruction(answer_format) if system_prompt is None else system_prompt
         self.max_answer_chars = _bounded_int("max_answer_chars", max_answer_chars, 1, 1 << 20)
