@@ -95,10 +95,13 @@ def test_bool_and_choice():
         check_choice("m", [1], ("a",))  # unhashable
 
 
-@pytest.mark.parametrize("value", [math.inf, math.nan, 0.0, -1e-3, True, "3e-4", None])
+@pytest.mark.parametrize("value", [math.inf, math.nan, 0.0, -1e-3, True, "3e-4", None, 1e308, 1e3 + 1])
 def test_learning_rate_constant_rejected(value):
-    with pytest.raises(ValueError, match=r"^learning_rate must be a finite number > 0, got .*schedule"):
+    with pytest.raises(
+        ValueError, match=r"^learning_rate must be a finite number in \(0, 1000\], got .*schedule"
+    ):
         check_learning_rate(value)
+    assert check_learning_rate(1e3) == 1e3  # MAX_LEARNING_RATE itself is allowed
 
 
 def test_learning_rate_schedule_checked_at_both_ends():
@@ -106,18 +109,23 @@ def test_learning_rate_schedule_checked_at_both_ends():
     linear = lambda p: 3e-4 * p  # noqa: E731 (SB3 docs: a linear schedule decays to 0)
     assert check_learning_rate(linear) is linear
     with pytest.raises(
-        ValueError, match=r"learning_rate\(0\) must be a finite number >= 0, got -1e-05.*progress_remaining=0"
+        ValueError,
+        match=r"learning_rate\(0\) must be a finite number in \[0, 1000\], got -1e-05.*progress_remaining=0",
     ):
         check_learning_rate(lambda p: 3e-4 * p - 1e-5)  # negative at the end of training
-    with pytest.raises(ValueError, match=r"learning_rate\(1\) must be a finite number > 0, got 0.0"):
+    with pytest.raises(
+        ValueError, match=r"learning_rate\(1\) must be a finite number in \(0, 1000\], got 0.0"
+    ):
         check_learning_rate(lambda p: 3e-4 * (1 - p))  # starts at 0: no training at all
     with pytest.raises(ValueError, match=r"learning_rate\(1\) .* got inf.*progress_remaining=1"):
         check_learning_rate(lambda p: math.inf)
+    with pytest.raises(ValueError, match=r"learning_rate\(1\) .* got 1e\+308"):
+        check_learning_rate(lambda p: 1e308)  # finite, but no optimizer trains with it
     with pytest.raises(
         ValueError, match=r"learning_rate is a schedule but calling it .* raised ZeroDivisionError"
     ):
         check_learning_rate(lambda p: 1 / (1 - p))
-    with pytest.raises(ValueError, match=r"lr\(1\) must be a finite number > 0, got 'x'"):
+    with pytest.raises(ValueError, match=r"lr\(1\) must be a finite number in \(0, 1000\], got 'x'"):
         check_learning_rate(lambda p: "x", name="lr")
 
 
