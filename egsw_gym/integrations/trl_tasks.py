@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from egsw_gym.envs.tasks import Task, make_task
+from egsw_gym.envs.tasks import TRAIN_SIZE, Task, make_task
 from egsw_gym.envs.tasks.base import check_split
 
 __all__ = ["task_dataset", "task_reward_func", "completion_text", "greedy_accuracy"]
@@ -72,7 +72,7 @@ def task_dataset(
     check_split(split)
     available = task.num_problems(split)
     if n is None:
-        if available >= 2**31 - 1:
+        if available >= TRAIN_SIZE:  # a generated train split: endless
             raise ValueError(
                 f"n=None asks for the whole {split!r} split of task {task.name!r}, which is generated "
                 "without end; pass n=<number of problems>"
