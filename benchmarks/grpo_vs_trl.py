@@ -47,7 +47,18 @@ before the first step, its peak RSS over the steps after a warm-up step (Linux `
 one-off allocations and compilation are left out on both sides) and the difference (the memory a
 steady-state GRPO step adds).
 
+Model-size sweep (``--sizes tiny,small,30m``): the same comparison, one size after the other, each
+on a model with random weights built from a config (:mod:`_scaling`: the default tiny GPT-2, a ~3M
+and a ~30M Qwen2-shaped model; no warm start, so rewards stay near zero and completions near full
+length, which is what a step's cost depends on). Per size it reports the step ratio with its
+interval, each side's peak RSS from its own subprocess, and each side's update pass (from its first
+gradient-enabled forward to its optimizer step: loss forward, backward, clip, step) in achieved
+FLOP/s, counted with :func:`_scaling.update_flops` (``6 N T + 12 L d_attn T^2`` per sequence of ``T``
+tokens) and set against this machine's float32 ``torch.mm`` peak at the same threads, measured
+before and after each size's run (:func:`_scaling.matmul_peak`).
+
 python benchmarks/grpo_vs_trl.py [--task arithmetic|countdown|gsm8k] [--steps 40] [--threads 1] [--beta 0.04] [--quick]
+    [--sizes tiny,small,30m]
 """
 
 from __future__ import annotations
@@ -101,6 +112,11 @@ def parse_args() -> argparse.Namespace:
         help="true: add 'compile' to our LMPolicy's accel (compiled decode steps; its compile time is in our first step)",
     )
     p.add_argument("--quick", action="store_true", help="a few-minute run: 12 steps, 150 warm-start steps")
+    p.add_argument(
+        "--sizes",
+        help="comma-separated model sizes to sweep with random weights (tiny, small, 30m; see _scaling.py); "
+        "default: the warm-started tiny model alone",
+    )
     p.add_argument("--memory-side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -108,6 +124,19 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--turn-steps must be >= 1, got {args.turn_steps}")
     if args.quick:
         args.steps, args.warmup, args.warm_start_steps, args.memory_steps = 12, 2, 150, 4
+    if args.memory_steps == 1:
+        p.error("--memory-steps must be 0 (skip) or >= 2 (one warm-up step, then the measured ones)")
+    if args.steps < args.warmup + 2:
+        p.error(f"--steps must be at least --warmup + 2 = {args.warmup + 2}, got {args.steps}")
+    if args.sizes is not None:
+        from _scaling import SIZES
+
+        args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        unknown = [s for s in args.sizes if s not in SIZES]
+        if unknown or not args.sizes:
+            p.error(
+                f"--sizes must be a comma-separated list of {', '.join(SIZES)}, got {unknown or args.sizes}"
+            )
     if args.max_new_tokens is None:
         from egsw_gym.envs.tasks import make_task
 
@@ -145,24 +174,40 @@ def make_ours(args: argparse.Namespace, ckpt: str):
     )
 
 
-def prepare_checkpoint(args: argparse.Namespace, directory: Path) -> str:
-    """Warm-start the default tiny model once and save it (model + tokenizer) for both sides."""
+def prepare_checkpoint(args: argparse.Namespace, directory: Path, size: str | None = None) -> str:
+    """The model both sides load, saved with its tokenizer to ``directory``.
+
+    ``size`` None: the default tiny model, warm-started once on the task's format. Else that
+    :data:`_scaling.SIZES` model with random weights (built from its config, seeded by ``--seed``).
+    """
     from egsw_gym import GRPO
     from egsw_gym.envs.vector import find_text_vector_env
     from egsw_gym.llm import warm_start
 
-    base = GRPO(
-        "LMPolicy",
-        ENV_IDS[args.task],
-        env_kwargs=dict(max_new_tokens=args.max_new_tokens, seed=args.seed),
-        n_envs=8,
-        group_size=8,
-        n_groups=1,
-        seed=args.seed,
-        device="cpu",
-    )
-    venv = find_text_vector_env(base.env)
-    warm_start(base.policy, venv.task, venv.tokenizer, steps=args.warm_start_steps, seed=args.seed, env=venv)
+    def build(policy_kwargs: dict[str, Any]) -> Any:
+        return GRPO(
+            "LMPolicy",
+            ENV_IDS[args.task],
+            env_kwargs=dict(max_new_tokens=args.max_new_tokens, seed=args.seed),
+            policy_kwargs=policy_kwargs,
+            n_envs=8,
+            group_size=8,
+            n_groups=1,
+            seed=args.seed,
+            device="cpu",
+        )
+
+    base = build({})
+    if size is None:
+        venv = find_text_vector_env(base.env)
+        warm_start(
+            base.policy, venv.task, venv.tokenizer, steps=args.warm_start_steps, seed=args.seed, env=venv
+        )
+    else:
+        from _scaling import model_config
+
+        positions = max(512, base.policy.obs_len + args.max_new_tokens)
+        base = build(dict(model_config=model_config(size, base.policy.tokenizer, args.seed, positions)))
     return base.policy.save_pretrained(directory)
 
 
@@ -239,12 +284,30 @@ def assert_ours_fp32(model: Any) -> None:
     assert isinstance(policy._autocast(), contextlib.nullcontext), "our policy autocasts"
 
 
-def our_step(model: Any, callback: Any) -> tuple[float, float]:
-    """One of our GRPO steps (rollout + update, what ``learn`` does per iteration): seconds, mean reward."""
+def our_step(model: Any, callback: Any, flops: Any = None) -> tuple[float, float]:
+    """One of our GRPO steps (rollout + update, what ``learn`` does per iteration): seconds, mean reward.
+
+    ``flops``: a :class:`_scaling.FlopCounter` whose ``start`` hook is on the policy's model; the
+    update pass ends with ``train``.
+    """
     t0 = time.perf_counter()
     batch = model.collect_groups(model.env, callback)  # rollout: groups share prompts
     model.train(batch)
+    if flops is not None:
+        flops.stop(batch.first_obs["attention_mask"], batch.mask, batch.group_ids)
     return time.perf_counter() - t0, float((batch.rewards * batch.mask).sum(1).mean())
+
+
+def describe_precision(ours: Any, trainer: Any) -> None:
+    """Print what each side computes in (checked by :func:`assert_ours_fp32` and :func:`make_trl`)."""
+    ours_dtypes = sorted({str(p.dtype) for p in ours.policy.parameters()})
+    trl_dtypes = sorted({str(p.dtype) for p in trainer.model.parameters()})
+    print(
+        f"precision as run: egsw parameters {ours_dtypes}, autocast off; TRL parameters {trl_dtypes}, "
+        f"bf16={trainer.args.bf16}, fp16={trainer.args.fp16}, "
+        f"accelerator mixed precision '{trainer.accelerator.mixed_precision}'",
+        flush=True,
+    )
 
 
 class RandomStreams:
@@ -279,16 +342,25 @@ class RandomStreams:
 
 def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[str, list[float]]:
     """TRL drives; after each TRL step its callback runs one of ours (A, B, A, B in one process)."""
+    from _scaling import FlopCounter, start_on_grad_forward
     from transformers import TrainerCallback
 
     ours = make_ours(args, ckpt)
     assert_ours_fp32(ours)
     _, our_callback = ours._setup_learn(10**9, None, True, "bench", False)
     our_random = RandomStreams()  # ours as seeded; TRL's trainer seeds the global ones again
-    result: dict[str, list[float]] = {"ours_t": [], "ours_r": [], "trl_t": []}
+    result: dict[str, Any] = {"ours_t": [], "ours_r": [], "trl_t": []}
+    ours_flops = FlopCounter(ours.policy.base_model)
+    start_on_grad_forward(ours.policy.base_model, ours_flops)
 
     class Interleave(TrainerCallback):
         fetched_at: float | None = None  # when TRL's trainer began fetching this step's prompts
+
+        flops: FlopCounter | None = None  # TRL's update passes
+        masks: tuple = ()  # prompt and completion masks of TRL's current update pass
+
+        def on_optimizer_step(self, *a, **k):
+            self.flops.stop(*self.masks)
 
         def on_step_begin(self, *a, **k):
             self._t0 = self.fetched_at if self.fetched_at is not None else time.perf_counter()
@@ -300,7 +372,7 @@ def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[s
                 return  # TRL's turn goes on
             while len(result["ours_t"]) < len(result["trl_t"]):  # our turn: as many steps as TRL's
                 with our_random:
-                    seconds, reward = our_step(ours, our_callback)
+                    seconds, reward = our_step(ours, our_callback, ours_flops)
                 result["ours_t"].append(seconds)
                 result["ours_r"].append(reward)
 
@@ -315,8 +387,20 @@ def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[s
         return fetch(*a, **k)
 
     trainer.get_batch_samples = timed_fetch
+    interleave.flops = FlopCounter(trainer.model)
+    start_on_grad_forward(trainer.model, interleave.flops)
+    compute_loss = trainer.compute_loss
+
+    def noting_compute_loss(model: Any, inputs: dict, *a: Any, **k: Any) -> Any:
+        interleave.masks = (inputs["prompt_mask"], inputs["completion_mask"])
+        return compute_loss(model, inputs, *a, **k)
+
+    trainer.compute_loss = noting_compute_loss
+    describe_precision(ours, trainer)
     trainer.train()
     result["trl_r"] = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    result["flops"] = {"ours": ours_flops, "trl": interleave.flops}
+    result["params"] = sum(p.numel() for p in ours.policy.parameters())
     return result
 
 
@@ -416,6 +500,45 @@ def memory_in_subprocesses(args: argparse.Namespace, ckpt: str) -> dict[str, dic
     return out
 
 
+def run_sweep(args: argparse.Namespace) -> None:
+    """``--sizes``: the interleaved comparison and both memory subprocesses, one size at a time."""
+    from _env_report import median, ratio_interval
+    from _scaling import matmul_peak, print_sweep_table, print_update_summary, update_summary
+
+    rows, w = [], args.warmup
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = prepare_checkpoint(args, Path(tmp) / "init", size)
+            peaks = [matmul_peak(args.threads)]
+            res = run_interleaved(args, ckpt, str(Path(tmp) / "trl_out"))
+            peaks.append(matmul_peak(args.threads))
+            memory = memory_in_subprocesses(args, ckpt) if args.memory_steps > 0 else {}
+        peak = {k: max(p[k] for p in peaks) for k in ("best", "best_cpu")}
+        ours_s, trl_s = median(res["ours_t"][w:]), median(res["trl_t"][w:])
+        row = dict(
+            size=size,
+            task=args.task,
+            params=res["params"],
+            ours_s_per_step=ours_s,
+            trl_s_per_step=trl_s,
+            ratio=ours_s / trl_s,
+            ratio_95ci=list(ratio_interval(res["ours_t"][w:], res["trl_t"][w:])),
+            peak_rss_mib={side: m["peak_rss_mib"] for side, m in memory.items()},
+            update=update_summary(res, w, peak),
+            matmul_peak_gflops={k: [p[k] / 1e9 for p in peaks] for k in ("best", "median", "best_cpu")},
+            mean_reward={"ours": float(np.mean(res["ours_r"])), "trl": float(np.mean(res["trl_r"]))},
+        )
+        print(f"size {size} ({row['params'] / 1e6:.2f}M parameters), task {args.task}:")
+        print_update_summary(row["update"])
+        print("RESULT " + json.dumps(row), flush=True)
+        rows.append(row)
+    print(
+        f"sweep: task {args.task}, G={args.group_size}, {args.batch} completions/step, {args.max_new_tokens} "
+        f"new tokens, {args.steps} steps per side ({w} left out), {args.threads} thread(s), random weights"
+    )
+    print_sweep_table(rows)
+
+
 def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")
@@ -429,6 +552,9 @@ def main() -> None:
     from _env_report import median, print_env_report, ratio_interval
 
     print_env_report({"egsw": "float32", "TRL": "float32 (bf16=False, fp16=False, asserted)"})
+    if args.sizes:
+        run_sweep(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         ckpt = prepare_checkpoint(args, tmp_path / "init")
@@ -457,6 +583,9 @@ def main() -> None:
         )
     low, high = ratio_interval(ours_t[w:], trl_t[w:])
     print(f"ratio ours/TRL = {ours_s / trl_s:.3f}, 95% CI over steps {low:.3f}-{high:.3f}  (target <= 0.5)")
+    from _scaling import print_update_summary, update_summary
+
+    print_update_summary(update_summary(res, w))
     print("learning curves, mean reward per step (fraction correct):")
     print("  step  " + " ".join(f"{i:5d}" for i in range(1, args.steps + 1)))
     print("  egsw  " + " ".join(f"{r:5.2f}" for r in ours_r))
