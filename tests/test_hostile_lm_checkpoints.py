@@ -103,6 +103,7 @@ CONFIG_CASES = {
     "gpt n_inner=4e6 (a float)": ("gpt", set_config("n_inner", 4e6), "policy_kwargs.model_config"),
     "gpt n_positions=1e7": ("gpt", set_config("n_positions", 10_000_000), "policy_kwargs.model_config"),
     "gpt n_layer=1e5": ("gpt", set_config("n_layer", 100_000), "more than .* layers"),
+    "gpt n_layer=2 (one more than stored)": ("gpt", set_config("n_layer", 2), "stored weights do not hold"),
     "gpt n_embd=2**20": ("gpt", set_config("n_embd", 2**20), "policy_kwargs.model_config"),
     "gpt vocab_size=1e9": ("gpt", set_config("vocab_size", 10**9), "policy_kwargs.model_config"),
     "gpt n_head=0": ("gpt", set_config("n_head", 0), "policy_kwargs.model_config"),

@@ -200,15 +200,26 @@ def directory_weight_shapes(path: str) -> dict[str, tuple[tuple[int, ...], Any]]
 
 
 def check_matches_stored(
-    model: torch.nn.Module, stored: dict[str, tuple[tuple[int, ...], Any]], prefix: str, what: str
+    model: torch.nn.Module,
+    stored: dict[str, tuple[tuple[int, ...], Any]],
+    prefix: str,
+    what: str,
+    exact_keys: bool = False,
 ) -> None:
     """Refuse (``ValueError`` naming ``what``) a meta ``model`` that does not fit the ``stored`` tensors.
 
     Every stored tensor named ``prefix + key`` for a key of ``model.state_dict()`` must have the
     model's shape, and the model's parameters and buffers together may not hold more elements than
-    the stored tensors do (a config claiming a larger model than its weights).
+    the stored tensors do (a config claiming a larger model than its weights). With ``exact_keys``
+    (a full ``state_dict`` was stored), every tensor of the model must be stored.
     """
     state = model.state_dict(keep_vars=True)
+    missing = [key for key in state if prefix + key not in stored] if exact_keys else []
+    if missing:
+        raise ValueError(
+            f"{what} builds tensors the stored weights do not hold ({missing[:3]}{' ...' if len(missing) > 3 else ''}): "
+            "the config does not describe the stored model"
+        )
     for key, tensor in state.items():
         found = stored.get(prefix + key)
         if found is not None and tuple(found[0]) != tuple(tensor.shape):

@@ -353,5 +353,6 @@ def check_checkpoint_policy(policy_kwargs: dict[str, Any], observation_space: An
             return
         # policy.pth holds "model." + the policy's model; under a LoRA wrapper the base model's
         # tensors sit under "model.base_model.model."
-        prefix = "model.base_model.model." if lora is not None and lora_config is None else "model."
-        check_matches_stored(meta, stored, prefix, f"entry {name!r}")
+        partial = lora is not None and lora_config is None  # the base model alone, under a LoRA wrapper
+        prefix = "model.base_model.model." if partial else "model."
+        check_matches_stored(meta, stored, prefix, f"entry {name!r}", exact_keys=not partial)
