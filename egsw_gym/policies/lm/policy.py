@@ -190,7 +190,198 @@ class LMPolicy(GRPOPolicy):
             trainable, lr=lr_schedule(1), **fused_if_unset(self.optimizer_class, self.optimizer_kwargs)
         )
 
-    # ----------------------------------------------------------------------- construction helpers
+    # ----------------------------------------------------------------------- the plain path
+    def act(
+        self, obs: PyTorchObs, state: LMState | None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
+        """Choose the next token of every sequence, reusing the KV cache kept in ``state``.
+
+        Parameters
+        ----------
+        obs : dict of torch.Tensor
+            ``input_ids`` and ``attention_mask``, ``(n_envs, P + N)`` (or one unbatched observation).
+            Read only when ``state`` is None; afterwards the previous actions are fed back, so
+            environments that auto-reset mid-round do not disturb the others' caches (the rollout
+            masks what a finished row generates).
+        state : LMState or None
+            ``None`` at the first step of a round (prefill the prompt); afterwards the value the
+            previous call returned.
+        deterministic : bool
+            Greedy (argmax) tokens instead of samples.
+
+        Returns
+        -------
+        actions : torch.Tensor
+            ``(n_envs,)`` int64 token ids.
+        log_probs : torch.Tensor
+            ``(n_envs,)`` float32 log-probability of ``actions`` under the (tempered) distribution.
+        entropies : torch.Tensor
+            ``(n_envs,)`` float32 entropy of that distribution.
+        new_state : LMState
+            The state for the next call (the same object, updated in place).
+        """
+        # inference_mode skips autograd bookkeeping entirely; the outputs are cloned below so the
+        # caller gets ordinary tensors it may later combine with tensors that require grad.
+        with torch.inference_mode():
+            if state is None:
+                state, logits = self._prefill(obs)
+                chosen = self._next_token(logits, deterministic)
+            else:
+                chosen = self._accelerated_step(state, deterministic) if state.accel is not None else None
+                if chosen is None:
+                    chosen = self._next_token(self._decode_step(state), deterministic)
+                state.positions = state.positions + 1
+            actions, log_probs, entropies = chosen
+            state.last_actions = actions.unsqueeze(-1)
+        return actions.clone(), log_probs.clone(), entropies.clone(), state
+
+    def _prefill(self, obs: PyTorchObs) -> tuple[LMState, torch.Tensor]:
+        """First step of a round: run the prompts once; the state and the ``(B, V)`` next-token logits."""
+        ids, mask = prepare_prompt(*self._obs_tensors(obs), self._fill_token_id)  # left-padded
+        position_ids = position_ids_from_mask(mask, self._max_position)
+        state = LMState(cache=None, attention_mask=mask, positions=mask.sum(1, keepdim=True))
+        if "shared_decode" in self.accel:  # accel: each run of one prompt decodes as one sequence
+            logits = self._start_run_decode(state, ids, mask, position_ids)
+            if logits is not None:
+                return state, logits
+        logits, state.cache = self._forward(ids, mask, position_ids, cache=None)
+        if "compile" in self.accel:  # accel: the next steps on a static cache, compiled
+            self._start_static_decode(state, mask)
+        return state, logits
+
+    def _decode_step(self, state: LMState) -> torch.Tensor:
+        """Feed every row's last token through the KV cache; the ``(B, V)`` logits of the next one."""
+        mask = state.attention_mask
+        state.attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = state.positions
+        if self._max_position is not None:  # only steps past an episode's end can reach it
+            positions = positions.clamp(max=self._max_position)
+        logits, state.cache = self._forward(state.last_actions, state.attention_mask, positions, state.cache)
+        return logits
+
+    def _next_token(
+        self, logits: torch.Tensor, deterministic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Choose tokens from ``(B, V)`` next-token logits; return actions, log-probs, entropies."""
+        log_p = token_log_softmax(logits, self.n_actions, self.temperature)  # log p = log_softmax(z / tau)
+        uniform = None if deterministic else torch.rand(log_p.shape[0], 1, device=log_p.device)
+        return choose_tokens(log_p, uniform)
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One cached forward pass: the ``(B, V)`` logits after each row's last token, and the new cache."""
+        kwargs: dict[str, Any] = {self._cache_kw: cache}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1  # only the last column's logits are needed
+        with self._autocast():
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
+        return output.logits[:, -1], output_cache(output)
+
+    def evaluate_sequences(
+        self,
+        first_obs: PyTorchObs,
+        step_obs: PyTorchObs | None,
+        actions: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies of whole completions, with gradients, in one forward pass.
+
+        Parameters
+        ----------
+        first_obs : dict of torch.Tensor
+            ``(B, P + N)`` observations at the start of the episodes (the prompts).
+        step_obs : None
+            Unused (:attr:`uses_step_observations` is ``False``): the completion is ``actions``.
+        actions : torch.Tensor
+            ``(B, T)`` (or ``(B, T, 1)``) generated token ids, padded after each sequence's end.
+        mask : torch.Tensor
+            ``(B, T)`` bool, ``True`` on real tokens. Padding must come after the end; the padded
+            outputs are set to 0.
+
+        Returns
+        -------
+        log_probs : torch.Tensor
+            ``(B, T)`` float32 log-probabilities of ``actions``.
+        entropies : torch.Tensor
+            ``(B, T)`` float32 entropies of each step's (tempered) next-token distribution.
+        """
+        del step_obs
+        ids, prompt_mask = prepare_prompt(*self._obs_tensors(first_obs), self._fill_token_id)
+        actions = torch.as_tensor(actions, device=self.device).long()
+        if actions.dim() == 3:
+            actions = actions.squeeze(-1)
+        mask = torch.as_tensor(mask, device=self.device).bool()
+        # Padding may hold anything (GRPO zero-pads); keep it a valid token id for the embedding.
+        actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
+        with self._autocast():
+            out = None
+            if "prefix_tree" in self.accel:
+                out = accelerations.prefix_tree_log_probs(
+                    self.model, ids, prompt_mask, actions, last_true(mask), self.n_actions, self.temperature
+                )
+            if out is None:
+                out = sequence_log_probs(
+                    self.model,
+                    ids,
+                    prompt_mask,
+                    actions,
+                    self.n_actions,
+                    self.temperature,
+                    self._fill_token_id,
+                )
+        log_probs, entropies = out
+        zero = torch.zeros((), device=log_probs.device)
+        return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
+
+    # ----------------------------------------------------------------------- accelerations (accel)
+    def _start_run_decode(
+        self, state: LMState, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Prefill a round laid out as runs (``"shared_decode"``); its first logits, or ``None``
+        where the round does not qualify (it then decodes plainly)."""
+        with self._autocast():
+            started = accelerations.start_run_decode(
+                self.model, ids, mask, position_ids, self.obs_len, self._next_token
+            )
+        if started is None:
+            return None
+        state.accel, logits = started
+        return logits
+
+    def _start_static_decode(self, state: LMState, mask: torch.Tensor) -> None:
+        """Move a prefilled round onto the compiled decoder's static cache (``"compile"``), where it fits."""
+        if not isinstance(self._autocast(), contextlib.nullcontext):
+            return  # mixed precision rounds differently in a compiled graph: stay plain
+        state.accel = self._static_decoder().begin(state.cache, mask, self.obs_len)
+        if state.accel is not None:
+            state.cache = None  # the static round holds a copy
+
+    def _accelerated_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...] | None:
+        """A decode step of an accelerated round; ``None`` when the round continues on the plain path."""
+        positions = state.positions
+        if self._max_position is not None:
+            positions = positions.clamp(max=self._max_position)
+        with self._autocast():
+            chosen = state.accel.step(state.last_actions, positions, deterministic)
+        if chosen is None:  # e.g. a compiled round outgrew its static cache: go on plainly from there
+            state.cache, state.attention_mask = state.accel.to_plain()
+            state.accel = None
+        return chosen
+
+    def _static_decoder(self) -> accelerations.StaticDecoder:
+        """The policy's compiled decoder (built once; it turns itself off where compiling fails)."""
+        if self._decoder is None:
+            self._decoder = accelerations.StaticDecoder(self.model, self.n_actions, self.temperature)
+        return self._decoder
+
+    # ----------------------------------------------------------------------- helpers
     @property
     def base_model(self) -> Any:
         """The ``transformers`` model without a peft wrapper (its ``config``, ``save_pretrained``...)."""
@@ -204,6 +395,72 @@ class LMPolicy(GRPOPolicy):
                 if isinstance(value, int) and 0 <= value < self.n_actions:
                     return value
         return 0
+
+    def _obs_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` as 2-D tensors on the model's device."""
+        if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
+            raise ValueError("LMPolicy expects dict observations with 'input_ids' and 'attention_mask'")
+        ids = torch.as_tensor(obs["input_ids"], device=self.device)
+        mask = torch.as_tensor(obs["attention_mask"], device=self.device)
+        if ids.dim() == 1:
+            ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+        return ids, mask
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The ``torch.autocast`` context of the model's forward passes (see the ``autocast`` argument)."""
+        setting = self.autocast
+        device = self.device
+        if setting is False or (setting is None and device.type != "cuda"):
+            return contextlib.nullcontext()
+        if setting is None:
+            if not torch.cuda.is_bf16_supported():
+                return contextlib.nullcontext()
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.bfloat16 if setting is True else getattr(torch, setting)
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    # ----------------------------------------------------------------------- saving
+    def save_pretrained(self, directory: str | os.PathLike, merge_lora: bool = True) -> str:
+        """Write the model (and tokenizer) as a Hugging Face checkpoint directory.
+
+        The directory can be passed back as ``LMPolicy(..., model=directory)`` (or to
+        ``AutoModelForCausalLM.from_pretrained``) with no network access.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Target directory (created if needed).
+        merge_lora : bool
+            With a LoRA adapter: ``True`` merges it into a copy of the base weights and writes a
+            standalone checkpoint; ``False`` writes peft's adapter-only format (loading it then needs
+            the base model and ``peft``).
+
+        Returns
+        -------
+        str
+            The directory.
+        """
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        model = self.model
+        if hasattr(model, "get_base_model") and merge_lora:
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(directory)
+        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def decode(self, token_ids: torch.Tensor | np.ndarray | list[int]) -> str:
+        """Decode token ids with the policy's tokenizer (a convenience for logging samples).
+
+        Parameters
+        ----------
+        token_ids : torch.Tensor, numpy.ndarray or list of int
+            One sequence of ids.
+        """
+        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         """What SB3's ``save``/``load`` need to rebuild this policy without the hub or the original model.
@@ -266,243 +523,3 @@ class LMPolicy(GRPOPolicy):
         if isinstance(kwargs.get("torch_dtype"), torch.dtype):
             kwargs["torch_dtype"] = str(kwargs["torch_dtype"]).removeprefix("torch.")
         return kwargs
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """The ``torch.autocast`` context of the model's forward passes (see the ``autocast`` argument)."""
-        setting = self.autocast
-        device = self.device
-        if setting is False or (setting is None and device.type != "cuda"):
-            return contextlib.nullcontext()
-        if setting is None:
-            if not torch.cuda.is_bf16_supported():
-                return contextlib.nullcontext()
-            dtype = torch.bfloat16
-        else:
-            dtype = torch.bfloat16 if setting is True else getattr(torch, setting)
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
-    # ----------------------------------------------------------------------- GRPO interface
-    def _obs_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)`` as 2-D tensors on the model's device."""
-        if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
-            raise ValueError("LMPolicy expects dict observations with 'input_ids' and 'attention_mask'")
-        ids = torch.as_tensor(obs["input_ids"], device=self.device)
-        mask = torch.as_tensor(obs["attention_mask"], device=self.device)
-        if ids.dim() == 1:
-            ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
-        return ids, mask
-
-    def _next_token(
-        self, logits: torch.Tensor, deterministic: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Choose tokens from ``(B, V)`` next-token logits; return actions, log-probs, entropies."""
-        log_p = token_log_softmax(logits, self.n_actions, self.temperature)  # log p = log_softmax(z / tau)
-        uniform = None if deterministic else torch.rand(log_p.shape[0], 1, device=log_p.device)
-        return choose_tokens(log_p, uniform)
-
-    def _forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any
-    ) -> tuple[torch.Tensor, Any]:
-        """One cached forward pass: the ``(B, V)`` logits after each row's last token, and the new cache."""
-        kwargs: dict[str, Any] = {self._cache_kw: cache}
-        if self._has_logits_to_keep:
-            kwargs["logits_to_keep"] = 1  # only the last column's logits are needed
-        with self._autocast():
-            output = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                **kwargs,
-            )
-        return output.logits[:, -1], output_cache(output)
-
-    def act(
-        self, obs: PyTorchObs, state: LMState | None, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
-        """Choose the next token of every sequence, reusing the KV cache kept in ``state``.
-
-        Parameters
-        ----------
-        obs : dict of torch.Tensor
-            ``input_ids`` and ``attention_mask``, ``(n_envs, P + N)`` (or one unbatched observation).
-            Read only when ``state`` is None; afterwards the previous actions are fed back, so
-            environments that auto-reset mid-round do not disturb the others' caches (the rollout
-            masks what a finished row generates).
-        state : LMState or None
-            ``None`` at the first step of a round (prefill the prompt); afterwards the value the
-            previous call returned.
-        deterministic : bool
-            Greedy (argmax) tokens instead of samples.
-
-        Returns
-        -------
-        actions : torch.Tensor
-            ``(n_envs,)`` int64 token ids.
-        log_probs : torch.Tensor
-            ``(n_envs,)`` float32 log-probability of ``actions`` under the (tempered) distribution.
-        entropies : torch.Tensor
-            ``(n_envs,)`` float32 entropy of that distribution.
-        new_state : LMState
-            The state for the next call (the same object, updated in place).
-        """
-        # inference_mode skips autograd bookkeeping entirely; the outputs are cloned below so the
-        # caller gets ordinary tensors it may later combine with tensors that require grad.
-        with torch.inference_mode():
-            if state is None:
-                state, logits = self._prefill(obs)
-                chosen = self._next_token(logits, deterministic)
-            else:
-                chosen = self._accelerated_step(state, deterministic) if state.accel is not None else None
-                if chosen is None:
-                    chosen = self._next_token(self._decode_step(state), deterministic)
-                state.positions = state.positions + 1
-            actions, log_probs, entropies = chosen
-            state.last_actions = actions.unsqueeze(-1)
-        return actions.clone(), log_probs.clone(), entropies.clone(), state
-
-    def _prefill(self, obs: PyTorchObs) -> tuple[LMState, torch.Tensor]:
-        """First step of a round: run the prompts once; the state and the ``(B, V)`` next-token logits."""
-        ids, mask = prepare_prompt(*self._obs_tensors(obs), self._fill_token_id)  # left-padded
-        position_ids = position_ids_from_mask(mask, self._max_position)
-        state = LMState(cache=None, attention_mask=mask, positions=mask.sum(1, keepdim=True))
-        if "shared_decode" in self.accel:
-            with self._autocast():
-                started = accelerations.start_run_decode(
-                    self.model, ids, mask, position_ids, self.obs_len, self._next_token
-                )
-            if started is not None:
-                state.accel, logits = started
-                return state, logits
-        logits, state.cache = self._forward(ids, mask, position_ids, cache=None)
-        if "compile" in self.accel and isinstance(self._autocast(), contextlib.nullcontext):
-            state.accel = self._static_decoder().begin(state.cache, mask, self.obs_len)
-            if state.accel is not None:
-                state.cache = None  # the static round holds a copy
-        return state, logits
-
-    def _decode_step(self, state: LMState) -> torch.Tensor:
-        """Feed every row's last token through the KV cache; the ``(B, V)`` logits of the next one."""
-        mask = state.attention_mask
-        state.attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = state.positions
-        if self._max_position is not None:  # only steps past an episode's end can reach it
-            positions = positions.clamp(max=self._max_position)
-        logits, state.cache = self._forward(state.last_actions, state.attention_mask, positions, state.cache)
-        return logits
-
-    def _accelerated_step(self, state: LMState, deterministic: bool) -> tuple[torch.Tensor, ...] | None:
-        """A decode step of an accelerated round; ``None`` when the round continues on the plain path."""
-        positions = state.positions
-        if self._max_position is not None:
-            positions = positions.clamp(max=self._max_position)
-        with self._autocast():
-            chosen = state.accel.step(state.last_actions, positions, deterministic)
-        if chosen is None:  # e.g. a compiled round outgrew its static cache: go on plainly from there
-            state.cache, state.attention_mask = state.accel.to_plain()
-            state.accel = None
-        return chosen
-
-    def _static_decoder(self) -> accelerations.StaticDecoder:
-        """The policy's compiled decoder (built once; it turns itself off where compiling fails)."""
-        if self._decoder is None:
-            self._decoder = accelerations.StaticDecoder(self.model, self.n_actions, self.temperature)
-        return self._decoder
-
-    def evaluate_sequences(
-        self,
-        first_obs: PyTorchObs,
-        step_obs: PyTorchObs | None,
-        actions: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies of whole completions, with gradients, in one forward pass.
-
-        Parameters
-        ----------
-        first_obs : dict of torch.Tensor
-            ``(B, P + N)`` observations at the start of the episodes (the prompts).
-        step_obs : None
-            Unused (:attr:`uses_step_observations` is ``False``): the completion is ``actions``.
-        actions : torch.Tensor
-            ``(B, T)`` (or ``(B, T, 1)``) generated token ids, padded after each sequence's end.
-        mask : torch.Tensor
-            ``(B, T)`` bool, ``True`` on real tokens. Padding must come after the end; the padded
-            outputs are set to 0.
-
-        Returns
-        -------
-        log_probs : torch.Tensor
-            ``(B, T)`` float32 log-probabilities of ``actions``.
-        entropies : torch.Tensor
-            ``(B, T)`` float32 entropies of each step's (tempered) next-token distribution.
-        """
-        del step_obs
-        ids, prompt_mask = prepare_prompt(*self._obs_tensors(first_obs), self._fill_token_id)
-        actions = torch.as_tensor(actions, device=self.device).long()
-        if actions.dim() == 3:
-            actions = actions.squeeze(-1)
-        mask = torch.as_tensor(mask, device=self.device).bool()
-        # Padding may hold anything (GRPO zero-pads); keep it a valid token id for the embedding.
-        actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
-        with self._autocast():
-            out = None
-            if "prefix_tree" in self.accel:
-                out = accelerations.prefix_tree_log_probs(
-                    self.model, ids, prompt_mask, actions, last_true(mask), self.n_actions, self.temperature
-                )
-            if out is None:
-                out = sequence_log_probs(
-                    self.model,
-                    ids,
-                    prompt_mask,
-                    actions,
-                    self.n_actions,
-                    self.temperature,
-                    self._fill_token_id,
-                )
-        log_probs, entropies = out
-        zero = torch.zeros((), device=log_probs.device)
-        return torch.where(mask, log_probs, zero), torch.where(mask, entropies, zero)
-
-    # ----------------------------------------------------------------------- saving
-    def save_pretrained(self, directory: str | os.PathLike, merge_lora: bool = True) -> str:
-        """Write the model (and tokenizer) as a Hugging Face checkpoint directory.
-
-        The directory can be passed back as ``LMPolicy(..., model=directory)`` (or to
-        ``AutoModelForCausalLM.from_pretrained``) with no network access.
-
-        Parameters
-        ----------
-        directory : str or os.PathLike
-            Target directory (created if needed).
-        merge_lora : bool
-            With a LoRA adapter: ``True`` merges it into a copy of the base weights and writes a
-            standalone checkpoint; ``False`` writes peft's adapter-only format (loading it then needs
-            the base model and ``peft``).
-
-        Returns
-        -------
-        str
-            The directory.
-        """
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        model = self.model
-        if hasattr(model, "get_base_model") and merge_lora:
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(directory)
-        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(directory)
-        return directory
-
-    def decode(self, token_ids: torch.Tensor | np.ndarray | list[int]) -> str:
-        """Decode token ids with the policy's tokenizer (a convenience for logging samples).
-
-        Parameters
-        ----------
-        token_ids : torch.Tensor, numpy.ndarray or list of int
-            One sequence of ids.
-        """
-        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
