@@ -275,6 +275,24 @@ def test_step_weights_are_per_group_and_position(shared):
     torch.testing.assert_close(batch["advantages"][mask], (adv[:, None] * w)[mask])
 
 
+def test_entropies_come_from_trls_old_logprob_pass_when_it_runs_one(tiny_dir, tmp_path, monkeypatch):
+    """steps_per_generation=2 makes TRL compute old log-probs at generation: EGSW takes the
+    entropies from that pass (no pass of its own), and they and the log-probs are unchanged."""
+    trainer = make_trainer(tiny_dir, tmp_path, steps_per_generation=2, egsw_alpha=0.5)
+    assert trainer._computes_old_logps()
+    monkeypatch.setattr(trainer, "_rollout_entropies", lambda *a, **k: pytest.fail("extra entropy pass"))
+    batch = generate(trainer)
+    monkeypatch.undo()
+    mask = trainer.egsw_last["mask"].bool()
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, mask.shape[1])
+    torch.testing.assert_close(batch["old_per_token_logps"][mask], logps[mask], rtol=0, atol=0)
+    separate = trainer._rollout_entropies(batch, B)
+    torch.testing.assert_close(trainer.egsw_last["entropies"][mask], separate[mask], rtol=0, atol=0)
+
+
 # core loss type <-> TRL loss type (ours "token" is TRL's "dapo" on one process, one accumulation step)
 CORE_LOSS = {"grpo": "grpo", "dapo": "token", "dr_grpo": "dr_grpo"}
 

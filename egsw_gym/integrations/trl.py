@@ -14,9 +14,10 @@
     trainer.train()
 
 How the weight enters TRL's loss. After TRL has generated a batch, scored it and computed its group
-advantages ``A``, :class:`EGSWGRPOTrainer` runs one extra no-grad forward pass of the sampling policy
-(TRL's own ``_get_per_token_logps_and_entropies``) for the per-token entropies ``H`` at rollout
-time, computes the EGSW weights ``w`` per group exactly as :meth:`egsw_gym.EGSW.sample_weights` /
+advantages ``A``, :class:`EGSWGRPOTrainer` takes the per-token entropies ``H`` of the sampling
+policy at rollout time (from TRL's own no-grad pass for the old log-probabilities when TRL runs
+one, else from one extra no-grad pass through TRL's ``_get_per_token_logps_and_entropies``),
+computes the EGSW weights ``w`` per group exactly as :meth:`egsw_gym.EGSW.sample_weights` /
 :func:`egsw_gym.egsw_weights` define them, and hands TRL the advantages ``w * A``. Because ``w >= 0``
 is a constant for the gradient, ``-min(r w A, clip(r) w A) = -w min(r A, clip(r) A)``: the clipped
 surrogate of every sequence (trajectory mode) or token (step mode) is multiplied by its weight,
@@ -32,8 +33,10 @@ weights one process would.
 
 The sampling policy's entropy. With vLLM generation, the entropies come from the training model
 at generation time (the policy vLLM samples from, up to vLLM's numerics), at the sampling
-temperature, as TRL's own log-probabilities do. The extra pass costs about one no-grad forward over
-the batch per generation round (generation itself usually dominates).
+temperature, as TRL's own log-probabilities do. With vLLM's importance-sampling correction (TRL's
+default) or misaligned generation and optimizer steps, TRL already runs a no-grad pass for the old
+log-probabilities and EGSW asks it for the entropies as well; otherwise EGSW adds one no-grad
+forward over the batch per generation round (generation itself usually dominates).
 
 Logged in TRL's metrics, per generation round, over the whole (global) batch: ``egsw/weight_max``,
 ``egsw/weight_min``, ``egsw/weight_ess`` (Kish effective sample size as a fraction of the samples)
@@ -243,9 +246,37 @@ class EGSWGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args, *rest, **kwargs)
         self.egsw: EGSW | None = args.egsw
         self.egsw_last: dict[str, torch.Tensor] | None = None
+        self._egsw_capture: dict[str, torch.Tensor] | None = None
+
+    def _computes_old_logps(self) -> bool:
+        """Whether TRL's generation step runs its own no-grad pass of the policy (old log-probs).
+
+        TRL's rule: when generation and optimizer steps are misaligned, or with vLLM's importance
+        sampling correction. That pass is then the first policy call of the step, and EGSW asks it
+        for the entropies too instead of running a pass of its own.
+        """
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        misaligned = self.args.gradient_accumulation_steps % generate_every != 0
+        return misaligned or bool(self.use_vllm and self.vllm_importance_sampling_correction)
+
+    def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> tuple:
+        capture = self._egsw_capture
+        if capture is None or model is not self.model or kwargs.get("compute_entropy", False):
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        self._egsw_capture = None  # only TRL's old-log-prob pass, the first policy call
+        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+            model, *args, **{**kwargs, "compute_entropy": True}
+        )
+        capture["entropies"] = entropies
+        return logps, None, aux_loss
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
+        capture: dict[str, torch.Tensor] = {}
+        self._egsw_capture = capture if self.egsw is not None and self._computes_old_logps() else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._egsw_capture = None
         if self.egsw is None:
             return output
         train = self.model.training
@@ -254,7 +285,9 @@ class EGSWGRPOTrainer(GRPOTrainer):
         mask = output["completion_mask"]
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
-        entropies = self._rollout_entropies(output, batch_size)
+        entropies = capture.get("entropies")
+        if entropies is None:
+            entropies = self._rollout_entropies(output, batch_size)
         advantages = output["advantages"]
         weights, stats = self.compute_egsw_weights(advantages, entropies, mask.bool(), group_size)
         output["advantages"] = (
