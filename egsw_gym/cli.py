@@ -57,7 +57,8 @@ DEMO_INTRO = (
     "egsw-gym demo: PPO vs PPO+EGSW on CartPole-v1 (2 seeds x 100k steps), then GRPO vs GRPO+EGSW on\n"
     "egsw/Arithmetic-v0 with a tiny language model (1 seed x 1M generated tokens, after a short\n"
     "supervised warm start). Runs go in parallel, one per core; each bar counts the runs' steps or tokens.\n"
-    "Expect DEMO_TIME on 2 cores (longer when other jobs share them); finished runs are skipped on rerun.\n"
+    "It needs about 7.5 CPU-minutes: about 4 minutes on 2 idle cores, longer in proportion when other\n"
+    "jobs share them (34 minutes with ~7 busy jobs on 2 cores). Finished runs are skipped on rerun.\n"
 )
 DEMO_NOTE = (
     "Scores can differ slightly from another machine's: CPUs with different instruction sets (AVX2,\n"
