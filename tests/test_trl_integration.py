@@ -293,6 +293,23 @@ def test_entropies_come_from_trls_old_logprob_pass_when_it_runs_one(tiny_dir, tm
     torch.testing.assert_close(trainer.egsw_last["entropies"][mask], separate[mask], rtol=0, atol=0)
 
 
+def test_completions_without_loss_tokens_take_no_part(tiny_dir, tmp_path):
+    """mask_truncated_completions drops truncated completions from the loss: they get weight 1 and
+    stay out of their group's softmax, whose weights then sum to the number of the others."""
+    trainer = make_trainer(
+        tiny_dir, tmp_path, mask_truncated_completions=True, max_completion_length=2, egsw_alpha=0.5,
+        egsw_standardize_advantages=False,
+    )  # fmt: skip
+    generate(trainer)
+    w, mask = trainer.egsw_last["weights"], trainer.egsw_last["mask"].bool()
+    empty = ~mask.any(1)
+    assert bool(empty.any()), "vacuous: no truncated completion"
+    assert torch.equal(w[empty], torch.ones_like(w[empty]))
+    for g in range(B // G):
+        members = ~empty[g * G : (g + 1) * G]
+        torch.testing.assert_close(w[g * G : (g + 1) * G][members].sum(), members.sum().to(w.dtype))
+
+
 # core loss type <-> TRL loss type (ours "token" is TRL's "dapo" on one process, one accumulation step)
 CORE_LOSS = {"grpo": "grpo", "dapo": "token", "dr_grpo": "dr_grpo"}
 
