@@ -524,6 +524,7 @@ def run_sweep(args: argparse.Namespace) -> None:
             ratio=ours_s / trl_s,
             ratio_95ci=list(ratio_interval(res["ours_t"][w:], res["trl_t"][w:])),
             peak_rss_mib={side: m["peak_rss_mib"] for side, m in memory.items()},
+            memory=memory,
             update=update_summary(res, w, peak),
             matmul_peak_gflops={k: [p[k] / 1e9 for p in peaks] for k in ("best", "median", "best_cpu")},
             mean_reward={"ours": float(np.mean(res["ours_r"])), "trl": float(np.mean(res["trl_r"]))},
