@@ -412,7 +412,7 @@ def test_two_steps_of_train_log_egsw_statistics(tiny_dir, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
-def test_task_dataset_and_reward_use_the_tasks_verifier():
+def test_task_dataset_and_reward_use_the_tasks_verifier(tmp_path):
     from egsw_gym.envs.tasks import make_task
 
     for name in ("arithmetic", "countdown", "gsm8k"):
@@ -429,6 +429,13 @@ def test_task_dataset_and_reward_use_the_tasks_verifier():
         assert reward(chat, index=data["index"], split=data["split"]) == [1.0] * 4
     messages = task_dataset("gsm8k", "train", 2, chat=True)["prompt"][0]
     assert messages[-1]["role"] == "user" and messages[0]["role"] in ("system", "user")
+    # A user's JSONL file (a finite split: n=None takes all of it).
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(f'{{"prompt": "What is {a}+{a}?", "answer": "{2 * a}"}}\n' for a in range(3)))
+    data = task_dataset("jsonl", "train", None, data_path=str(path))
+    reward = task_reward_func("jsonl", data_path=str(path))
+    assert data["answer"] == ["0", "2", "4"]
+    assert reward(["0", "3", "4"], index=data["index"], split=data["split"]) == [1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="n="):
         task_dataset("arithmetic", "train", None)
     with pytest.raises(ValueError, match="n must be"):
