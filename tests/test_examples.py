@@ -15,6 +15,7 @@ CASES = {
     "ppo_cartpole.py": ["--timesteps", "512"],
     "ppo_mujoco.py": ["--timesteps", "1024"],
     "grpo_cartpole.py": ["--timesteps", "600"],
+    "grpo_minimal.py": ["--total-timesteps", "600", "--eval-episodes", "1", "--check-library"],
     "compare.py": ["--timesteps", "600", "--seeds", "1"],
     "grpo_arithmetic.py": ["--timesteps", "400", "--warm-start-steps", "5", "--eval-problems", "16"],
     "custom_task.py": ["--timesteps", "400"],
