@@ -5,7 +5,8 @@
 
 Without CUDA it prints that it skipped and exits 0. On CUDA it runs ``--steps`` steps of
 :class:`~egsw_gym.integrations.trl.EGSWGRPOTrainer` on the arithmetic task (bf16, transformers
-generation unless ``--use-vllm``), then the same steps with EGSW off (same trainer, ``egsw_alpha=None``),
+generation unless ``--use-vllm``; the task's verifier plus a small digit-share reward, so that even
+a freshly initialised model has groups with a reward spread), then the same steps with EGSW off (same trainer, ``egsw_alpha=None``),
 and prints per side: seconds per step (median after the first), generated tokens per second, peak
 GPU memory, and the EGSW statistics of the last step. It checks that every loss is finite, that the
 parameters moved, and that the EGSW weights are finite, non-negative and average 1 within each group
@@ -53,8 +54,21 @@ def build_model(directory: Path) -> str:
     return str(directory)
 
 
-def run_side(args: argparse.Namespace, model_path: str, out: str, egsw: bool) -> dict[str, Any]:
-    """``--steps`` steps of the trainer; timings, memory, losses and the last EGSW weights."""
+def digit_reward(completions: list[Any], **kwargs: Any) -> list[float]:
+    """A small shaping reward, 0.1 x the share of digits in the completion: it gives the groups of a
+    freshly initialised model (which never answers right) a reward spread, so the steps have a gradient."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [0.1 * sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def run_side(
+    args: argparse.Namespace, model_path: str, out: str, egsw: bool, **overrides: Any
+) -> dict[str, Any]:
+    """``--steps`` steps of the trainer; timings, memory, losses and the last EGSW weights.
+
+    ``overrides`` replace ``EGSWGRPOConfig`` arguments (the test suite runs this on a CPU with
+    ``use_cpu=True, bf16=False`` and the CUDA calls stubbed).
+    """
     from transformers import AutoTokenizer, TrainerCallback
 
     from egsw_gym.integrations.trl import EGSWGRPOConfig, EGSWGRPOTrainer, task_dataset, task_reward_func
@@ -73,16 +87,17 @@ def run_side(args: argparse.Namespace, model_path: str, out: str, egsw: bool) ->
             torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t0)
 
-    config = EGSWGRPOConfig(
+    kwargs = dict(
         output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch,
         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
         learning_rate=1e-5, bf16=True, use_vllm=args.use_vllm, vllm_mode="colocate", loss_type="dapo",
         logging_steps=1, save_strategy="no", report_to="none", seed=0,
         egsw_alpha=0.1 if egsw else None,
     )  # fmt: skip
+    config = EGSWGRPOConfig(**{**kwargs, **overrides})
     trainer = EGSWGRPOTrainer(
         model=model_path,
-        reward_funcs=task_reward_func("arithmetic"),
+        reward_funcs=[task_reward_func("arithmetic"), digit_reward],
         args=config,
         train_dataset=task_dataset("arithmetic", "train", args.batch * args.steps),
         processing_class=tokenizer,

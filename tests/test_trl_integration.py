@@ -475,6 +475,23 @@ def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
+def test_gpu_check_steps_and_checks_run_on_cpu(tiny_dir, tmp_path, monkeypatch):
+    """The GPU script's steps and checks, on a CPU in float32 with its CUDA calls stubbed."""
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 0)
+    script = load_script(ROOT / "benchmarks" / "gpu_trl_check.py")
+    args = script.parse_args(["--steps", "2", "--batch", "8", "--num-generations", "4"])
+    args.max_completion_length = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = script.run_side(args, str(tiny_dir), str(tmp_path), True, use_cpu=True, bf16=False)
+    assert script.check(result, 4) == []
+    assert result["egsw_stats"]["egsw/weight_max"] >= 1.0 and result["tokens_per_s"] > 0
+    result["losses"] = [float("nan")]
+    assert any("non-finite" in f for f in script.check(result, 4))
+
+
 # ------------------------------------------------------------------------------------ two processes
 
 
