@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--progress", action="store_true", help="show a progress bar")
     t.add_argument(
         "--threads",
-        type=int,
+        type=_episodes,
         default=1,
         help="torch threads of the run (default 1, fastest for small networks; try more for a large model)",
     )
@@ -271,7 +271,7 @@ def _run_study(args: argparse.Namespace) -> None:
 
 
 def _episodes(text: str) -> int:
-    """``--episodes``: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    """``--episodes``, ``--threads``: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
     try:
         value = int(text)
     except ValueError:

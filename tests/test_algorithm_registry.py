@@ -129,3 +129,10 @@ def test_ppo_points_language_models_at_grpo(policy):
         policy = LMPolicy
     with pytest.raises(ValueError, match=r"Language models train with GRPO.*GRPO\('LMPolicy', env"):
         PPO(policy, "egsw/Arithmetic-v0")
+
+
+def test_cli_threads_must_be_at_least_one(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--algo", "ppo", "--env", "CartPole-v1", "--threads", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "argument --threads: must be an integer >= 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any run directory is made
