@@ -195,6 +195,8 @@ def make_run_spec(algo: str, env_id: str, seed: int, overrides: dict[str, Any] |
 
     Raises
     ------
+    ValueError
+        For an unknown ``algo`` (the message lists the valid names).
     NoAlgorithmBlockError
         When the preset of ``env_id`` has no block for ``algo``'s base algorithm.
     """
