@@ -62,7 +62,17 @@ def parse_args(argv: list[str] | None = None) -> Args:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             parser.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], **kwargs)
-    return Args(**vars(parser.parse_args(argv)))
+    args = Args(**vars(parser.parse_args(argv)))
+    for name, ok, rule in [
+        ("group_size", args.group_size >= 2, ">= 2 (a group compares its episodes)"),
+        ("n_groups", args.n_groups >= 1, ">= 1"),
+        ("batch_size", args.batch_size >= 1, ">= 1"),
+        ("temperature", args.temperature > 0, "> 0"),
+        ("alpha", args.alpha >= 0, ">= 0"),
+    ]:
+        if not ok:
+            parser.error(f"--{name.replace('_', '-')} must be {rule}, got {getattr(args, name)}")
+    return args
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2)) -> nn.Linear:
@@ -173,9 +183,12 @@ def main(args: Args) -> dict:
         # ---- group-normalised advantages: A_i = (R_i - mean_g R) / (std_g R + eps) ---------------
         returns = (batch["rewards"] * mask).sum(dim=1).view(args.n_groups, args.group_size)  # R_i
         group_adv = (returns - returns.mean(dim=1, keepdim=True)) / (returns.std(dim=1, keepdim=True) + 1e-8)
+        # (a group whose episodes all return the same gets A = 0: it carries no learning signal)
         advantages = group_adv.reshape(-1, 1).expand_as(mask)  # every step of episode i gets A_i
 
         # ---- EGSW weights, one per episode, within its group (trajectory-wise EGSW) ---------------
+        # EGSW: score_i = (A_i + alpha * H_i) / P   and, within each group g of N = group_size episodes,
+        # EGSW:     w_i = N * exp(score_i) / sum_{j in g} exp(score_j)   (mean 1; all w = 1 is plain GRPO)
         weights = torch.ones(n_episodes)
         if args.egsw:
             # EGSW: H_i = mean policy entropy over episode i's steps, recorded at rollout time
@@ -218,7 +231,8 @@ def main(args: Args) -> dict:
         if global_step >= next_eval or global_step >= args.total_timesteps:
             score = evaluate(actor, args.env_id, args.eval_episodes)
             curve.append((global_step, score))
-            next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
+            while next_eval <= global_step:
+                next_eval += args.eval_every
             print(
                 f"step {global_step:7d}  eval return {score:6.1f}  group return {returns.mean():6.1f}  "
                 f"EGSW weight max {weights.max():.2f}  {time.perf_counter() - start:5.1f} s",

@@ -44,7 +44,7 @@ import torch
 
 SMOKE = os.environ.get("EGSW_NOTEBOOK_SMOKE") == "1"
 TIMESTEPS = 2_048 if SMOKE else 40_000  # PPO environment steps per run
-SEEDS = [0] if SMOKE else [0, 1]
+SEEDS = [0] if SMOKE else [0, 1, 2]
 EVAL_EPISODES = 2 if SMOKE else 10
 
 # A small MLP trains fastest on one thread; torch's default (all cores) can be many times slower.

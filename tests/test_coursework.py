@@ -99,6 +99,15 @@ def test_minimal_runs_with_a_tiny_budget(minimal, capsys):
     assert plain["steps"] >= 300
 
 
+def test_minimal_rejects_bad_flags_by_name(minimal, capsys):
+    with pytest.raises(SystemExit):
+        minimal.parse_args(["--group-size", "1"])
+    assert "--group-size must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        minimal.parse_args(["--temperature", "0"])
+    assert "--temperature must be > 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_minimal_full_budget_reaches_475(minimal):
@@ -183,3 +192,4 @@ def test_first_language_model_run_runs(kernel_name, tmp_path, monkeypatch):
     assert 0 <= before <= 100 and 0 <= after <= 100
     assert gain == pytest.approx(after - before, abs=0.15)
     assert re.search(r"after GRPO\+EGSW \((\d+) tokens\)", printed)
+    assert re.search(r"\d+ tokens: [\d.]+% of sampled completions correct", printed), printed
