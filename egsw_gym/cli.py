@@ -202,19 +202,26 @@ def _add_study_parsers(sub) -> None:
     )
     s.add_argument("--suite", choices=list(study.SUITES), default="default")
     s.add_argument("--full", action="store_true", help="the presets' budgets and 1M MuJoCo steps")
-    s.add_argument("--out", default=None, help="run directory (default runs/study or runs/study-sensitivity)")
+    s.add_argument("--out", default=None, help="run directory (default runs/study, or runs/study-<suite>)")
     s.add_argument(
-        "--results", default=None, help="where to write the report (default docs/results[/sensitivity])"
+        "--results", default=None, help="where to write the report (default docs/results[/<suite>])"
     )
     s.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
     s.add_argument(
         "--shard", default=None, metavar="I/N", help="run only shard I of N (1-based); report after merge"
     )
-    s.add_argument("--seeds", type=_seeds, default=None, help="a count or a list (default 5; sensitivity 3)")
+    s.add_argument(
+        "--seeds", type=_seeds, default=None, help="a count or a list (default 5; sensitivity 3, lm 20, controls 10)"
+    )
     s.add_argument("--envs", default=None, help="comma-separated subset of the suite's environments")
     s.add_argument("--variants", default=None, help="comma-separated subset of the suite's variants")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override for every run")
     s.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report (default 2000)")
+    s.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="report runs made by different code versions together (the report then says so)",
+    )
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the runs and the estimated time only")
     mode.add_argument("--report-only", action="store_true", help="write the report of the finished runs only")
@@ -232,9 +239,9 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _run_study(args: argparse.Namespace) -> None:
-    sens = args.suite == "sensitivity"
-    out = args.out or ("runs/study-sensitivity" if sens else "runs/study")
-    results = args.results or ("docs/results/sensitivity" if sens else "docs/results")
+    default = args.suite == "default"
+    out = args.out or ("runs/study" if default else f"runs/study-{args.suite}")
+    results = args.results or ("docs/results" if default else f"docs/results/{args.suite}")
     plan = study.plan_study(
         args.suite,
         full=args.full,
@@ -266,7 +273,7 @@ def _run_study(args: argparse.Namespace) -> None:
         return
     if args.no_report:
         return
-    for path in write_study_report([out], results, reps=args.reps):
+    for path in write_study_report([out], results, reps=args.reps, allow_mixed_versions=args.allow_mixed_versions):
         print(f"wrote {path}")
 
 
