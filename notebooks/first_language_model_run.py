@@ -32,9 +32,12 @@
 # %%
 # ruff: noqa: E402  (each cell imports what it introduces, as notebooks do)
 import os
+import warnings
 
 import gymnasium as gym
 import torch
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice, not needed here
 
 SMOKE = os.environ.get("EGSW_NOTEBOOK_SMOKE") == "1"
 TOKENS = 512 if SMOKE else 100_000  # generated tokens of GRPO (its timesteps)

@@ -180,6 +180,7 @@ def test_egsw_in_ten_minutes_runs(kernel_name, tmp_path, monkeypatch):
 
 
 def test_first_language_model_run_runs(kernel_name, tmp_path, monkeypatch):
+    pytest.importorskip("transformers")  # LMPolicy's model
     path = NOTEBOOKS / "first_language_model_run.py"
     check_notebook_source(path)
     text, _ = run_notebook(path, kernel_name, tmp_path, monkeypatch)
