@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="(re)write the table and plots of a compare output directory")
     pl.add_argument("out")
+    pl.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="report runs made by different code versions together (the table then says so)",
+    )
 
     e = sub.add_parser("evaluate", help="evaluate a trained run directory")
     e.add_argument("run_dir", help="a directory written by train/compare (holds config.json and model.zip)")
@@ -406,7 +411,7 @@ def _run(args: argparse.Namespace) -> int:
         print(table)
         print(f"\ncurves, plots and summary.md in {args.out}")
     elif args.command == "plot":
-        table, plots = write_report(args.out)
+        table, plots = write_report(args.out, allow_mixed_versions=args.allow_mixed_versions)
         print(table)
         for p in plots:
             print(f"wrote {p}")

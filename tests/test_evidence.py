@@ -295,3 +295,14 @@ def test_report_only_is_byte_identical(tmp_path):
     assert digests[0] == digests[1] and any(n.endswith(".png") for n in digests[0])
     summary = (tmp_path / "out0" / "summary.md").read_text()
     assert "p (t, Holm)" in summary and "| egsw/Arithmetic-v0 | grpo-egsw | grpo | 4 |" in summary
+
+
+def test_plot_refuses_mixed_code_versions(tmp_path):
+    from egsw_gym.experiments.report import write_report
+
+    v1, v2 = {"commit": "1" * 40, "dirty": False}, {"commit": "2" * 40, "dirty": False}
+    _fake_study(tmp_path, versions=(v1, v2))
+    with pytest.raises(MixedVersionsError, match="2 code versions"):
+        write_report(tmp_path, allow_mixed_versions=False)
+    table, _ = write_report(tmp_path)  # compare/demo: pooled, and the table says so
+    assert "Mixed code versions" in (tmp_path / "summary.md").read_text()

@@ -13,12 +13,23 @@ import hashlib
 import importlib.metadata
 import platform
 import subprocess
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["code_version", "code_version_key", "cpu_info", "package_versions", "run_provenance", "PACKAGES"]
+__all__ = [
+    "code_version",
+    "code_version_key",
+    "code_versions",
+    "check_code_versions",
+    "cpu_info",
+    "package_versions",
+    "run_provenance",
+    "MixedVersionsError",
+    "PACKAGES",
+]
 
 #: distributions whose versions every run records (None when one is not installed)
 PACKAGES = ("egsw-gym", "torch", "numpy", "gymnasium", "stable-baselines3", "transformers")
@@ -120,3 +131,25 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
 def run_provenance() -> dict[str, Any]:
     """``code``, ``packages`` and ``cpu`` of this process (see the functions of the same names)."""
     return {"code": code_version(), "packages": package_versions(), "cpu": cpu_info()}
+
+
+class MixedVersionsError(ValueError):
+    """Runs made by different code versions were about to be pooled in one report."""
+
+
+def code_versions(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Run count per code version (:func:`code_version_key`)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in runs:
+        counts[code_version_key((r.get("provenance") or {}).get("code"))] += 1
+    return dict(sorted(counts.items()))
+
+
+def check_code_versions(versions: dict[str, int], allow_mixed: bool) -> None:
+    """Refuse (:class:`MixedVersionsError`) more than one code version unless ``allow_mixed``."""
+    if len(versions) > 1 and not allow_mixed:
+        listed = ", ".join(f"{k} ({n} runs)" for k, n in versions.items())
+        raise MixedVersionsError(
+            f"the runs come from {len(versions)} code versions: {listed}. Rerun them at one commit, "
+            "report each version's runs separately, or pass --allow-mixed-versions (the report then says so)"
+        )

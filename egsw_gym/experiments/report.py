@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from egsw_gym.experiments import rundir
+from egsw_gym.experiments.provenance import check_code_versions, code_versions
 
 __all__ = ["collect_runs", "summary_table", "plot_curves", "write_report"]
 
@@ -123,12 +124,20 @@ def plot_curves(runs: list[dict], out_dir: str | Path, key: str = "algo") -> lis
     return paths
 
 
-def write_report(out_dir: str | Path) -> tuple[str, list[Path]]:
-    """Write ``summary.md``, ``curves.csv`` (all curves, long format) and the PNG plots of ``out_dir``."""
+def write_report(out_dir: str | Path, *, allow_mixed_versions: bool = True) -> tuple[str, list[Path]]:
+    """Write ``summary.md``, ``curves.csv`` (all curves, long format) and the PNG plots of ``out_dir``.
+
+    With ``allow_mixed_versions=False`` (``egsw-gym plot``), runs of different code versions are
+    refused (:class:`~egsw_gym.experiments.provenance.MixedVersionsError`); otherwise (``compare``
+    and ``demo``, whose reruns keep earlier runs) the table names the versions when there are
+    several.
+    """
     out_dir = Path(out_dir)
     runs = collect_runs(out_dir)
     if not runs:
         raise FileNotFoundError(f"no finished runs (result.json) under {out_dir}")
+    versions = code_versions(runs)
+    check_code_versions(versions, allow_mixed_versions)
     with open(out_dir / "curves.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env_id", "algo", "seed", "timesteps", "eval_mean"])
@@ -136,5 +145,8 @@ def write_report(out_dir: str | Path) -> tuple[str, list[Path]]:
             for t, v in zip(r["curve"]["timesteps"], r["curve"]["eval_mean"], strict=True):
                 w.writerow([r["env_id"], r["algo"], r["seed"], int(t), v])
     table = summary_table(runs)
+    if len(versions) > 1:
+        listed = ", ".join(f"{k} ({n} runs)" for k, n in versions.items())
+        table = f"**Mixed code versions, pooled because --allow-mixed-versions was given**: {listed}.\n\n" + table
     (out_dir / "summary.md").write_text(table + "\n")
     return table, plot_curves(runs, out_dir)

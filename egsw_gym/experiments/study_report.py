@@ -26,7 +26,7 @@ import numpy as np
 from egsw_gym.experiments import figures
 from egsw_gym.experiments.controls import CONTROL_COMPARISONS, CONTROL_ONLY_VARIANTS
 from egsw_gym.experiments.paired_stats import holm, paired_comparison
-from egsw_gym.experiments.provenance import code_version_key
+from egsw_gym.experiments.provenance import MixedVersionsError, check_code_versions, code_versions
 from egsw_gym.experiments.aggregate import (
     REFERENCE_SCORES,
     aggregate_scores,
@@ -177,27 +177,6 @@ def _paired_tests_md(rows: list[dict[str, Any]]) -> str:
             f"{a['mean']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] | {_p(a['p_t_holm'])} |"
         )
     return "\n".join(out)
-
-
-class MixedVersionsError(ValueError):
-    """Runs made by different code versions were about to be pooled in one report."""
-
-
-def code_versions(runs: list[dict[str, Any]]) -> dict[str, int]:
-    """Run count per code version (:func:`~egsw_gym.experiments.provenance.code_version_key`)."""
-    counts: dict[str, int] = defaultdict(int)
-    for r in runs:
-        counts[code_version_key((r.get("provenance") or {}).get("code"))] += 1
-    return dict(sorted(counts.items()))
-
-
-def _check_versions(versions: dict[str, int], allow_mixed: bool) -> None:
-    if len(versions) > 1 and not allow_mixed:
-        listed = ", ".join(f"{k} ({n} runs)" for k, n in versions.items())
-        raise MixedVersionsError(
-            f"the runs come from {len(versions)} code versions: {listed}. Rerun them at one commit, "
-            "report each version's runs separately, or pass --allow-mixed-versions (the report then says so)"
-        )
 
 
 def _versions_md(versions: dict[str, int]) -> list[str]:
@@ -375,7 +354,7 @@ def write_study_report(
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
     runs = collect_study(out_dirs)
-    _check_versions(code_versions(runs), allow_mixed_versions)
+    check_code_versions(code_versions(runs), allow_mixed_versions)
     agg = aggregate_scores(runs, reps=reps)
     poi = improvement_probabilities(runs, reps=reps)
     tests = paired_tests(runs, reps=reps)
