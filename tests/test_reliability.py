@@ -128,11 +128,12 @@ def test_grpo_non_finite_loss_raises_before_the_step(monkeypatch):
         (dict(gamma=True), "gamma must be a finite number in"),
         (dict(ent_coef=float("nan")), r"ent_coef must be a finite number in \[-1e\+06, 1e\+06\], got nan"),
         (dict(normalize_advantage=1), "normalize_advantage must be True or False"),
-        (dict(learning_rate=float("inf")), "learning_rate must be a finite number > 0, got inf"),
-        (dict(learning_rate=0.0), "learning_rate must be a finite number > 0, got 0.0"),
+        (dict(learning_rate=float("inf")), r"learning_rate must be a finite number in \(0, 1000\], got inf"),
+        (dict(learning_rate=0.0), r"learning_rate must be a finite number in \(0, 1000\], got 0.0"),
+        (dict(learning_rate=2e3), r"learning_rate must be a finite number in \(0, 1000\], got 2000.0"),
         (
             dict(learning_rate=lambda p: 3e-4 * p - 1e-4),
-            r"learning_rate\(0\) must be a finite number >= 0, got -0.0001",
+            r"learning_rate\(0\) must be a finite number in \[0, 1000\], got -0.0001",
         ),
         (dict(clip_range=lambda p: float("nan")), r"clip_range\(1\) must be a finite number > 0, got nan"),
         (dict(target_kl=-1.0), "target_kl must be None"),
@@ -224,7 +225,7 @@ def test_ppo_batch_size_one_is_fine_without_advantage_normalisation():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(learning_rate=-1.0), "learning_rate must be a finite number > 0"),
+        (dict(learning_rate=-1.0), r"learning_rate must be a finite number in \(0, 1000\], got -1.0"),
         (dict(scale_rewards="yes"), "scale_rewards must be True"),
         (dict(stats_window_size=0), "stats_window_size must be an integer >= 1"),
         (dict(env_kwargs=[1]), "env_kwargs must be a dict or None"),
