@@ -35,8 +35,6 @@ from egsw_gym.experiments.presets import SUITES, RunSpec, make_run_spec, parse_o
 from egsw_gym.experiments.report import write_report
 from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
 from egsw_gym.experiments.rundir import check_regular_file, read_json_file
-from egsw_gym.experiments.rundir import LIMITS as RUN_LIMITS
-from egsw_gym.experiments.rundir import check_regular_file, read_json_file
 from egsw_gym.experiments.runner import evaluate_model, train_run
 from egsw_gym.experiments.study_report import write_study_report
 
@@ -349,9 +347,6 @@ def _evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"{model_path} not found: the run has no saved model (train it, or pass its directory)"
         )
-    check_regular_file(model_path, RUN_LIMITS.model_bytes)  # not a link, FIFO or device
-    if os.path.lexists(run_dir / "vecnormalize.json"):
-        check_regular_file(run_dir / "vecnormalize.json", RUN_LIMITS.json_bytes)
     check_regular_file(model_path, RUN_LIMITS.model_bytes)  # not a link, FIFO or device
     if os.path.lexists(run_dir / "vecnormalize.json"):
         check_regular_file(run_dir / "vecnormalize.json", RUN_LIMITS.json_bytes)
