@@ -282,3 +282,14 @@ def test_the_constructor_refuses_the_same_learning_rates():
     for lr in (1e308, 1e4, float("nan"), float("inf"), lambda p: 1e308):
         with pytest.raises(ValueError, match="learning_rate"):
             GRPO("MlpPolicy", "CartPole-v1", group_size=2, n_groups=1, learning_rate=lr)
+
+
+def test_only_layer_count_fields_are_bounded_as_layer_counts():
+    """Qwen2's max_window_layers is a threshold, not a count: a real Qwen2 config passes the bound."""
+    from egsw_gym.policies.lm.build import check_layer_counts
+
+    qwen2 = {"num_hidden_layers": 2, "max_window_layers": 28, "layer_norm_eps": 1e-6}
+    check_layer_counts(qwen2, "model_config", limit=5)
+    for key in ("num_hidden_layers", "n_layer", "num_decoder_layers", "decoder_layers"):
+        with pytest.raises(ValueError, match=f"{key}=6 declares more than 5 layers"):
+            check_layer_counts({key: 6}, "model_config", limit=5)

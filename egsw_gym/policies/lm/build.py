@@ -8,6 +8,7 @@ inside the functions that need them (both are optional extras and slow to import
 from __future__ import annotations
 
 import os
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -204,10 +205,15 @@ def _config_fields(config: Any) -> dict[str, Any]:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
 
 
+# Fields that count layers (n_layer, num_hidden_layers, num_decoder_layers, decoder_layers ...), and not
+# fields that merely mention layers, such as Qwen2's max_window_layers (a threshold, not a count).
+_LAYER_COUNT_KEY = re.compile(r"^(?:n|num)_(?:\w+_)?layers?$|^(?:encoder|decoder)_layers$")
+
+
 def check_layer_counts(config: Any, what: str, limit: int) -> None:
-    """Refuse a config declaring more than ``limit`` layers in any ``*layer*`` field (before building)."""
+    """Refuse a config declaring more than ``limit`` layers in any layer-count field (before building)."""
     for key, value in _config_fields(config).items():
-        if "layer" in key.lower() and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _LAYER_COUNT_KEY.match(key.lower()) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not value <= limit:
                 why = (
                     f"MAX_LAYERS={MAX_LAYERS}"
