@@ -12,8 +12,10 @@ policy's batched, KV-cached :meth:`~egsw_gym.policies.lm.LMPolicy.act` loop (the
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -154,6 +156,148 @@ def _completion_nll(
     return -(log_probs * mask).sum() / mask.sum()
 
 
+def _fit_temperature(policy_temperature: float, temperature: float | None) -> float:
+    """Temperature of the fitted likelihood: ``temperature``, or the policy's sampling one for ``None``.
+
+    A value other than the policy's fits the raw model at another temperature, e.g. fit at 1.0 and let
+    RL sample sharper (0.7).
+    """
+    temperature = policy_temperature if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 or None (the policy's), got {temperature!r}")
+    return temperature
+
+
+def _warmup_linear_decay(
+    optimizer: torch.optim.Optimizer, steps: int, schedule_steps: int | None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup over the first 5% of ``schedule_steps`` (default ``steps``), then linear decay to 0.
+
+    A few hundred steps at a constant high rate end noisy; annealing them buys most of the accuracy
+    for free.
+    """
+    if schedule_steps is not None and not (isinstance(schedule_steps, int) and schedule_steps >= 1):
+        raise ValueError(f"schedule_steps must be a positive int or None, got {schedule_steps!r}")
+    horizon = max(1, steps) if schedule_steps is None else schedule_steps
+    warmup = max(1, horizon // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / horizon)
+    )
+
+
+@dataclass
+class _SupervisedFit:
+    """One warm start's model, optimizer and schedule, and the batch loss it minimises."""
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    loss: Callable[[list[Any]], torch.Tensor]
+
+    def step(self, problems: list[Any]) -> float:
+        """One clipped AdamW step on the completion loss of ``problems``; returns the loss."""
+        loss = self.loss(problems)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())
+
+
+def _supervised_fit(
+    model: torch.nn.Module,
+    task: Any,
+    tokenizer: Any,
+    env: Any,
+    n_actions: int | None,
+    temperature: float,
+    lr: float,
+    steps: int,
+    schedule_steps: int | None,
+) -> _SupervisedFit:
+    """A fresh AdamW (the policy's own optimizer state is untouched) and its learning-rate schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    schedule = _warmup_linear_decay(optimizer, steps, schedule_steps)
+    device = next(model.parameters()).device
+    loss = functools.partial(
+        _completion_nll,
+        model,
+        task,
+        tokenizer=tokenizer,
+        env=env,
+        n_actions=n_actions,
+        temperature=temperature,
+        device=device,
+    )
+    return _SupervisedFit(model, params, optimizer, schedule, loss)
+
+
+def _draw_batch(task: Any, rng: np.random.Generator, split: str, batch_size: int) -> list[Any]:
+    """``batch_size`` problems of ``split`` drawn by ``task.sample`` from ``rng``."""
+    return [task.sample(rng, split) for _ in range(batch_size)]
+
+
+def _sampled_accuracy(
+    policy: Any, env: Any, eval_problems: int, seed: int, verbose: bool, taken: int
+) -> float:
+    """A ``target_accuracy`` check: sampled pass@1 on the first ``eval_problems`` train problems."""
+    check = evaluate_accuracy(policy, env, n=eval_problems, greedy=False, k=1, split="train", seed=seed)
+    accuracy = check["pass@1"]
+    policy.model.train()  # evaluate_accuracy restores the policy's mode; training continues
+    if verbose:
+        print(f"warm_start step {taken:4d} sampled train accuracy {accuracy:.3f}")
+    return accuracy
+
+
+def _fit_loop(
+    fit: _SupervisedFit,
+    draw: Callable[[], list[Any]],
+    check: Callable[[int], float],
+    steps: int,
+    verbose: bool,
+    target_accuracy: float | None,
+    eval_every: int,
+) -> dict[str, Any]:
+    """Up to ``steps`` steps on ``draw()`` batches, the model in train mode (its mode restored after).
+
+    Every ``eval_every`` steps with a ``target_accuracy``, ``check(steps taken)`` measures the
+    accuracy and the loop stops once it reaches the target. Returns :func:`warm_start`'s dict.
+    """
+    model = fit.model
+    was_training = model.training
+    model.train()
+    first_loss = last_loss = float("nan")
+    accuracy, taken = None, 0
+    start = time.perf_counter()
+    try:
+        for step in range(steps):
+            last_loss = fit.step(draw())
+            taken = step + 1
+            if step == 0:
+                first_loss = last_loss
+            if verbose and (step % 50 == 0 or step == steps - 1):
+                print(f"warm_start step {step:4d} loss {last_loss:.4f}")
+            if target_accuracy is not None and taken % eval_every == 0:
+                accuracy = check(taken)
+                if accuracy >= target_accuracy:
+                    break
+    finally:
+        model.train(was_training)
+    result: dict[str, Any] = {
+        "loss": last_loss,
+        "first_loss": first_loss,
+        "steps": taken,
+        "seconds": time.perf_counter() - start,
+    }
+    if target_accuracy is not None:
+        result["accuracy"] = accuracy
+        result["reached"] = accuracy is not None and accuracy >= target_accuracy
+    return result
+
+
 def warm_start(
     policy_or_model: Any,
     task: Any,
@@ -173,15 +317,12 @@ def warm_start(
 ) -> dict[str, Any]:
     """Short supervised fine-tune on the task's answer format (prompt + reference completion + EOS).
 
-    The loss is the mean negative log-likelihood of the completion tokens and EOS (the prompt is
-    context only), computed by the same teacher-forced pass as
-    :meth:`~egsw_gym.policies.lm.LMPolicy.evaluate_sequences`: same packing, positions and
-    temperature, so what is learnt here is exactly what RL later samples from. A fresh AdamW is
-    used, so the policy's own optimizer state is untouched.
-
-    The defaults are tuned for ``egsw/Arithmetic-v0`` with the tiny default model: on one or two CPU
-    threads they take a few seconds and leave clearly non-zero but far from perfect held-out accuracy
-    (see ``tests/test_lm_policy.py`` and the report in the docs), the regime RLVR starts from.
+    The loss is the mean negative log-likelihood of the completion tokens and EOS (the prompt is context
+    only) by :meth:`~egsw_gym.policies.lm.LMPolicy.evaluate_sequences`'s teacher-forced pass (same packing,
+    positions and temperature): what is learnt is exactly what RL later samples from. A fresh AdamW leaves
+    the policy's own optimizer state untouched. The defaults suit ``egsw/Arithmetic-v0`` with the tiny
+    default model: a few seconds on one or two CPU threads leave clearly non-zero but far from perfect
+    held-out accuracy, the regime RLVR starts from.
 
     Parameters
     ----------
@@ -202,102 +343,39 @@ def warm_start(
     split : str
         Split to draw problems from (keep ``"train"``: the test split is for evaluation).
     env : gymnasium.Env or None
-        The environment, if at hand: its ``encode_prompt`` is used for prompts (see
-        :func:`encode_prompts`).
+        The environment, if at hand: it encodes the prompts (see :func:`encode_prompts`).
     verbose : bool
         Print the loss every 50 steps.
     temperature : float or None
-        Temperature of the fitted likelihood; ``None`` (default) uses the policy's sampling
-        temperature.
+        Temperature of the fitted likelihood; ``None`` (default) uses the policy's sampling one.
     target_accuracy : float or None
-        Stop as soon as the *sampled* accuracy (one completion per problem at the policy's
-        temperature: what GRPO's rewards see) on ``eval_problems`` train-split problems reaches
-        this value, checked every ``eval_every`` steps; ``steps`` is then the most it may take.
-        Needs an ``LMPolicy`` and ``env``. ``None`` (default) runs exactly ``steps``. The
-        experiment presets do not use it: a sampled accuracy near the target crosses it at a step
-        that float noise decides, so the starting policy would differ between machines; they run
-        a fixed ``steps`` instead.
+        Stop once the *sampled* accuracy (one completion per problem at the policy's temperature, as GRPO's
+        rewards see it) reaches it; needs an ``LMPolicy`` and ``env``. ``None`` (default) runs exactly
+        ``steps``, as the presets do (float noise would decide the crossing step between machines).
     eval_every : int
         Steps between two checks of ``target_accuracy``.
     eval_problems : int
         Problems per check (the first ones of the train split; the test split stays held out).
     schedule_steps : int or None
-        Length of the learning-rate schedule (warmup over its first 5%, then linear decay to 0
-        at ``schedule_steps``); ``None`` (default) is ``steps``. A larger value stops part-way
-        down the decay, as a ``target_accuracy`` stop did.
+        Length of the learning-rate schedule (warmup over its first 5%, then linear decay to 0);
+        ``None`` (default) is ``steps``. A larger value stops part-way down the decay.
 
     Returns
     -------
     dict
-        ``loss`` (last step), ``first_loss``, ``steps`` (taken), ``seconds``, and with
-        ``target_accuracy`` also ``accuracy`` (the last check's sampled accuracy) and
-        ``reached`` (whether it met the target).
+        ``loss`` (last step), ``first_loss``, ``steps`` (taken), ``seconds``, and with ``target_accuracy``
+        also ``accuracy`` (the last check's sampled accuracy) and ``reached`` (whether it met the target).
     """
     model, n_actions, policy_temperature, policy_tokenizer = _unwrap_model(policy_or_model)
-    # By default the likelihood is that of the policy's sampling distribution. A different value
-    # fits the raw model at another temperature, e.g. fit at 1.0 and let RL sample sharper (0.7).
-    temperature = policy_temperature if temperature is None else float(temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 or None (the policy's), got {temperature!r}")
+    temperature = _fit_temperature(policy_temperature, temperature)
     if target_accuracy is not None:
         _check_accuracy_target(policy_or_model, env, target_accuracy, eval_every)
     tokenizer = _warm_start_tokenizer(tokenizer if tokenizer is not None else policy_tokenizer)
-
     rng = np.random.default_rng(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    # Short warmup then linear decay to 0: a few hundred steps at a constant high rate end noisy,
-    # annealing them buys most of the accuracy for free.
-    if schedule_steps is not None and not (isinstance(schedule_steps, int) and schedule_steps >= 1):
-        raise ValueError(f"schedule_steps must be a positive int or None, got {schedule_steps!r}")
-    horizon = max(1, steps) if schedule_steps is None else schedule_steps
-    warmup = max(1, horizon // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / horizon)
-    )
-    was_training = model.training
-    model.train()
-    device = next(model.parameters()).device
-    first_loss = last_loss = float("nan")
-    accuracy, taken = None, 0
-    start = time.perf_counter()
-    try:
-        for step in range(steps):
-            problems = [task.sample(rng, split) for _ in range(batch_size)]
-            loss = _completion_nll(model, task, problems, tokenizer, env, n_actions, temperature, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            last_loss = float(loss.detach())
-            taken = step + 1
-            if step == 0:
-                first_loss = last_loss
-            if verbose and (step % 50 == 0 or step == steps - 1):
-                print(f"warm_start step {step:4d} loss {last_loss:.4f}")
-            if target_accuracy is not None and taken % eval_every == 0:
-                check = evaluate_accuracy(
-                    policy_or_model, env, n=eval_problems, greedy=False, k=1, split="train", seed=seed
-                )
-                accuracy = check["pass@1"]
-                model.train()  # evaluate_accuracy restores the policy's mode; training continues
-                if verbose:
-                    print(f"warm_start step {taken:4d} sampled train accuracy {accuracy:.3f}")
-                if accuracy >= target_accuracy:
-                    break
-    finally:
-        model.train(was_training)
-    result: dict[str, Any] = {
-        "loss": last_loss,
-        "first_loss": first_loss,
-        "steps": taken,
-        "seconds": time.perf_counter() - start,
-    }
-    if target_accuracy is not None:
-        result["accuracy"] = accuracy
-        result["reached"] = accuracy is not None and accuracy >= target_accuracy
-    return result
+    fit = _supervised_fit(model, task, tokenizer, env, n_actions, temperature, lr, steps, schedule_steps)
+    draw = functools.partial(_draw_batch, task, rng, split, batch_size)
+    check = functools.partial(_sampled_accuracy, policy_or_model, env, eval_problems, seed, verbose)
+    return _fit_loop(fit, draw, check, steps, verbose, target_accuracy, eval_every)
 
 
 # --------------------------------------------------------------------------- rollouts & evaluation
@@ -355,6 +433,35 @@ def generate_completions(
     return results
 
 
+def _is_correct(core: Any, task: Any, tokenizer: Any, problem: Any, tokens: list[int]) -> bool:
+    """Whether ``tokens`` solve ``problem``: by the environment core's ``finish``, else the task's score."""
+    if core is not None:
+        return bool(core.finish(problem, np.asarray(tokens, dtype=np.int64))[1]["correct"])
+    eos_id = tokenizer.eos_token_id
+    text = tokenizer.decode([t for t in tokens if t != eos_id], skip_special_tokens=True)
+    return task.score(text, problem).correct
+
+
+def _score_completions(
+    policy: Any,
+    prompts: list[list[int]],
+    problems: list[Any],
+    judge: Callable[[Any, list[int]], bool],
+    eos_id: int,
+    max_new: int,
+    batch_size: int,
+    deterministic: bool,
+    repeats: int,
+) -> tuple[np.ndarray, float]:
+    """``repeats`` completions of each prompt: correctness, shape ``(len(problems), repeats)``, and the
+    mean completion length (tokens without the EOS ``eos_id``)."""
+    repeated = [p for p in prompts for _ in range(repeats)]
+    completions = generate_completions(policy, repeated, max_new, deterministic, batch_size)
+    correct = [judge(problems[i // repeats], c) for i, c in enumerate(completions)]
+    lengths = [len(c) - (1 if c and c[-1] == eos_id else 0) for c in completions]
+    return np.asarray(correct, dtype=bool).reshape(len(problems), repeats), float(np.mean(lengths))
+
+
 def evaluate_accuracy(
     policy: Any,
     env_id_or_env: Any = "egsw/Arithmetic-v0",
@@ -404,25 +511,14 @@ def evaluate_accuracy(
     env = gym.make(env_id_or_env, **(env_kwargs or {})) if isinstance(env_id_or_env, str) else env_id_or_env
     unwrapped = getattr(env, "unwrapped", env)
     task, tokenizer = unwrapped.task, unwrapped.tokenizer
-    core = _env_core(env)
-    eos_id = tokenizer.eos_token_id
+    judge = functools.partial(_is_correct, _env_core(env), task, tokenizer)
     max_new = int(getattr(unwrapped, "max_new_tokens", None) or task.suggested_max_new_tokens)
     n = min(int(n), task.num_problems(split))
     problems = [task.problem(i, split) for i in range(n)]
     prompts = encode_prompts(tokenizer, problems, env)
-
-    def is_correct(problem: Any, tokens: list[int]) -> bool:
-        if core is not None:
-            return bool(core.finish(problem, np.asarray(tokens, dtype=np.int64))[1]["correct"])
-        text = tokenizer.decode([t for t in tokens if t != eos_id], skip_special_tokens=True)
-        return task.score(text, problem).correct
-
-    def run(deterministic: bool, repeats: int) -> tuple[np.ndarray, float]:
-        repeated = [p for p in prompts for _ in range(repeats)]
-        completions = generate_completions(policy, repeated, max_new, deterministic, batch_size)
-        correct = [is_correct(problems[i // repeats], c) for i, c in enumerate(completions)]
-        lengths = [len(c) - (1 if c and c[-1] == eos_id else 0) for c in completions]
-        return np.asarray(correct, dtype=bool).reshape(n, repeats), float(np.mean(lengths))
+    run = functools.partial(
+        _score_completions, policy, prompts, problems, judge, tokenizer.eos_token_id, max_new, batch_size
+    )
 
     result: dict[str, float] = {"n": float(n)}
     if greedy:
