@@ -306,3 +306,12 @@ def test_plot_refuses_mixed_code_versions(tmp_path):
         write_report(tmp_path, allow_mixed_versions=False)
     table, _ = write_report(tmp_path)  # compare/demo: pooled, and the table says so
     assert "Mixed code versions" in (tmp_path / "summary.md").read_text()
+
+
+def test_effect_size_interval_ignores_zero_spread_resamples():
+    """Three seeds: a resample drawing one seed three times has no spread; its d_z is dropped, not +-inf."""
+    from egsw_gym.experiments.paired_stats import _dz
+
+    assert np.isnan(_dz(np.array([0.07, 0.07, 0.07])))
+    assert np.isnan(_dz(np.array([0.1, 0.1 + 1e-17, 0.1])))  # equal but for rounding
+    assert _dz(np.array([0.0, 0.1, 0.2])) == pytest.approx(1.0)

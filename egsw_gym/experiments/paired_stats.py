@@ -11,7 +11,6 @@ plan these implement is ``docs/results/PLAN.md``. Every resample is drawn from
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -40,9 +39,12 @@ def bootstrap_interval(
 
 
 def _dz(d: np.ndarray) -> float:
+    """``mean / sd`` of the differences; NaN (undefined) when their spread is zero up to rounding."""
     sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    if sd == 0.0:
-        return float("nan") if float(np.mean(d)) == 0.0 else math.copysign(math.inf, float(np.mean(d)))
+    if sd <= 1e-12 * max(1.0, float(np.max(np.abs(d)))):
+        # a bootstrap resample that drew one seed n times, or differences equal but for rounding
+        # (whose sd of ~1e-17 would turn d_z into ~1e16)
+        return float("nan")
     return float(np.mean(d)) / sd
 
 
