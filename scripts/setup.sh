@@ -18,7 +18,6 @@ if [ ! -x "$PY" ] && [ "$PY" = "$(pwd)/.venv/bin/python" ]; then
 fi
 # pip install, quiet, with the notices about this machine's unused package folders filtered out.
 pip_install() {
-  set -o pipefail
   "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@" 2>&1 \
     | { grep -v -E "^(WARNING: )?(Requirement already|  )|is ignored: it is neither" || true; }
 }
