@@ -18,7 +18,7 @@ from egsw_gym.experiments import study
 from egsw_gym.experiments.controls import CONTROL_COMPARISONS, matched_positive_weight, scale_rate
 from egsw_gym.experiments.paired_stats import holm, paired_comparison
 from egsw_gym.experiments.presets import make_run_spec
-from egsw_gym.experiments.provenance import code_version_key, cpu_info
+from egsw_gym.experiments.provenance import code_version_key, cpu_info, machine_key, machines
 from egsw_gym.experiments.runner import make_model, train_run
 from egsw_gym.experiments.study_report import MixedVersionsError, write_study_report
 from egsw_gym.llm.warm_start_artifact import weights_sha256
@@ -34,7 +34,12 @@ TINY_LM = {
 }
 #: fields of a result file that legitimately differ between two runs of one spec: wall-clock
 #: times, and the hash of uncommitted changes (other work may edit the tree between the runs)
-VOLATILE = [("wall_s",), ("warm_start", "seconds"), ("provenance", "code", "dirty"), ("provenance", "code", "diff_sha256")]
+VOLATILE = [
+    ("wall_s",),
+    ("warm_start", "seconds"),
+    ("provenance", "code", "dirty"),
+    ("provenance", "code", "diff_sha256"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +67,10 @@ def _csv_without(path: Path, drop: set[str]) -> list[dict]:
 
 def test_lm_arms_start_from_byte_identical_warm_start(tmp_path):
     cache = tmp_path / "warm_starts"
-    arms = [make_model(make_run_spec(a, "egsw/Arithmetic-v0", 3, TINY_LM), warm_start_dir=cache) for a in ("grpo", "grpo-egsw")]
+    arms = [
+        make_model(make_run_spec(a, "egsw/Arithmetic-v0", 3, TINY_LM), warm_start_dir=cache)
+        for a in ("grpo", "grpo-egsw")
+    ]
     (key,) = {m.warm_start_result["key"] for m in arms}
     assert sorted(p.name for p in cache.glob("*.safetensors")) == [f"{key}.safetensors"]  # trained once
     a, b = (m.policy.model.state_dict() for m in arms)
@@ -97,19 +105,25 @@ def test_same_spec_same_machine_gives_identical_result_files(tmp_path):
     assert _strip(files[0]) == _strip(files[1])
     assert files[0]["config"] == spec.to_dict()
     assert files[0]["provenance"]["cpu"]["torch_threads"] == 1
-    assert {"torch", "numpy", "gymnasium", "stable-baselines3", "transformers"} <= set(files[0]["provenance"]["packages"])
+    assert {"torch", "numpy", "gymnasium", "stable-baselines3", "transformers"} <= set(
+        files[0]["provenance"]["packages"]
+    )
     curves = [_csv_without(tmp_path / f"run{i}" / "curve.csv", {"wall_s"}) for i in (0, 1)]
     assert curves[0] == curves[1] and len(curves[0]) >= 2
     # Every training statistic of every update, not only the scores (time columns dropped).
     logs = [tmp_path / f"run{i}" / "logs" / "progress.csv" for i in (0, 1)]
     header = logs[0].read_text().splitlines()[0].split(",")
-    timing = {c for c in header if c.startswith("time/") and c not in ("time/iterations", "time/total_timesteps")}
+    timing = {
+        c for c in header if c.startswith("time/") and c not in ("time/iterations", "time/total_timesteps")
+    }
     assert _csv_without(logs[0], timing) == _csv_without(logs[1], timing)
 
 
 def test_cpu_info_reads_model_and_flags(tmp_path):
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n\nprocessor\t: 1\n")
+    fake.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n\nprocessor\t: 1\n"
+    )
     info = cpu_info(fake)
     assert info["model"] == "AMD EPYC 7B13" and info["flags"] == ["avx2"]
     assert cpu_info(tmp_path / "missing")["model"] is None
@@ -118,7 +132,10 @@ def test_cpu_info_reads_model_and_flags(tmp_path):
 def test_code_version_key():
     assert code_version_key(None) == "unrecorded"
     assert code_version_key({"commit": "a" * 40, "dirty": False}) == "a" * 12
-    assert code_version_key({"commit": "a" * 40, "dirty": True, "diff_sha256": "b" * 64}) == "a" * 12 + "+dirty." + "b" * 12
+    assert (
+        code_version_key({"commit": "a" * 40, "dirty": True, "diff_sha256": "b" * 64})
+        == "a" * 12 + "+dirty." + "b" * 12
+    )
     assert code_version_key({"commit": None, "package_version": "0.1.0"}) == "pkg-0.1.0"
 
 
@@ -158,7 +175,9 @@ def _reference_loss(lp, old, adv, mask, ent, c=1.0, q=1.0, eps=0.2):
 @pytest.mark.parametrize("c,q", [(1.0, 1.0), (2.22, 1.0), (1.0, 0.2), (3.0, 0.5)])
 def test_grpo_loss_positive_weight_and_top_entropy_match_loop(c, q):
     lp, old, adv, mask, ent = _loss_inputs()
-    out = grpo_loss(lp, old, adv, mask, clip_range=0.2, entropies=ent, positive_weight=c, top_entropy_quantile=q)
+    out = grpo_loss(
+        lp, old, adv, mask, clip_range=0.2, entropies=ent, positive_weight=c, top_entropy_quantile=q
+    )
     assert float(out.loss) == pytest.approx(_reference_loss(lp, old, adv, mask, ent, c, q), rel=1e-12)
 
 
@@ -173,21 +192,31 @@ def test_high_entropy_mask_keeps_the_top_fraction_of_valid_steps():
 def test_grpo_options_are_checked():
     from egsw_gym.algorithms.grpo import GRPO
 
-    for kwargs in ({"positive_weight": 0.0}, {"positive_weight": float("nan")}, {"top_entropy_quantile": 1.5}, {"top_entropy_quantile": 0}):
+    for kwargs in (
+        {"positive_weight": 0.0},
+        {"positive_weight": float("nan")},
+        {"top_entropy_quantile": 1.5},
+        {"top_entropy_quantile": 0},
+    ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             GRPO("MlpPolicy", "CartPole-v1", n_envs=2, group_size=2, n_groups=1, **kwargs)
 
 
 def test_egsw_advantage_coef_zero_weights_by_entropy_alone():
     g = torch.Generator().manual_seed(1)
-    adv, ent = torch.randn(12, generator=g, dtype=torch.float64), torch.rand(12, generator=g, dtype=torch.float64)
+    adv, ent = (
+        torch.randn(12, generator=g, dtype=torch.float64),
+        torch.rand(12, generator=g, dtype=torch.float64),
+    )
     ids = torch.arange(12) // 4
     w = EGSW(alpha=1.0, advantage_coef=0.0, mode="trajectory").sample_weights(
         adv, ent, trajectory_ids=torch.arange(12), step_ids=torch.zeros(12, dtype=torch.long), group_ids=ids
     )
     ref = torch.cat([4 * torch.softmax(ent[k * 4 : (k + 1) * 4], 0) for k in range(3)])
     assert torch.allclose(w, ref, atol=1e-12)
-    assert torch.allclose(w, egsw_weights(torch.zeros(12, dtype=torch.float64), ent, ids, alpha=1.0, temperature=1.0))
+    assert torch.allclose(
+        w, egsw_weights(torch.zeros(12, dtype=torch.float64), ent, ids, alpha=1.0, temperature=1.0)
+    )
     with pytest.raises(ValueError, match="advantage_coef"):
         EGSW(advantage_coef=-1.0)
     assert EGSW.from_dict(EGSW(advantage_coef=0.0).to_dict()).advantage_coef == 0.0
@@ -295,6 +324,27 @@ def test_report_only_is_byte_identical(tmp_path):
     assert digests[0] == digests[1] and any(n.endswith(".png") for n in digests[0])
     summary = (tmp_path / "out0" / "summary.md").read_text()
     assert "p (t, Holm)" in summary and "| egsw/Arithmetic-v0 | grpo-egsw | grpo | 4 |" in summary
+
+
+def test_machines_lists_seeds_per_cpu_and_flags_split_pairs():
+    intel = {"model": "Intel Xeon", "torch_cpu_capability": "AVX512", "flags": ["avx2", "amx_tile"]}
+    amd = {"model": "AMD EPYC", "torch_cpu_capability": "AVX512", "flags": ["avx2"]}
+    runs = [
+        {"env_id": "e", "seed": s, "provenance": {"cpu": cpu}}
+        for s, cpu in [(0, intel), (0, intel), (1, intel), (1, amd), (2, amd), (3, amd), (5, None)]
+    ]
+    kinds, mixed = machines(runs)
+    assert kinds == {machine_key(amd): [1, 2, 3], machine_key(intel): [0, 1], "unrecorded": [5]}
+    assert machine_key(intel) == "Intel Xeon (AVX512; avx2+amx_tile)"
+    assert mixed == [("e", 1)]
+
+
+def test_report_names_the_machines(tmp_path):
+    _fake_study(tmp_path / "runs")
+    write_study_report([tmp_path / "runs"], tmp_path / "out", reps=50)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Machines" in summary and "| unrecorded | 0-3 |" in summary
+    assert "Arms on different machines" not in summary
 
 
 def test_plot_refuses_mixed_code_versions(tmp_path):

@@ -24,6 +24,8 @@ __all__ = [
     "code_version_key",
     "code_versions",
     "check_code_versions",
+    "machine_key",
+    "machines",
     "cpu_info",
     "package_versions",
     "run_provenance",
@@ -153,3 +155,34 @@ def check_code_versions(versions: dict[str, int], allow_mixed: bool) -> None:
             f"the runs come from {len(versions)} code versions: {listed}. Rerun them at one commit, "
             "report each version's runs separately, or pass --allow-mixed-versions (the report then says so)"
         )
+
+
+def machine_key(cpu: dict[str, Any] | None) -> str:
+    """One string per machine kind: CPU model, torch's CPU capability and the recorded flags.
+
+    Runs of one commit on two such kinds give different floats (the kernels sum in another order),
+    and a language model's warm start and RL amplify them: the runs agree statistically, not exactly.
+    """
+    if not cpu:
+        return "unrecorded"
+    flags = "+".join(cpu.get("flags") or []) or "none"
+    return f"{cpu.get('model')} ({cpu.get('torch_cpu_capability')}; {flags})"
+
+
+def machines(runs: list[dict[str, Any]]) -> tuple[dict[str, list[int]], list[tuple[str, int]]]:
+    """The seeds run on each machine kind, and the (env, seed) pairs whose arms ran on different kinds.
+
+    Returns
+    -------
+    tuple
+        ``{machine_key: sorted seeds}`` and the sorted ``(env_id, seed)`` cells that mix machine
+        kinds (their arms did not start from the same warm-start file, so they are not paired runs).
+    """
+    seeds: dict[str, set[int]] = defaultdict(set)
+    cells: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for r in runs:
+        key = machine_key((r.get("provenance") or {}).get("cpu"))
+        seeds[key].add(int(r["seed"]))
+        cells[(r["env_id"], int(r["seed"]))].add(key)
+    mixed = sorted(c for c, keys in cells.items() if len(keys) > 1)
+    return {k: sorted(v) for k, v in sorted(seeds.items())}, mixed

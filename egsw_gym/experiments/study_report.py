@@ -24,9 +24,6 @@ from typing import Any
 import numpy as np
 
 from egsw_gym.experiments import figures
-from egsw_gym.experiments.controls import CONTROL_COMPARISONS, CONTROL_ONLY_VARIANTS
-from egsw_gym.experiments.paired_stats import holm, paired_comparison
-from egsw_gym.experiments.provenance import MixedVersionsError, check_code_versions, code_versions
 from egsw_gym.experiments.aggregate import (
     REFERENCE_SCORES,
     aggregate_scores,
@@ -34,6 +31,14 @@ from egsw_gym.experiments.aggregate import (
     egsw_pairs,
     improvement_probabilities,
     seeded_numpy,
+)
+from egsw_gym.experiments.controls import CONTROL_COMPARISONS, CONTROL_ONLY_VARIANTS
+from egsw_gym.experiments.paired_stats import holm, paired_comparison
+from egsw_gym.experiments.provenance import (
+    MixedVersionsError,
+    check_code_versions,
+    code_versions,
+    machines,
 )
 from egsw_gym.experiments.report import plot_curves, summary_table
 from egsw_gym.experiments.rundir import read_progress_log
@@ -193,6 +198,37 @@ def _versions_md(versions: dict[str, int]) -> list[str]:
     return lines
 
 
+def _machines_md(runs: list[dict[str, Any]]) -> list[str]:
+    kinds, mixed = machines(runs)
+    lines = [
+        "## Machines",
+        "",
+        "Runs of one commit agree exactly only on one kind of CPU: another kind sums floats in another "
+        "order, and the warm start and RL amplify the difference. Every arm of a seed should run on one "
+        "machine, so that the arms start from the same warm-start file.",
+        "",
+        "| CPU (torch capability; flags) | seeds |",
+        "|---|---|",
+        *(f"| {k} | {_seed_list(v)} |" for k, v in kinds.items()),
+        "",
+    ]
+    if mixed:
+        cells = ", ".join(f"{e} seed {s}" for e, s in mixed)
+        lines += [f"**Arms on different machines** (not paired runs): {cells}.", ""]
+    return lines
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """``0-6, 9`` for [0, 1, ..., 6, 9]."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        start = s if start is None else start
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)
+
+
 def _summary_md(
     runs: list[dict[str, Any]], agg: list[dict], poi: list[dict], reps: int, tests: list[dict]
 ) -> str:
@@ -205,6 +241,7 @@ def _summary_md(
         "`REFERENCE_SCORES` (egsw_gym/experiments/aggregate.py).",
         "",
         *_versions_md(code_versions(runs)),
+        *_machines_md(runs),
         "## Normalisation anchors",
         "",
         "| env | random | reference |",
@@ -334,7 +371,11 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def write_study_report(
-    out_dirs: list[str | Path], results_dir: str | Path, *, reps: int = 2000, allow_mixed_versions: bool = False
+    out_dirs: list[str | Path],
+    results_dir: str | Path,
+    *,
+    reps: int = 2000,
+    allow_mixed_versions: bool = False,
 ) -> list[Path]:
     """Write every table, CSV and figure of the runs under ``out_dirs`` into ``results_dir``.
 
