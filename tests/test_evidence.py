@@ -344,7 +344,24 @@ def test_report_names_the_machines(tmp_path):
     write_study_report([tmp_path / "runs"], tmp_path / "out", reps=50)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## Machines" in summary and "| unrecorded | 0-3 |" in summary
-    assert "Arms on different machines" not in summary
+    assert "Arms on different machines" not in summary and "on each machine's seeds" not in summary
+
+
+def test_report_splits_paired_differences_by_machine(tmp_path):
+    _fake_study(tmp_path / "runs")
+    for f in (tmp_path / "runs").rglob("result.json"):  # seeds 0-1 on one CPU kind, 2-3 on another
+        r = json.loads(f.read_text())
+        r["provenance"] = {"cpu": {"model": "A" if r["seed"] < 2 else "B", "torch_cpu_capability": "AVX2"}}
+        f.write_text(json.dumps(r))
+    write_study_report([tmp_path / "runs"], tmp_path / "out", reps=50)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    results = [json.loads(f.read_text()) for f in (tmp_path / "runs").rglob("result.json")]
+    finals = {(r["algo"], r["seed"]): r["final_eval_mean"] for r in results}
+    by_kind = [
+        np.mean([finals["grpo-egsw", s] - finals["grpo", s] for s in seeds]) for seeds in ((0, 1), (2, 3))
+    ]
+    row = f"| egsw/Arithmetic-v0 | grpo-egsw | grpo | {by_kind[0]:+.3f} (2) | {by_kind[1]:+.3f} (2) |"
+    assert "| A (AVX2; none) | 0-1 |" in summary and row in summary
 
 
 def test_plot_refuses_mixed_code_versions(tmp_path):

@@ -38,6 +38,7 @@ from egsw_gym.experiments.provenance import (
     MixedVersionsError,
     check_code_versions,
     code_versions,
+    machine_key,
     machines,
 )
 from egsw_gym.experiments.report import plot_curves, summary_table
@@ -215,7 +216,32 @@ def _machines_md(runs: list[dict[str, Any]]) -> list[str]:
     if mixed:
         cells = ", ".join(f"{e} seed {s}" for e, s in mixed)
         lines += [f"**Arms on different machines** (not paired runs): {cells}.", ""]
+    if len(kinds) > 1:
+        lines += _machine_split_md(runs, list(kinds))
     return lines
+
+
+def _machine_split_md(runs: list[dict[str, Any]], kinds: list[str]) -> list[str]:
+    """Each paired comparison's mean final difference on each machine kind's seeds (descriptive)."""
+    lines = [
+        "Each comparison's mean paired difference in normalised final score on each machine's seeds "
+        "(n seeds), a check that the machines agree; the tests below pool them.",
+        "",
+        "| env | X | Y | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for env_id in sorted({r["env_id"] for r in runs}):
+        rs = [r for r in runs if r["env_id"] == env_id]
+        for x, y in _comparisons(rs):
+            cells = []
+            for kind in kinds:
+                mine = [r for r in rs if machine_key((r.get("provenance") or {}).get("cpu")) == kind]
+                xs = {r["seed"]: r["final_normalized"] for r in mine if r["variant"] == x}
+                ys = {r["seed"]: r["final_normalized"] for r in mine if r["variant"] == y}
+                d = [xs[k] - ys[k] for k in sorted(xs.keys() & ys.keys())]
+                cells.append(f"{np.mean(d):+.3f} ({len(d)})" if d else "-")
+            lines.append(f"| {env_id} | {x} | {y} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _seed_list(seeds: list[int]) -> str:
