@@ -286,7 +286,7 @@ def test_the_constructor_refuses_the_same_learning_rates():
 
 def test_only_layer_count_fields_are_bounded_as_layer_counts():
     """Qwen2's max_window_layers is a threshold, not a count: a real Qwen2 config passes the bound."""
-    from egsw_gym.policies.lm.build import check_layer_counts
+    from egsw_gym.common.lm_checkpoint import check_layer_counts
 
     qwen2 = {"num_hidden_layers": 2, "max_window_layers": 28, "layer_norm_eps": 1e-6}
     check_layer_counts(qwen2, "model_config", limit=5)

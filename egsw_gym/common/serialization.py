@@ -557,8 +557,8 @@ def _check_lm_policy(entries: dict[str, Any], archive: zipfile.ZipFile) -> None:
     kwargs = entries.get("policy_kwargs")
     if not (_is_lm_policy(entries.get("policy_class")) and isinstance(kwargs, dict)):
         return
+    from egsw_gym.common.lm_checkpoint import check_checkpoint_policy  # lazy: transformers
     from egsw_gym.common.model_size import zip_member_shapes
-    from egsw_gym.policies.lm.build import check_checkpoint_policy  # lazy: transformers
 
     try:
         stored = zip_member_shapes(archive, "policy.pth")
