@@ -396,6 +396,17 @@ def sensitivity_tables(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _write_training_reward_csv(curves: dict[str, dict[str, list]], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_id", "variant", "seed_index", "update", "training_reward"])
+        for env_id, by_v in sorted(curves.items()):
+            for v, seeds in sorted(by_v.items()):
+                for k, (x, y) in enumerate(seeds):
+                    w.writerows([env_id, v, k, int(a), float(b)] for a, b in zip(x, y, strict=True))
+    return path
+
+
 def write_study_report(
     out_dirs: list[str | Path],
     results_dir: str | Path,
@@ -440,14 +451,7 @@ def write_study_report(
     curves = training_reward_curves(runs)
     if curves:
         written.append(figures.plot_training_reward(curves, results / "training_reward.png"))
-        with open(results / "training_reward.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["env_id", "variant", "seed_index", "update", "training_reward"])
-            for env_id, by_v in sorted(curves.items()):
-                for v, seeds in sorted(by_v.items()):
-                    for k, (x, y) in enumerate(seeds):
-                        w.writerows([env_id, v, k, int(a), float(b)] for a, b in zip(x, y, strict=True))
-        written.append(results / "training_reward.csv")
+        written.append(_write_training_reward_csv(curves, results / "training_reward.csv"))
     sens = sensitivity_tables(runs)
     if sens:
         md = [
