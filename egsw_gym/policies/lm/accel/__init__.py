@@ -12,6 +12,10 @@ against the plain path):
 ``"prefix_tree"``
     :mod:`~egsw_gym.policies.lm.accel.prefix_tree`: the training pass over each run of one prompt
     as one prefix tree (the prompt computed once per run), where a cost model finds it cheaper.
+``"prompt_cache"``
+    :mod:`~egsw_gym.policies.lm.accel.prompt_cache`: the training pass over each run of one prompt
+    as a prompt pass (once per run) and a completion pass reading its KV cache; where both this and
+    ``"prefix_tree"`` are on, the tree's cost model picks between them.
 ``"compile"``
     :mod:`~egsw_gym.policies.lm.accel.static_decode`: decode steps on a static KV cache with a
     ``torch.compile`` d step. Each new shape compiles first (seconds to tens of seconds on a CPU),
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from egsw_gym.policies.lm.accel.prefix_tree import prefix_tree_log_probs
+from egsw_gym.policies.lm.accel.prompt_cache import prompt_cache_log_probs
 from egsw_gym.policies.lm.accel.shared_decode import RunRound, start_run_decode
 from egsw_gym.policies.lm.accel.static_decode import StaticDecoder, StaticRound
 
@@ -38,13 +43,14 @@ __all__ = [
     "StaticRound",
     "check_accel",
     "prefix_tree_log_probs",
+    "prompt_cache_log_probs",
     "start_run_decode",
 ]
 
 #: Every acceleration :class:`~egsw_gym.policies.lm.LMPolicy` knows (see the module docstring).
-ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "compile")
+ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "prompt_cache", "compile")
 #: The accelerations on by default: those faster on the demo's GRPO runs.
-DEFAULT_ACCEL = ("shared_decode", "prefix_tree")
+DEFAULT_ACCEL = ("shared_decode", "prefix_tree", "prompt_cache")
 
 
 def check_accel(accel: str | Iterable[str]) -> tuple[str, ...]:
