@@ -27,7 +27,7 @@ callback runs one of our steps (rollout + update), so the sides alternate A, B, 
 shared machine hits both alike. Seconds per step = median over the steps after ``--warmup``; the
 ratio's 95% interval is a paired bootstrap over those steps (:func:`_env_report.ratio_interval`: the
 step-to-step noise of this run, not the host's drift between runs, which moved arithmetic's ratio by
-~2% between runs). Each side draws from random streams of its own (:class:`RandomStreams`), so
+~2% between runs). Each side draws from random streams of its own (:class:`_side_by_side.RandomStreams`), so
 neither side's samples, and so its completion lengths, depend on the other side's code.
 ``--turn-steps K`` alternates turns of K steps instead (A x K, B x K, ...): each side then starts
 only one step in K with the caches the other side left behind. Strict alternation (K = 1, the
@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import tempfile
 import time
 import warnings
@@ -310,39 +309,10 @@ def describe_precision(ours: Any, trainer: Any) -> None:
     )
 
 
-class RandomStreams:
-    """One side's global random states (torch, numpy, ``random``), kept apart from the other side's.
-
-    Both sides sample from the process-wide generators. Shared, each side's samples (hence its
-    completion lengths and step times) would depend on how many numbers the other side drew, i.e.
-    on the other side's code; kept apart, each side's run is what it would be alone.
-    """
-
-    def __init__(self) -> None:
-        self.state = self._get()
-
-    @staticmethod
-    def _get() -> tuple:
-        return torch.get_rng_state(), np.random.get_state(), random.getstate()
-
-    @staticmethod
-    def _set(state: tuple) -> None:
-        torch.set_rng_state(state[0])
-        np.random.set_state(state[1])
-        random.setstate(state[2])
-
-    def __enter__(self) -> None:
-        self.other = self._get()
-        self._set(self.state)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.state = self._get()
-        self._set(self.other)
-
-
 def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[str, list[float]]:
     """TRL drives; after each TRL step its callback runs one of ours (A, B, A, B in one process)."""
     from _scaling import FlopCounter, start_on_grad_forward
+    from _side_by_side import RandomStreams
     from transformers import TrainerCallback
 
     ours = make_ours(args, ckpt)
@@ -404,18 +374,13 @@ def run_interleaved(args: argparse.Namespace, ckpt: str, out_dir: str) -> dict[s
     return result
 
 
-def _rss_mib() -> float:
-    """Current resident set size in MiB (``/proc/self/statm``)."""
-    with open("/proc/self/statm", encoding="utf-8") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def measure_memory(args: argparse.Namespace) -> None:
     """``--memory-side``: run one side alone for ``--memory-steps`` steps; print its RSS as ``MEMORY {json}``."""
     import datasets  # noqa: F401  (both sides import the same libraries, so baselines match)
     import transformers  # noqa: F401
     import trl  # noqa: F401
     from _env_report import peak_rss_mib, reset_peak_rss
+    from _side_by_side import rss_mib
     from transformers import TrainerCallback
 
     args.steps = args.memory_steps
@@ -426,7 +391,7 @@ def measure_memory(args: argparse.Namespace) -> None:
             assert_ours_fp32(ours)
             _, callback = ours._setup_learn(10**9, None, True, "bench", False)
             our_step(ours, callback)  # warm-up step (first allocations, compilation)
-            before = _rss_mib()
+            before = rss_mib()
             reset_peak_rss()
             for _ in range(args.steps - 1):
                 our_step(ours, callback)
@@ -436,7 +401,7 @@ def measure_memory(args: argparse.Namespace) -> None:
             class Mark(TrainerCallback):
                 def on_step_begin(self, args_, state, control, **k):
                     if state.global_step == 1:  # after the warm-up step, as on our side
-                        marks["before"] = _rss_mib()
+                        marks["before"] = rss_mib()
                         reset_peak_rss()
 
             trainer = make_trl(args, ckpt, tmp, [Mark()])
