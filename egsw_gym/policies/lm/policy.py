@@ -126,7 +126,9 @@ class LMPolicy(GRPOPolicy):
         tokens, log-probs and entropies as the plain path up to float rounding: ``"shared_decode"``
         (decode GRPO's runs of one prompt with one KV-cache sequence per run), ``"prefix_tree"``
         (the training pass over each run of one prompt as a prefix tree), ``"prompt_cache"`` (the
-        training pass computing each run's prompt once, its KV cache read by every row), ``"compile"``
+        training pass computing each run's prompt once, its KV cache read by every row),
+        ``"decode_cache"`` (the plain decode writing into reserved cache room, with ready 4D masks),
+        ``"compile"``
         (decode on a static KV cache with a ``torch.compile`` d step; the first round of each shape
         compiles).
         Default :data:`~egsw_gym.policies.lm.accel.DEFAULT_ACCEL`; ``()`` runs the plain path
@@ -249,6 +251,8 @@ class LMPolicy(GRPOPolicy):
         logits, state.cache = self._forward(ids, mask, position_ids, cache=None)
         if "compile" in self.accel:  # accel: the next steps on a static cache, compiled
             self._start_static_decode(state, mask)
+        if state.accel is None and "decode_cache" in self.accel:  # accel: room for the next steps
+            accelerations.reserve_decode_room(state.cache, mask.shape[1], self.obs_len)
         return state, logits
 
     def _decode_step(self, state: LMState) -> torch.Tensor:
@@ -258,7 +262,10 @@ class LMPolicy(GRPOPolicy):
         positions = state.positions
         if self._max_position is not None:  # only steps past an episode's end can reach it
             positions = positions.clamp(max=self._max_position)
-        logits, state.cache = self._forward(state.last_actions, state.attention_mask, positions, state.cache)
+        step_mask = state.attention_mask
+        if "decode_cache" in self.accel:  # accel: the step's 4D mask as the model takes it
+            step_mask = accelerations.step_mask(self.model, step_mask)
+        logits, state.cache = self._forward(state.last_actions, step_mask, positions, state.cache)
         return logits
 
     def _next_token(

@@ -16,6 +16,10 @@ against the plain path):
     :mod:`~egsw_gym.policies.lm.accel.prompt_cache`: the training pass over each run of one prompt
     as a prompt pass (once per run) and a completion pass reading its KV cache; where both this and
     ``"prefix_tree"`` are on, the tree's cost model picks between them.
+``"decode_cache"``
+    :mod:`~egsw_gym.policies.lm.accel.decode_cache`: rounds that decode plainly (one cache row per
+    sequence) write each step into cache room reserved after the prefill, and SDPA models get each
+    step's 4D mask as they take it (``transformers`` then builds none).
 ``"compile"``
     :mod:`~egsw_gym.policies.lm.accel.static_decode`: decode steps on a static KV cache with a
     ``torch.compile`` d step. Each new shape compiles first (seconds to tens of seconds on a CPU),
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from egsw_gym.policies.lm.accel.decode_cache import reserve_decode_room, step_mask
 from egsw_gym.policies.lm.accel.prefix_tree import prefix_tree_log_probs
 from egsw_gym.policies.lm.accel.prompt_cache import prompt_cache_log_probs
 from egsw_gym.policies.lm.accel.shared_decode import RunRound, start_run_decode
@@ -44,13 +49,15 @@ __all__ = [
     "check_accel",
     "prefix_tree_log_probs",
     "prompt_cache_log_probs",
+    "reserve_decode_room",
     "start_run_decode",
+    "step_mask",
 ]
 
 #: Every acceleration :class:`~egsw_gym.policies.lm.LMPolicy` knows (see the module docstring).
-ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "prompt_cache", "compile")
+ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "prompt_cache", "decode_cache", "compile")
 #: The accelerations on by default: those faster on the demo's GRPO runs.
-DEFAULT_ACCEL = ("shared_decode", "prefix_tree", "prompt_cache")
+DEFAULT_ACCEL = ("shared_decode", "prefix_tree", "prompt_cache", "decode_cache")
 
 
 def check_accel(accel: str | Iterable[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""A KV cache that grows in place, for the run decode (:mod:`~egsw_gym.policies.lm.accel.shared_decode`).
+"""A KV cache that grows in place, for the run decode and the plain decode's ``"decode_cache"``.
 
 ``transformers``' ``DynamicLayer.update`` runs ``torch.cat([keys, new], dim=-2)`` for every layer and
 step, so a round of ``T`` steps copies its cache ``T`` times: O(T^2) bytes moved, which on long
