@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 
 from egsw_gym.policies.lm.accel.prompt_cache import prompt_cache_cost
-from egsw_gym.policies.lm.accel.runs import additive_mask, custom_mask_attention, distinct_prompts
+from egsw_gym.policies.lm.accel.runs import additive_mask, cost_units, custom_mask_attention, distinct_prompts
 from egsw_gym.policies.lm.compat import forward_kwargs, unwrap_peft
 from egsw_gym.policies.lm.forward import token_log_softmax
 from egsw_gym.policies.lm.inputs import last_position
@@ -256,9 +256,7 @@ def prefix_tree_rows(
 
     ``prompt_lengths`` ``(U,)`` are the runs' real prompt tokens, ``widths`` ``(B,)`` the completion
     tokens of each row fed to the model (``length - 1`` for teacher forcing). Costs are counted in
-    attention pairs (a query and a key, ~4d FLOPs a layer): a token's dense layers are ~24d^2 FLOPs,
-    i.e. ~6d pairs, and an output column's logits 2dV FLOPs once, i.e. V / (2 * layers) pairs a
-    layer. Packings of 1 to :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are
+    attention pairs (:func:`~egsw_gym.policies.lm.accel.runs.cost_units`). Packings of 1 to :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are
     costed (fewer rows pad less but attend over longer ones); the cheapest is used if it costs no
     more than the plain pass over every row's ``prompt + completion``.
     """
@@ -266,11 +264,7 @@ def prefix_tree_rows(
     prompt_len, width = max(lengths), int(widths.max()) if len(widths) else 0
     if custom_mask_attention(model, prompt_len + width + 1) is None:
         return None
-    config = getattr(unwrap_peft(model), "config", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
-    dense = 6 * hidden  # a token's dense layers, in attention pairs
-    logit = (getattr(config, "vocab_size", None) or 0) / (2 * layers)  # an output column's logits
+    dense, logit = cost_units(model)  # a token's dense layers, an output column's logits
     n_runs, batch = len(first_rows), len(inverse)
     run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
     tokens = run_tokens.tolist()

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from egsw_gym.policies.lm.accel.runs import distinct_prompts
+from egsw_gym.policies.lm.accel.runs import cost_units, distinct_prompts
 from egsw_gym.policies.lm.compat import forward_kwargs, output_cache, unwrap_peft
 from egsw_gym.policies.lm.forward import token_log_softmax
 from egsw_gym.policies.lm.inputs import last_position, position_ids_from_mask
@@ -47,16 +47,11 @@ def gather_cache(cache: Any, index: torch.Tensor) -> bool:
 
 
 def prompt_cache_cost(model: torch.nn.Module, prompt_len: int, width: int, n_runs: int, batch: int) -> float:
-    """The cost of :func:`prompt_cache_log_probs`, in the attention pairs of
-    :func:`~egsw_gym.policies.lm.accel.prefix_tree.prefix_tree_rows` (a token's dense layers ~6d
-    pairs, an output column's logits ``V / (2 * layers)``): ``n_runs`` prompts of ``prompt_len``
+    """The cost of :func:`prompt_cache_log_probs` in the units of
+    :func:`~egsw_gym.policies.lm.accel.runs.cost_units`: ``n_runs`` prompts of ``prompt_len``
     columns, then ``batch`` rows of ``width`` completion tokens attending to their prompt and
     themselves."""
-    config = getattr(unwrap_peft(model), "config", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
-    dense = 6 * hidden
-    logit = (getattr(config, "vocab_size", None) or 0) / (2 * layers)
+    dense, logit = cost_units(model)
     return (
         n_runs * prompt_len * (dense + prompt_len)
         + batch * width * (dense + prompt_len + width)
