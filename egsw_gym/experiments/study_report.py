@@ -230,14 +230,15 @@ def _machine_split_md(runs: list[dict[str, Any]], kinds: list[str]) -> list[str]
         "| env | X | Y | " + " | ".join(kinds) + " |",
         "|---|---|---|" + "---|" * len(kinds),
     ]
+    final: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)  # (machine, env, variant)
+    for r in runs:
+        kind = machine_key((r.get("provenance") or {}).get("cpu"))
+        final[(kind, r["env_id"], r["variant"])][r["seed"]] = r["final_normalized"]
     for env_id in sorted({r["env_id"] for r in runs}):
-        rs = [r for r in runs if r["env_id"] == env_id]
-        for x, y in _comparisons(rs):
+        for x, y in _comparisons([r for r in runs if r["env_id"] == env_id]):
             cells = []
             for kind in kinds:
-                mine = [r for r in rs if machine_key((r.get("provenance") or {}).get("cpu")) == kind]
-                xs = {r["seed"]: r["final_normalized"] for r in mine if r["variant"] == x}
-                ys = {r["seed"]: r["final_normalized"] for r in mine if r["variant"] == y}
+                xs, ys = final[(kind, env_id, x)], final[(kind, env_id, y)]
                 d = [xs[k] - ys[k] for k in sorted(xs.keys() & ys.keys())]
                 cells.append(f"{np.mean(d):+.3f} ({len(d)})" if d else "-")
             lines.append(f"| {env_id} | {x} | {y} | " + " | ".join(cells) + " |")
