@@ -128,9 +128,8 @@ class LMPolicy(GRPOPolicy):
         (the training pass over each run of one prompt as a prefix tree), ``"prompt_cache"`` (the
         training pass computing each run's prompt once, its KV cache read by every row),
         ``"decode_cache"`` (the plain decode writing into reserved cache room, with ready 4D masks),
-        ``"compile"``
-        (decode on a static KV cache with a ``torch.compile`` d step; the first round of each shape
-        compiles).
+        ``"compile"`` (decode on a static KV cache with a ``torch.compile`` d step; the first round of
+        each shape compiles).
         Default :data:`~egsw_gym.policies.lm.accel.DEFAULT_ACCEL`; ``()`` runs the plain path
         only; ``"all"`` every acceleration.
     """
