@@ -77,6 +77,24 @@ def uneven_batch(steps: int = 4, seed: int = 0):
     return ids, mask, actions
 
 
+def grpo_style_policy_batch(new: int = 4):
+    """``uneven_batch`` as ``LMPolicy`` observations (8-token prompt window, ``new`` action slots):
+    the observation space, observations, actions, the valid-step mask (rows end after 1-4 actions)
+    and a plain-path (``accel=()``) GPT-2 policy."""
+    prompt = 8
+    space = spaces.Dict(
+        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
+    )
+    ids, mask, actions = uneven_batch(steps=new)
+    obs = {
+        "input_ids": torch.nn.functional.pad(ids, (1, new)),
+        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
+    }
+    valid = torch.arange(new) < torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])[:, None]
+    plain = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"], accel=())
+    return space, obs, actions, valid, plain
+
+
 def test_pack_runs_fills_rows_evenly_without_overlap():
     prompts, tokens = [4, 7, 2, 5, 3], [9, 3, 12, 6, 1]  # runs of 13, 10, 14, 11 and 4 tokens
     assert pack_runs(prompts, tokens, 5) == ([0, 1, 2, 3, 4], [3, 0, 5, 2, 4], 19, 6)  # one run a row
@@ -255,17 +273,7 @@ def test_gradient_checkpointing_models_take_the_tree(monkeypatch):
 def test_policy_evaluate_sequences_with_and_without_the_tree(monkeypatch):
     """LMPolicy's training pass with ``accel=("prefix_tree",)`` equals the plain path's (``accel=()``)
     on GRPO-style groups, padding after each row's end zeroed on both."""
-    prompt, new = 8, 4
-    space = spaces.Dict(
-        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
-    )
-    ids, mask, actions = uneven_batch(steps=new)
-    obs = {
-        "input_ids": torch.nn.functional.pad(ids, (1, new)),
-        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
-    }
-    valid = torch.arange(new) < torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])[:, None]
-    plain = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"], accel=())
+    space, obs, actions, valid, plain = grpo_style_policy_batch()
     tree = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model=plain.model, accel=("prefix_tree",))
     ran = []
     monkeypatch.setattr(

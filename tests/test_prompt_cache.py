@@ -3,14 +3,13 @@ computed once and its KV cache read by every row, against the plain teacher-forc
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
 pytest.importorskip("transformers")
 
-from test_prefix_tree import CONFIGS, VOCAB, make_model, runs, uneven_batch  # noqa: E402
+from test_prefix_tree import VOCAB, grpo_style_policy_batch, make_model, runs, uneven_batch  # noqa: E402
 
 import egsw_gym.policies.lm.accel.prefix_tree as tree_module  # noqa: E402
 import egsw_gym.policies.lm.accel.prompt_cache as cache_module  # noqa: E402
@@ -94,17 +93,7 @@ def test_the_tree_is_compared_with_the_prompt_cache(prompt_len, width, tree):
 def test_policy_evaluate_sequences_with_and_without_the_prompt_cache(monkeypatch):
     """LMPolicy's training pass with ``accel=("prompt_cache",)`` (and with both shared-prompt passes,
     the tree refused) equals the plain path's on GRPO-style groups, padding zeroed on both."""
-    prompt, new = 8, 4
-    space = spaces.Dict(
-        {k: spaces.Box(0, VOCAB - 1, (prompt + new,), np.int64) for k in ("input_ids", "attention_mask")}
-    )
-    ids, mask, actions = uneven_batch(steps=new)
-    obs = {
-        "input_ids": torch.nn.functional.pad(ids, (1, new)),
-        "attention_mask": torch.nn.functional.pad(mask, (1, new)),
-    }
-    valid = torch.arange(new) < torch.tensor([4, 1, 3, 2, 4, 4, 3, 1, 2, 4])[:, None]
-    plain = LMPolicy(space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"], accel=())
+    space, obs, actions, valid, plain = grpo_style_policy_batch()
     lp_p, ent_p = plain.evaluate_sequences(obs, None, actions, valid)
     ran = []
     monkeypatch.setattr(
