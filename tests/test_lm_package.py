@@ -76,7 +76,7 @@ def test_public_names_are_re_exported_from_the_package():
     assert lm_package.LMPolicy is LMPolicy
     assert lm_package.sequence_log_probs.__module__ == "egsw_gym.policies.lm.forward"
     assert lm_package.prepare_prompt.__module__ == "egsw_gym.policies.lm.inputs"
-    assert lm_package.DEFAULT_ACCEL == ("shared_decode", "prefix_tree", "prompt_cache", "decode_cache")
+    assert lm_package.DEFAULT_ACCEL == ("shared_decode", "prefix_tree", "decode_cache")
 
 
 def test_envs_tokenizer_is_the_common_tokenizer():

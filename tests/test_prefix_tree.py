@@ -15,13 +15,14 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 import egsw_gym.policies.lm.accel.prefix_tree as tree_module  # noqa: E402
 from egsw_gym.policies.lm import LMPolicy, prepare_prompt, sequence_log_probs  # noqa: E402
 from egsw_gym.policies.lm.accel.prefix_tree import (  # noqa: E402
+    PREFIX_TREE_MODEL_TYPES,
     pack_runs,
     prefix_tree,
     prefix_tree_log_probs,
     prefix_tree_logits,
     prefix_tree_rows,
 )
-from egsw_gym.policies.lm.accel.runs import CUSTOM_MASK_MODEL_TYPES, distinct_prompts  # noqa: E402
+from egsw_gym.policies.lm.accel.runs import CUSTOM_MASK_MODEL_TYPES, additive_mask, distinct_prompts  # noqa: E402
 from egsw_gym.policies.lm.inputs import last_position  # noqa: E402
 
 torch.set_num_threads(1)
@@ -61,6 +62,16 @@ def tree_logits(model, ids, mask, actions, n_rows=None):
         ids, mask, actions[:, :-1], first_rows, inverse, None, last_position(model.config), n_rows
     )
     return prefix_tree_logits(model, tree)
+
+
+def dense_allowed(tree) -> torch.Tensor:
+    """``(K, S, S)``: the query-key pairs the tree's attention groups compute for their real queries."""
+    n_rows, size = tree.input_ids.shape
+    allowed = torch.zeros(n_rows, size, size, dtype=torch.bool)
+    for g in tree.groups:
+        for n, q, k in (g.allowed & g.real[:, :, None]).nonzero().tolist():
+            allowed[g.rows[n], g.queries[n, q], g.keys[n, k]] = True
+    return allowed
 
 
 def uneven_batch(steps: int = 4, seed: int = 0):
@@ -136,7 +147,8 @@ def test_prefix_tree_layout_matches_a_loop_reference(ragged, n_rows):
     n_tree_rows, size = tree.input_ids.shape
     prompt_len = ids.shape[1]
     run_tokens = [int(width[inverse == u].sum()) for u in range(4)]
-    assert n_tree_rows == (n_rows or 4) and tree.allowed.shape == (n_tree_rows, size, size)
+    assert n_tree_rows == (n_rows or 4)
+    allowed = dense_allowed(tree)
     if n_rows is None:  # one run a row, prompts left-padded: the unpacked layout
         assert torch.equal(tree.rows, inverse) and size == prompt_len + max(run_tokens)
         assert (tree.columns[:, 0] == prompt_len - 1).all()
@@ -149,7 +161,7 @@ def test_prefix_tree_layout_matches_a_loop_reference(ragged, n_rows):
         prompt_cols = list(range(end - len(real) + 1, end + 1))
         for i, (k, q) in enumerate(zip(real, prompt_cols, strict=True)):
             assert tree.input_ids[row, q] == ids[b0, k] and tree.position_ids[row, q] == i
-            assert tree.allowed[row, q].nonzero().flatten().tolist() == prompt_cols[: i + 1]
+            assert allowed[row, q].nonzero().flatten().tolist() == prompt_cols[: i + 1]
             assert q not in used[row]
             used[row].add(q)
         for b in (inverse == u).nonzero().flatten().tolist():
@@ -162,12 +174,14 @@ def test_prefix_tree_layout_matches_a_loop_reference(ragged, n_rows):
                 assert tree.input_ids[row, c] == completions[b, j]
                 assert tree.position_ids[row, c] == len(real) + j
                 visible = prompt_cols + [int(x) for x in tree.columns[b, 1 : j + 2]]
-                assert tree.allowed[row, c].nonzero().flatten().tolist() == sorted(visible)
+                assert allowed[row, c].nonzero().flatten().tolist() == sorted(visible)
             # steps past the laid-out tokens repeat the row's last column (or the prompt's last)
             assert (tree.columns[b, 1 + w :] == tree.columns[b, w]).all()
     assert max(max(cols) for cols in used.values()) == size - 1  # no column is wasted at the end
-    # every query may attend to something (padding and unused columns: to themselves)
-    assert tree.allowed.any(-1).all()
+    # the groups write exactly the used columns, each once; every query slot attends to something
+    written = [(int(g.rows[n]), int(g.queries[n, q])) for g in tree.groups for n, q in g.real.nonzero()]
+    assert sorted(written) == sorted((r, c) for r, cols in used.items() for c in cols)
+    assert all(g.allowed.any(-1).all() for g in tree.groups)
 
 
 @pytest.mark.parametrize(("model_type", "attn"), [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa")])
@@ -257,19 +271,6 @@ def test_prefix_tree_needs_repeated_prompts():
     assert prefix_tree_log_probs(model, ids, mask, actions[distinct], torch.full((4,), 4), None, 1.0) is None
 
 
-def test_gradient_checkpointing_models_take_the_tree(monkeypatch):
-    """Checkpointing refuses a KV cache, but the tree pass needs none: same values as the plain pass."""
-    model = make_model()
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    model.train()
-    ids, mask, actions = uneven_batch()
-    lp, _ = forced_tree(monkeypatch, 4)(model, ids, mask, actions)
-    lp.sum().backward()
-    full, _ = sequence_log_probs(model, ids, mask, actions)
-    assert torch.allclose(lp, full, atol=1e-5)
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-
-
 def test_policy_evaluate_sequences_with_and_without_the_tree(monkeypatch):
     """LMPolicy's training pass with ``accel=("prefix_tree",)`` equals the plain path's (``accel=()``)
     on GRPO-style groups, padding after each row's end zeroed on both."""
@@ -308,19 +309,9 @@ def prefix_tree_pays(*args) -> bool:
     return tree_rows(*args) is not None
 
 
-@pytest.mark.parametrize(
-    ("prompt_len", "width", "expected"),
-    # arithmetic-, countdown- and GSM8K-like rounds; short prompts with long completions
-    [(6, 3, True), (60, 16, True), (120, 63, True), (6, 63, False)],
-)
-def test_prefix_tree_pays_where_the_prompt_outweighs_the_longer_rows(prompt_len, width, expected):
-    model = make_model(n_embd=128)  # the tiny default model's width, where the rule was measured
-    assert prefix_tree_pays(model, prompt_len, *runs(8, 8, width)) is expected
-
-
 def test_runs_of_unequal_length_are_packed_and_equal_ones_are_not():
-    """Packing only removes padding: runs of one length keep a row each (two a row would only
-    lengthen the attention); an arithmetic-like round of ragged runs goes in fewer rows."""
+    """Packing only removes padding: runs of one length keep a row each (two a row would save
+    nothing); an arithmetic-like round of ragged runs goes in fewer rows."""
     model = make_model(n_embd=128)
     assert tree_rows(model, 6, *runs(8, 8, 3)) == 8
     _, first_rows, inverse = runs(8, 8, 3)
@@ -337,17 +328,6 @@ def test_runs_of_unequal_length_are_packed_and_equal_ones_are_not():
     assert rows * packed.size < 8 * alone.size
 
 
-def test_ragged_rounds_take_the_tree_where_padded_ones_do_not():
-    """Short prompts, up to 63 fed tokens: every row at 63 tokens makes the tree's attention too
-    costly; rows of mixed lengths (the usual round) make it the cheaper pass."""
-    model = make_model(n_embd=128)
-    _, first_rows, inverse = runs(8, 8, 63)
-    assert not prefix_tree_pays(model, 6, torch.full((64,), 63), first_rows, inverse)
-    ragged = torch.arange(64) * 7 % 59 + 5  # 5 .. 63 tokens, ~34 on average
-    assert int(ragged.max()) == 63
-    assert prefix_tree_pays(model, 6, ragged, first_rows, inverse)
-
-
 def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     assert prefix_tree_pays(make_model(), 6, *runs(8, 8, 3))
     # flash-attention style kernels take no arbitrary mask
@@ -361,8 +341,22 @@ def test_prefix_tree_is_refused_where_it_would_be_wrong_or_too_big():
     bloom = make_model()
     bloom.config.model_type = "bloom"
     assert not prefix_tree_pays(bloom, 6, *runs(8, 8, 3))
-    # the (runs, S, S) mask is built in memory: never above PREFIX_TREE_MAX_MASK_ELEMENTS
-    assert not prefix_tree_pays(make_model(n_embd=4096, n_head=32), 6, *runs(8, 8, 1024))
+    # StableLM's layers do not pass the forward's keyword arguments (the groups) on to attention
+    stablelm = make_model()
+    stablelm.config.model_type = "stablelm"
+    assert not prefix_tree_pays(stablelm, 6, *runs(8, 8, 3))
+    # activation checkpointing recomputes the layers in the backward pass, outside the tree's attention
+    checkpointed = make_model()
+    getattr(checkpointed, "activation_checkpointing_enable", checkpointed.gradient_checkpointing_enable)()
+    assert not prefix_tree_pays(checkpointed, 6, *runs(8, 8, 3))
+
+
+def test_prefix_tree_pays_for_long_completions_too():
+    """The tree computes no pair or token the plain pass skips: it serves GSM8K-like rounds of
+    completions at their length limit too, whatever the prompt."""
+    model = make_model(n_embd=128)
+    for prompt_len, width in [(6, 3), (60, 16), (120, 63), (6, 63)]:
+        assert tree_rows(model, prompt_len, *runs(8, 8, width)) == 8
 
 
 EVERY_LISTED = {
@@ -376,13 +370,10 @@ EVERY_LISTED = {
 
 
 def test_every_listed_architecture_is_checked():
-    assert set(EVERY_LISTED) == CUSTOM_MASK_MODEL_TYPES
+    assert set(EVERY_LISTED) == CUSTOM_MASK_MODEL_TYPES >= PREFIX_TREE_MODEL_TYPES
 
 
-@pytest.mark.parametrize("model_type", sorted(EVERY_LISTED))
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_listed_architectures_honour_the_prefix_tree_mask(model_type, attn):
-    """What puts a model type in CUSTOM_MASK_MODEL_TYPES: its tree pass equals one pass per row."""
+def listed_model(model_type: str, attn: str) -> torch.nn.Module:
     torch.manual_seed(0)
     config = AutoConfig.for_model(
         model_type,
@@ -392,7 +383,31 @@ def test_listed_architectures_honour_the_prefix_tree_mask(model_type, attn):
         pad_token_id=0,
         **EVERY_LISTED[model_type],
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(EVERY_LISTED))
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_listed_architectures_honour_a_custom_4d_mask(model_type, attn):
+    """What puts a model type in CUSTOM_MASK_MODEL_TYPES (the run decode's mask): two sequences in
+    one row, each seeing only itself at its own positions, give each one's logits alone."""
+    model = listed_model(model_type, attn)
+    a, b = torch.randint(3, VOCAB, (1, 5)), torch.randint(3, VOCAB, (1, 3))
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    allowed = causal & torch.block_diag(torch.ones(5, 5), torch.ones(3, 3)).bool()
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
+    mask = allowed[None, None] if attn == "sdpa" else additive_mask(allowed[None, None], torch.float32)
+    with torch.no_grad():
+        packed = model(torch.cat([a, b], 1), attention_mask=mask, position_ids=positions).logits
+        alone = torch.cat([model(a).logits, model(b).logits], dim=1)
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(PREFIX_TREE_MODEL_TYPES))
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_tree_architectures_match_one_pass_per_row(model_type, attn):
+    """What puts a model type in PREFIX_TREE_MODEL_TYPES: its tree pass equals one pass per row."""
+    model = listed_model(model_type, attn)
     ids, mask, actions = uneven_batch()
     ids, mask = prepare_prompt(ids, mask)
     with torch.no_grad():

@@ -125,11 +125,10 @@ class LMPolicy(GRPOPolicy):
         The accelerations to use (:mod:`egsw_gym.policies.lm.accel`), each computing the same
         tokens, log-probs and entropies as the plain path up to float rounding: ``"shared_decode"``
         (decode GRPO's runs of one prompt with one KV-cache sequence per run), ``"prefix_tree"``
-        (the training pass over each run of one prompt as a prefix tree), ``"prompt_cache"`` (the
-        training pass computing each run's prompt once, its KV cache read by every row),
-        ``"decode_cache"`` (the plain decode writing into reserved cache room, with ready 4D masks),
-        ``"compile"`` (decode on a static KV cache with a ``torch.compile`` d step; the first round of
-        each shape compiles).
+        (the training pass over each run of one prompt as a prefix tree), ``"decode_cache"`` (the
+        plain decode writing into reserved cache room, with ready 4D masks), ``"compile"`` (decode
+        on a static KV cache with a ``torch.compile`` d step; the first round of each shape
+        compiles).
         Default :data:`~egsw_gym.policies.lm.accel.DEFAULT_ACCEL`; ``()`` runs the plain path
         only; ``"all"`` every acceleration.
     """
@@ -330,21 +329,9 @@ class LMPolicy(GRPOPolicy):
         actions = torch.where(mask, actions, torch.zeros_like(actions)).clamp_(0, self.n_actions - 1)
         with self._autocast():
             out = None
-            cached = "prompt_cache" in self.accel
             if "prefix_tree" in self.accel:  # accel: each run of one prompt as one prefix tree
                 out = accelerations.prefix_tree_log_probs(
-                    self.model,
-                    ids,
-                    prompt_mask,
-                    actions,
-                    last_true(mask),
-                    self.n_actions,
-                    self.temperature,
-                    cached,
-                )
-            if out is None and cached:  # accel: each run's prompt once, its KV cache read by every row
-                out = accelerations.prompt_cache_log_probs(
-                    self.model, ids, prompt_mask, actions, self.n_actions, self.temperature
+                    self.model, ids, prompt_mask, actions, last_true(mask), self.n_actions, self.temperature
                 )
             if out is None:
                 out = sequence_log_probs(

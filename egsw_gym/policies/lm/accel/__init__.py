@@ -11,11 +11,8 @@ against the plain path):
     (GRPO's groups) prefills each prompt once and decodes each run as one KV-cache sequence.
 ``"prefix_tree"``
     :mod:`~egsw_gym.policies.lm.accel.prefix_tree`: the training pass over each run of one prompt
-    as one prefix tree (the prompt computed once per run), where a cost model finds it cheaper.
-``"prompt_cache"``
-    :mod:`~egsw_gym.policies.lm.accel.prompt_cache`: the training pass over each run of one prompt
-    as a prompt pass (once per run) and a completion pass reading its KV cache; where both this and
-    ``"prefix_tree"`` are on, the tree's cost model picks between them.
+    as one prefix tree (the prompt computed once per run, attention only over the pairs the tree
+    allows: :mod:`~egsw_gym.policies.lm.accel.run_attention`), where a cost model finds it cheaper.
 ``"decode_cache"``
     :mod:`~egsw_gym.policies.lm.accel.decode_cache`: rounds that decode plainly (one cache row per
     sequence) write each step into cache room reserved after the prefill, and SDPA models get each
@@ -36,7 +33,6 @@ from collections.abc import Iterable
 
 from egsw_gym.policies.lm.accel.decode_cache import reserve_decode_room, step_mask
 from egsw_gym.policies.lm.accel.prefix_tree import prefix_tree_log_probs
-from egsw_gym.policies.lm.accel.prompt_cache import prompt_cache_log_probs
 from egsw_gym.policies.lm.accel.shared_decode import RunRound, start_run_decode
 from egsw_gym.policies.lm.accel.static_decode import StaticDecoder, StaticRound
 
@@ -48,16 +44,15 @@ __all__ = [
     "StaticRound",
     "check_accel",
     "prefix_tree_log_probs",
-    "prompt_cache_log_probs",
     "reserve_decode_room",
     "start_run_decode",
     "step_mask",
 ]
 
 #: Every acceleration :class:`~egsw_gym.policies.lm.LMPolicy` knows (see the module docstring).
-ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "prompt_cache", "decode_cache", "compile")
+ACCEL_OPTIONS = ("shared_decode", "prefix_tree", "decode_cache", "compile")
 #: The accelerations on by default: those faster on the demo's GRPO runs.
-DEFAULT_ACCEL = ("shared_decode", "prefix_tree", "prompt_cache", "decode_cache")
+DEFAULT_ACCEL = ("shared_decode", "prefix_tree", "decode_cache")
 
 
 def check_accel(accel: str | Iterable[str]) -> tuple[str, ...]:

@@ -1,17 +1,17 @@
 """Accelerated training pass ``"prefix_tree"``: each run of a repeated prompt as one prefix tree.
 
 GRPO's batch holds every prompt ``group_size`` times in a row. Laid out as ``prompt, c_1, ..., c_R``
-with a mask that lets each completion ``c_k`` see only the prompt and its own earlier tokens (and
+with attention that lets each completion ``c_k`` see only the prompt and its own earlier tokens (and
 positions that continue each completion from the end of the prompt), one pass computes for every
 completion token exactly what a pass over ``prompt + c_k`` alone computes, while the prompt is
-computed once per run instead of once per row (:func:`prefix_tree_log_probs`).
+computed once per run instead of once per row (:func:`prefix_tree_log_probs`). The attention
+computes only those pairs (:mod:`~egsw_gym.policies.lm.accel.run_attention`).
 
 Runs differ in length (completions end at different steps, prompts differ), so one run per row
 pads every row to the longest run. :func:`pack_runs` places runs side by side in fewer rows,
-longest first into the emptiest row, so that rows come out about equally long; the mask keeps runs
-that share a row apart. A cost model (:func:`prefix_tree_rows`) picks the row count and falls back
-to the plain pass, or to the ``"prompt_cache"`` pass where that is on, where the tree would cost
-more (long completions: its attention grows with the square of a row's width).
+longest first into the emptiest row, so that rows come out about equally long; the attention keeps
+runs that share a row apart. A cost model (:func:`prefix_tree_rows`) picks the row count and falls
+back to the plain pass where the tree would cost more.
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ from typing import Any, NamedTuple
 
 import torch
 
-from egsw_gym.policies.lm.accel.prompt_cache import prompt_cache_cost
-from egsw_gym.policies.lm.accel.runs import additive_mask, cost_units, custom_mask_attention, distinct_prompts
+from egsw_gym.policies.lm.accel.run_attention import AttentionGroup, attending_by_groups
+from egsw_gym.policies.lm.accel.runs import (
+    CUSTOM_MASK_MODEL_TYPES,
+    cost_units,
+    custom_mask_attention,
+    distinct_prompts,
+)
 from egsw_gym.policies.lm.compat import forward_kwargs, unwrap_peft
 from egsw_gym.policies.lm.forward import token_log_softmax
 from egsw_gym.policies.lm.inputs import last_position
 
 __all__ = [
+    "PREFIX_TREE_MODEL_TYPES",
     "Packing",
     "PrefixTree",
     "pack_runs",
@@ -37,17 +43,11 @@ __all__ = [
     "prefix_tree_rows",
 ]
 
-# The tree's (K, S, S) mask is built in memory: the tree is used only while it stays this small.
-PREFIX_TREE_MAX_MASK_ELEMENTS = 1 << 22
 # Row counts tried for the tree: one or two runs a row (the cheaper is used).
 PREFIX_TREE_MAX_RUNS_PER_ROW = 2
-# Against the ``"prompt_cache"`` pass, which computes ``U * L + B * C`` tokens attending to ``L`` or
-# ``L + C`` keys but makes two model calls and a cache gather and pads finished rows, the tree is used
-# while its cost is at most this multiple of that pass's. Measured with the tiny GPT-2 (d = 128; CPU,
-# 1 thread; 8 runs of 8, one run per row), forward + backward, tree / cache time at cost ratio:
-# 6-token prompts, 4-token answers 0.70 at 1.03; GSM8K-style rounds 0.73 at 0.84, 0.92 at 1.05,
-# 1.01 at 1.21, and 1.28 at 1.48 (every row padded to 63 tokens).
-PREFIX_TREE_MAX_COST_RATIO = 1.2
+# The architectures the tree serves: those whose decoder layers pass the forward's keyword arguments
+# on to attention (run_attention reads its groups from them; StableLM's layers drop them).
+PREFIX_TREE_MODEL_TYPES = CUSTOM_MASK_MODEL_TYPES - {"stablelm"}
 
 
 class Packing(NamedTuple):
@@ -109,8 +109,8 @@ def pack_runs(prompt_lengths: list[int], run_tokens: list[int], n_rows: int) -> 
 class PrefixTree(NamedTuple):
     """Runs of repeated prompts laid out in ``K`` rows of ``S`` columns (see :func:`prefix_tree`).
 
-    ``input_ids``/``position_ids`` are ``(K, S)``; ``allowed`` is ``(K, S, S)``, True where a query
-    column may attend to a key column. ``rows`` ``(B,)`` is the row holding each batch row's run, and
+    ``input_ids``/``position_ids`` are ``(K, S)``; ``groups`` are the query-key pairs that attend
+    (:class:`~egsw_gym.policies.lm.accel.run_attention.AttentionGroup`). ``rows`` ``(B,)`` is the row holding each batch row's run, and
     ``columns`` ``(B, 1 + C)`` the columns whose outputs predict its actions: its prompt's last token,
     then its own laid-out tokens. ``first_column`` is the smallest entry of ``columns``: outputs left
     of it are never read.
@@ -118,7 +118,7 @@ class PrefixTree(NamedTuple):
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    allowed: torch.Tensor
+    groups: tuple[AttentionGroup, ...]
     rows: torch.Tensor
     columns: torch.Tensor
     first_column: int
@@ -182,8 +182,6 @@ def prefix_tree(
     n_tree_rows = max(packing.row) + 1
     input_ids = torch.zeros(n_tree_rows, size, dtype=torch.long, device=device)
     position_ids = torch.zeros_like(input_ids)
-    run_of = torch.full_like(input_ids, -1)  # -1: unused column
-    owner = torch.full_like(input_ids, -1)  # batch row of a completion token, -1 elsewhere
     # Prompt tokens: left-padded column k of run u goes to column prompt_end[u] - L + k, at position
     # (its index among the run's real tokens) k - (L - prompt_lengths[u]).
     run, k = prompt_mask.nonzero(as_tuple=True)
@@ -191,19 +189,16 @@ def prefix_tree(
     at = (run_row[run], prompt_end[run] + offset)
     input_ids[at] = ids[first_rows[run], k]
     position_ids[at] = prompt_lengths[run] + offset
-    run_of[at] = run
     # Completion token j of batch row b: its row's first column plus j, at position prompt + j.
     b, j = laid.nonzero(as_tuple=True)
     at = (rows[b], completion_columns[b, j])
     input_ids[at] = completions[b, j].long()
     position_ids[at] = prompt_lengths[inverse[b]] + j
-    run_of[at] = inverse[b]
-    owner[at] = b
     if max_position is not None:
         position_ids.clamp_(max=max_position)
 
-    allowed = _tree_mask(run_of, owner)
-    return PrefixTree(input_ids, position_ids, allowed, rows, columns, packing.first_column)
+    groups = _attention_groups(prompt_mask, prompt_end, run_row, rows, inverse, laid, completion_columns)
+    return PrefixTree(input_ids, position_ids, groups, rows, columns, packing.first_column)
 
 
 def _completion_columns(
@@ -227,19 +222,35 @@ def _completion_columns(
     return laid, torch.where(laid, offsets[:, None] + steps, last[:, None])
 
 
-def _tree_mask(run_of: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """``(K, S, S)`` which key columns each query column sees, from each column's run and owner.
-
-    Key column k is visible from query column q if it comes no later, belongs to q's run, and is a
-    prompt token (owner -1) or a token of q's own completion; every column sees itself, so no query
-    (padding, unused columns: run -1) is left with nothing to attend to.
-    """
-    size = run_of.shape[1]
-    order = torch.arange(size, device=run_of.device)
-    causal = order[None, :] <= order[:, None]
-    same_run = (run_of[:, None, :] == run_of[:, :, None]) & (run_of[:, :, None] >= 0)
-    own = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])
-    return (causal[None] & same_run & own) | torch.eye(size, dtype=torch.bool, device=run_of.device)
+def _attention_groups(
+    prompt_mask: torch.Tensor,
+    prompt_end: torch.Tensor,
+    run_row: torch.Tensor,
+    rows: torch.Tensor,
+    inverse: torch.Tensor,
+    laid: torch.Tensor,
+    completion_columns: torch.Tensor,
+) -> tuple[AttentionGroup, ...]:
+    """The tree's attention as :class:`~egsw_gym.policies.lm.accel.run_attention.AttentionGroup` s:
+    each run's real prompt tokens see the earlier ones; each row's laid-out completion tokens see
+    their run's real prompt tokens and their own earlier tokens."""
+    prompt_len = prompt_mask.shape[1]
+    steps = torch.arange(prompt_len, device=prompt_mask.device)
+    prompt_columns = (prompt_end[:, None] - prompt_len + steps).clamp(min=0)  # (U, L), left-padded
+    causal = steps[None, :] <= steps[:, None]
+    eye = torch.eye(prompt_len, dtype=torch.bool, device=steps.device)  # padding sees itself
+    prompt_group = AttentionGroup(
+        run_row, prompt_columns, prompt_columns, (causal & prompt_mask[:, None]) | eye, prompt_mask
+    )
+    width = int(laid.sum(1).max()) if laid.numel() else 0
+    if width == 0:
+        return (prompt_group,)
+    laid, queries = laid[:, :width], completion_columns[:, :width]
+    steps = torch.arange(width, device=laid.device)
+    own = (steps[None, :] <= steps[:, None]) & laid[:, None, :]  # (B, C, C)
+    sees_prompt = prompt_mask[inverse][:, None, :].expand(-1, width, -1)  # (B, C, L)
+    keys = torch.cat([prompt_columns[inverse], queries], dim=1)
+    return prompt_group, AttentionGroup(rows, queries, keys, torch.cat([sees_prompt, own], dim=2), laid)
 
 
 def prefix_tree_rows(
@@ -248,42 +259,38 @@ def prefix_tree_rows(
     widths: torch.Tensor,
     first_rows: torch.Tensor,
     inverse: torch.Tensor,
-    versus_prompt_cache: bool = False,
 ) -> int | None:
     """How many rows :func:`prefix_tree_outputs` should pack the runs into; ``None`` where it cannot
-    serve ``model`` or the plain pass (``versus_prompt_cache``: also the ``"prompt_cache"`` pass,
-    :data:`PREFIX_TREE_MAX_COST_RATIO`) is cheaper.
+    serve ``model``: an architecture outside :data:`PREFIX_TREE_MODEL_TYPES`, a sliding window, or
+    activation checkpointing (whose recomputation would not attend through the tree).
 
     ``prompt_lengths`` ``(U,)`` are the runs' real prompt tokens, ``widths`` ``(B,)`` the completion
-    tokens of each row fed to the model (``length - 1`` for teacher forcing). Costs are counted in
-    attention pairs (:func:`~egsw_gym.policies.lm.accel.runs.cost_units`). Packings of 1 to :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are
-    costed (fewer rows pad less but attend over longer ones); the cheapest is used if it costs no
-    more than the plain pass over every row's ``prompt + completion``.
+    tokens of each row fed to the model (``length - 1`` for teacher forcing). Packings of 1 to
+    :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are costed in the units of
+    :func:`~egsw_gym.policies.lm.accel.runs.cost_units` (fewer rows pad less), and the cheapest is
+    used. The tree never computes a token or an attention pair that the plain pass skips.
     """
     lengths = prompt_lengths.tolist()
-    prompt_len, width = max(lengths), int(widths.max()) if len(widths) else 0
-    if custom_mask_attention(model, prompt_len + width + 1) is None:
+    width = int(widths.max()) if len(widths) else 0
+    base = unwrap_peft(model)
+    checkpointing = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else ""
+    if (
+        getattr(base.config, "model_type", None) not in PREFIX_TREE_MODEL_TYPES
+        or custom_mask_attention(model, max(lengths) + width + 1) is None
+        or getattr(base, checkpointing or "is_gradient_checkpointing", False)  # newer name first
+    ):
         return None
     dense, logit = cost_units(model)  # a token's dense layers, an output column's logits
-    n_runs, batch = len(first_rows), len(inverse)
-    run_tokens = torch.zeros(n_runs, dtype=widths.dtype, device=widths.device).index_add_(0, inverse, widths)
-    tokens = run_tokens.tolist()
-    best: tuple[float, int] | None = None
+    n_runs = len(first_rows)
+    tokens = torch.zeros(n_runs, dtype=widths.dtype).index_add_(0, inverse.cpu(), widths.cpu()).tolist()
+    costs = {}
     for runs_per_row in range(1, PREFIX_TREE_MAX_RUNS_PER_ROW + 1):
         n_rows = -(-n_runs // runs_per_row)
         packing = pack_runs(lengths, tokens, n_rows)
-        size = packing.size
-        if n_rows * size * size > PREFIX_TREE_MAX_MASK_ELEMENTS:
-            continue
-        cost = n_rows * (size * (dense + size) + (size - packing.first_column) * logit)
-        if best is None or cost < best[0]:
-            best = (cost, n_rows)
-    row = prompt_len + width + 1  # the plain pass: every row's prompt and completion
-    rival = batch * (row * (dense + row) + (width + 1) * logit)
-    if versus_prompt_cache:
-        cache = prompt_cache_cost(model, prompt_len, width, n_runs, batch)
-        rival = min(rival, PREFIX_TREE_MAX_COST_RATIO * cache)
-    return best[1] if best is not None and best[0] <= rival else None
+        costs.setdefault(
+            n_rows, n_rows * (packing.size * dense + (packing.size - packing.first_column) * logit)
+        )
+    return min(costs, key=costs.__getitem__)
 
 
 def prefix_tree_outputs(
@@ -298,21 +305,22 @@ def prefix_tree_outputs(
     indices instead of gathering the logits first skips a ``(B, T, V)`` copy and its backward.
     """
     _, has_keep = forward_kwargs(model)
-    config = getattr(unwrap_peft(model), "config", None)
-    allowed = tree.allowed[:, None]  # (K, 1, S, S): one mask for every head
-    if getattr(config, "_attn_implementation", None) != "sdpa":  # eager attention adds the mask
-        allowed = additive_mask(allowed, next(model.parameters()).dtype)
     size = tree.input_ids.shape[1]
     kwargs: dict[str, Any] = {}
     if has_keep:  # no row reads the outputs left of first_column
         kwargs["logits_to_keep"] = size - tree.first_column
-    logits = model(
-        input_ids=tree.input_ids,
-        attention_mask=allowed,
-        position_ids=tree.position_ids,
-        use_cache=False,
-        **kwargs,
-    ).logits
+    # A 4D mask passes through transformers untouched; run_attention reads the groups instead, and
+    # any other attention function would fail on this empty one rather than attend wrongly.
+    unused_mask = tree.input_ids.new_ones((tree.input_ids.shape[0], 1, 1, 0), dtype=torch.bool)
+    with attending_by_groups(model):
+        logits = model(
+            input_ids=tree.input_ids,
+            attention_mask=unused_mask,
+            position_ids=tree.position_ids,
+            use_cache=False,
+            attention_groups=tree.groups,
+            **kwargs,
+        ).logits
     return logits, (tree.rows[:, None], tree.columns - (size - logits.shape[1]))
 
 
@@ -337,7 +345,6 @@ def prefix_tree_log_probs(
     lengths: torch.Tensor,
     n_actions: int | None,
     temperature: float,
-    versus_prompt_cache: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`~egsw_gym.policies.lm.forward.sequence_log_probs` through the prefix tree, where it pays.
 
@@ -354,21 +361,19 @@ def prefix_tree_log_probs(
         row's last values, for the caller to mask).
     n_actions, temperature
         As in :func:`~egsw_gym.policies.lm.forward.sequence_log_probs`.
-    versus_prompt_cache : bool
-        Whether the ``"prompt_cache"`` pass is the alternative (else the plain pass).
 
     Returns
     -------
     tuple of torch.Tensor or None
-        ``(B, T)`` log-probs and entropies; ``None`` where no prompt repeats, the model does not take
-        the tree's mask, or the alternative is cheaper (:func:`prefix_tree_rows`).
+        ``(B, T)`` log-probs and entropies; ``None`` where no prompt repeats, the tree cannot serve the
+        model, or the plain pass is cheaper (:func:`prefix_tree_rows`).
     """
     batch, steps = actions.shape
     shared = distinct_prompts(ids, mask) if steps else None
     if shared is None:
         return None
     widths = (lengths.to(ids.device) - 1).clamp(0, steps - 1)  # actions fed back: all but the last
-    n_rows = prefix_tree_rows(model, mask[shared[0]].sum(1), widths, *shared, versus_prompt_cache)
+    n_rows = prefix_tree_rows(model, mask[shared[0]].sum(1), widths, *shared)
     if n_rows is None:
         return None
     config = getattr(unwrap_peft(model), "config", None)

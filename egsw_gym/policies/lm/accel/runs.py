@@ -4,9 +4,9 @@ GRPO samples ``group_size`` completions of every prompt and lays a group's rows 
 other, so a batch holds each prompt ``group_size`` times in a row. A causal LM's states over a prompt
 do not depend on what follows it, so such a run needs the prompt computed once:
 :mod:`~egsw_gym.policies.lm.accel.shared_decode` decodes each run as one KV-cache sequence,
-:mod:`~egsw_gym.policies.lm.accel.prefix_tree` trains on each run as one prefix tree. Both feed the
-model a custom 4D attention mask, which only some architectures honour
-(:func:`custom_mask_attention`). The training-pass cost models count in the units of
+:mod:`~egsw_gym.policies.lm.accel.prefix_tree` trains on each run as one prefix tree. The decode
+feeds the model a custom 4D attention mask, which only some architectures honour
+(:func:`custom_mask_attention`). The prefix tree's cost model counts in the units of
 :func:`cost_units`.
 """
 
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Architectures whose positions come from ``position_ids`` and whose forward takes a custom 4D
-# attention mask as it is: each was checked against one pass per row (sdpa and eager attention;
+# attention mask as it is: each was checked against one pass per sequence (sdpa and eager attention;
 # tests/test_prefix_tree.py). Others (ALiBi models such as BLOOM, which build their biases from a 2D
 # mask; per-layer sliding windows...) take the plain path.
 CUSTOM_MASK_MODEL_TYPES = frozenset(
