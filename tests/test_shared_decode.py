@@ -128,3 +128,29 @@ def test_rounds_that_cannot_run_as_runs_decode_per_row(monkeypatch, eager_lm_set
     with torch.inference_mode():
         assert policy.act(obs, None)[3].accel is None
     assert max(seen) > policy.obs_len  # asked about the runs' longest sequence, not one row's
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_runs_of_a_grouped_query_model_decode_like_one_cache_row_per_sequence(attn, act_round):
+    """A Qwen2-shaped model with 4 query and 2 key-value heads: the run decode's attention
+    (``run_attention``, which reads the key-value heads as they are) gives the plain path's round."""
+    import gymnasium as gym
+
+    from egsw_gym.policies.lm import LMPolicy
+
+    venv = gym.make_vec("egsw/GSM8K-v0", 8, vectorization_mode="vector_entry_point", max_new_tokens=12)
+    config = dict(
+        model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    space = (venv.single_observation_space, venv.single_action_space)
+    policy = LMPolicy(*space, lambda _: 1e-3, model_config=config, accel=("shared_decode",))
+    policy.model.config._attn_implementation = attn
+    obs, _ = venv.reset(seed=[3] * 4 + [5] * 4)
+    obs = {k: torch.as_tensor(v) for k, v in obs.items()}
+    runs, state = act_round(policy, obs, 12, seed=4)
+    assert state.accel.runs.size == 4
+    assert policy.model.config._attn_implementation == attn  # restored after every step
+    policy.accel = ()
+    assert_same_round(runs, act_round(policy, obs, 12, seed=4)[0])

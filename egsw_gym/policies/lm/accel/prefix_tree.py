@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from egsw_gym.policies.lm.accel.run_attention import AttentionGroup, attending_by_groups
+from egsw_gym.policies.lm.accel.run_attention import AttentionGroup, attending_by_runs
 from egsw_gym.policies.lm.accel.runs import (
     CUSTOM_MASK_MODEL_TYPES,
     cost_units,
@@ -310,9 +310,9 @@ def prefix_tree_outputs(
     if has_keep:  # no row reads the outputs left of first_column
         kwargs["logits_to_keep"] = size - tree.first_column
     # A 4D mask passes through transformers untouched; run_attention reads the groups instead, and
-    # any other attention function would fail on this empty one rather than attend wrongly.
+    # attention without them (a model that drops the keyword) fails on this empty mask.
     unused_mask = tree.input_ids.new_ones((tree.input_ids.shape[0], 1, 1, 0), dtype=torch.bool)
-    with attending_by_groups(model):
+    with attending_by_runs(model):
         logits = model(
             input_ids=tree.input_ids,
             attention_mask=unused_mask,

@@ -9,8 +9,10 @@ one per completion (its tokens against its prompt and itself), each a batched SD
 outputs are written back to their columns; columns in no group (padding) get zeros.
 
 :func:`run_attention` is registered with ``transformers``' ``AttentionInterface`` as
-:data:`RUN_ATTENTION` and serves the model only inside :func:`attending_by_groups`, which passes the
-groups as a keyword of the model's forward (``transformers`` hands it to every attention call).
+:data:`RUN_ATTENTION` and serves the model only inside :func:`attending_by_runs`: the tree's pass
+gives it the groups as a keyword of the model's forward (``transformers`` hands it to every attention
+call); the run decode (:mod:`~egsw_gym.policies.lm.accel.shared_decode`) gives it a ready 4D mask,
+which it applies with SDPA reading fewer key-value heads (GQA) as they are.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from egsw_gym.policies.lm.compat import unwrap_peft
 
-__all__ = ["RUN_ATTENTION", "AttentionGroup", "attending_by_groups", "run_attention"]
+__all__ = ["RUN_ATTENTION", "AttentionGroup", "attending_by_runs", "run_attention"]
 
 #: The name :func:`run_attention` is registered under in ``transformers.AttentionInterface``.
 RUN_ATTENTION = "egsw_run_groups"
@@ -59,13 +61,16 @@ def run_attention(
     """``transformers`` attention function: ``softmax(q k^T * scaling) v`` over each group's pairs.
 
     ``query`` is ``(K, H, S, D)``, ``key``/``value`` ``(K, H_kv, S, D)``; returns ``(K, S, H, D)`` as
-    ``transformers``' own functions do. ``attention_mask`` is not read.
+    ``transformers``' own functions do. Without ``attention_groups`` it is SDPA under the ready 4D
+    ``attention_mask`` (the run decode's), with ``H_kv < H`` key-value heads read as they are where
+    ``transformers`` would copy them ``H / H_kv`` times.
     """
+    gqa = query.shape[1] != key.shape[1]
     if attention_groups is None:
-        raise RuntimeError(
-            f"{type(module).__name__} was called without attention_groups: its model does not pass "
-            "forward keyword arguments on to attention, so the prefix tree cannot serve it"
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
         )
+        return out.transpose(1, 2).contiguous(), None
     rows, size, heads, dim = query.shape[0], query.shape[2], query.shape[1], query.shape[3]
     flat = [t.transpose(1, 2).reshape(rows * size, t.shape[1], dim) for t in (query, key, value)]
     out = query.new_zeros(rows * size, heads, dim)
@@ -77,7 +82,7 @@ def run_attention(
         k, v = (t.index_select(0, k_at).view(n, k_len, -1, dim).transpose(1, 2) for t in flat[1:])
         o = F.scaled_dot_product_attention(
             q, k, v, attn_mask=group.allowed[:, None], dropout_p=dropout, scale=scaling,
-            enable_gqa=heads != key.shape[1],
+            enable_gqa=gqa,
         )  # fmt: skip
         real = group.real.flatten()
         out = out.index_copy(0, q_at[real], o.transpose(1, 2).reshape(n * q_len, heads, dim)[real])
@@ -86,9 +91,10 @@ def run_attention(
 
 
 @contextlib.contextmanager
-def attending_by_groups(model: torch.nn.Module) -> Iterator[None]:
+def attending_by_runs(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, ``model`` attends through :func:`run_attention` (its forward then takes
-    ``attention_groups=``); its own attention implementation is restored on leaving."""
+    ``attention_groups=``, or a ready 4D mask); its own attention implementation is restored on
+    leaving."""
     from transformers import AttentionInterface
 
     if RUN_ATTENTION not in AttentionInterface._global_mapping:

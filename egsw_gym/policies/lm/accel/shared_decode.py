@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from egsw_gym.policies.lm.accel.cache import reserve_cache
+from egsw_gym.policies.lm.accel.run_attention import attending_by_runs
 from egsw_gym.policies.lm.accel.runs import (
     additive_mask,
     custom_mask_attention,
@@ -124,13 +125,14 @@ class RunRound:
         self.fed += 1
         size = self.runs.size
         cache_kw, _ = forward_kwargs(self.model)
-        output = self.model(
-            input_ids=tokens.view(-1, size),
-            attention_mask=self.runs.step_mask(self.fed),
-            position_ids=positions.view(-1, size),
-            use_cache=True,
-            **{cache_kw: self.cache},
-        )
+        with attending_by_runs(self.model):  # the step's 4D mask, key-value heads read as they are
+            output = self.model(
+                input_ids=tokens.view(-1, size),
+                attention_mask=self.runs.step_mask(self.fed),
+                position_ids=positions.view(-1, size),
+                use_cache=True,
+                **{cache_kw: self.cache},
+            )
         self.cache = output_cache(output)
         return self.next_token(output.logits.reshape(-1, output.logits.shape[-1]), deterministic)
 
