@@ -22,7 +22,7 @@ from egsw_gym.policies.lm.accel.prefix_tree import (  # noqa: E402
     prefix_tree_logits,
     prefix_tree_rows,
 )
-from egsw_gym.policies.lm.accel.runs import CUSTOM_MASK_MODEL_TYPES, additive_mask, distinct_prompts  # noqa: E402
+from egsw_gym.policies.lm.accel.runs import CUSTOM_MASK_MODEL_TYPES, distinct_prompts  # noqa: E402
 from egsw_gym.policies.lm.inputs import last_position  # noqa: E402
 
 torch.set_num_threads(1)
@@ -396,7 +396,8 @@ def test_listed_architectures_honour_a_custom_4d_mask(model_type, attn):
     causal = torch.ones(8, 8, dtype=torch.bool).tril()
     allowed = causal & torch.block_diag(torch.ones(5, 5), torch.ones(3, 3)).bool()
     positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
-    mask = allowed[None, None] if attn == "sdpa" else additive_mask(allowed[None, None], torch.float32)
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    mask = (allowed if attn == "sdpa" else additive)[None, None]  # eager attention adds its mask
     with torch.no_grad():
         packed = model(torch.cat([a, b], 1), attention_mask=mask, position_ids=positions).logits
         alone = torch.cat([model(a).logits, model(b).logits], dim=1)

@@ -10,7 +10,7 @@ import torch
 import egsw_gym  # noqa: F401  (registers the egsw/ ids)
 import egsw_gym.policies.lm.accel.shared_decode as shared_decode_module
 from egsw_gym.policies.lm.accel.cache import GrowingLayer
-from egsw_gym.policies.lm.accel.runs import additive_mask, uniform_runs
+from egsw_gym.policies.lm.accel.runs import uniform_runs
 from egsw_gym.policies.lm.accel.shared_decode import RunDecode, run_decode_mask
 
 pytest.importorskip("transformers")
@@ -30,16 +30,15 @@ def test_run_decode_mask_matches_a_loop_reference():
                 assert bool(got[g, 0, r, k]) == want, (g, r, k)
 
 
-def test_run_decode_grows_its_mask_and_keeps_the_additive_form():
+def test_run_decode_grows_its_mask():
     prompt_mask = torch.tensor([[1, 1], [0, 1]])
-    runs = RunDecode.start(prompt_mask, size=2, steps=1, dtype=torch.float32)
+    runs = RunDecode.start(prompt_mask, size=2, steps=1)
     first = runs.step_mask(1)
-    assert first.shape == (2, 1, 2, 4) and first.dtype == torch.float32
+    assert first.shape == (2, 1, 2, 4) and first.dtype == torch.bool
     late = runs.step_mask(5)  # past the room of one step: rebuilt with more
-    want = additive_mask(run_decode_mask(prompt_mask, 2, 5), torch.float32)
-    torch.testing.assert_close(late, want, rtol=0, atol=0)
+    torch.testing.assert_close(late, run_decode_mask(prompt_mask, 2, 5), rtol=0, atol=0)
     assert runs.cache_length(5) == 2 + 5 * 2
-    assert float(first[1, 0, 0, 0]) == torch.finfo(torch.float32).min and float(first[1, 0, 0, 1]) == 0.0
+    assert not first[1, 0, 0, 0] and first[1, 0, 0, 1]
 
 
 @pytest.mark.parametrize(
@@ -97,13 +96,15 @@ def test_runs_reserve_room_for_as_many_new_tokens_as_the_prompt_has(eager_lm_set
     ] * 2
 
 
-def test_runs_with_eager_attention_use_the_additive_mask(eager_lm_setup, act_round):
+def test_runs_of_an_eager_attention_model_decode_like_one_cache_row_per_sequence(eager_lm_setup, act_round):
+    """The run decode's steps attend through run_attention (SDPA under the boolean mask) whatever
+    the model's own attention; the round is the plain path's, which attends eagerly."""
     venv, policy = eager_lm_setup("egsw/Arithmetic-v0", 8, 5)
     policy.model.config._attn_implementation = "eager"
     obs, _ = venv.reset(seed=[1] * 4 + [2] * 4)
     obs = {k: torch.as_tensor(v) for k, v in obs.items()}
     runs, state = act_round(policy, obs, 6, seed=0)
-    assert state.accel.runs.mask.dtype == torch.float32
+    assert state.accel.runs.mask.dtype == torch.bool
     policy.accel = ()
     rows, _ = act_round(policy, obs, 6, seed=0)
     assert_same_round(runs, rows)

@@ -18,7 +18,6 @@ from egsw_gym.policies.lm.compat import unwrap_peft
 
 __all__ = [
     "CUSTOM_MASK_MODEL_TYPES",
-    "additive_mask",
     "cost_units",
     "custom_mask_attention",
     "distinct_prompts",
@@ -54,7 +53,7 @@ def custom_mask_attention(model: torch.nn.Module, length: int | None = None) -> 
     not in :data:`CUSTOM_MASK_MODEL_TYPES`, flash-attention kernels (no arbitrary masks), or a
     sliding window shorter than ``length`` (the sequences the mask covers; ``None``: any window),
     which a custom mask would bypass. ``"sdpa"`` takes a boolean mask (True: attend), ``"eager"``
-    an additive one (:func:`additive_mask`).
+    an additive one (0 where allowed, the dtype's minimum elsewhere).
     """
     config = getattr(unwrap_peft(model), "config", None)
     if getattr(config, "model_type", None) not in CUSTOM_MASK_MODEL_TYPES:
@@ -66,14 +65,6 @@ def custom_mask_attention(model: torch.nn.Module, length: int | None = None) -> 
     if isinstance(window, int) and (length is None or window < length):
         return None
     return attention
-
-
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The additive form (0 where allowed, the dtype's minimum elsewhere) that eager attention adds
-    to its scores, of a boolean mask (``True``: attend), which SDPA takes as it is."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min
-    )
 
 
 def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -27,7 +27,6 @@ import torch
 from egsw_gym.policies.lm.accel.cache import reserve_cache
 from egsw_gym.policies.lm.accel.run_attention import attending_by_runs
 from egsw_gym.policies.lm.accel.runs import (
-    additive_mask,
     custom_mask_attention,
     distinct_prompts,
     uniform_runs,
@@ -69,38 +68,32 @@ class RunDecode:
         ``R``, rows per run (the ``B = G * R`` rows of the round, run after run).
     prompt_mask : torch.Tensor
         ``(G, P)`` the runs' prompt masks.
-    dtype : torch.dtype or None
-        ``None`` for a boolean mask (SDPA), else the dtype of an additive one (eager attention).
     mask : torch.Tensor
-        :func:`run_decode_mask` for as many steps as the round has had room for so far.
+        :func:`run_decode_mask` for as many steps as the round has had room for so far (boolean:
+        the steps attend through :func:`~egsw_gym.policies.lm.accel.run_attention.run_attention`,
+        SDPA whatever the model's own attention).
     """
 
     size: int
     prompt_mask: torch.Tensor
-    dtype: torch.dtype | None
     mask: torch.Tensor
 
     @classmethod
-    def start(cls, prompt_mask: torch.Tensor, size: int, steps: int, dtype: torch.dtype | None) -> RunDecode:
+    def start(cls, prompt_mask: torch.Tensor, size: int, steps: int) -> RunDecode:
         """The layout of runs with these prompts, its mask allocated for ``steps`` decode steps."""
-        run = cls(size, prompt_mask, dtype, prompt_mask.new_empty(0))
-        run.mask = run._build(steps)
-        return run
+        return cls(size, prompt_mask, run_decode_mask(prompt_mask, size, steps))
 
     @property
     def prompt_length(self) -> int:
         """``P``, the packed prompt's columns."""
         return self.prompt_mask.shape[1]
 
-    def _build(self, steps: int) -> torch.Tensor:
-        allowed = run_decode_mask(self.prompt_mask, self.size, steps)
-        return allowed if self.dtype is None else additive_mask(allowed, self.dtype)
-
     def step_mask(self, tokens: int) -> torch.Tensor:
         """The mask of the step that brings each row to ``tokens`` generated tokens (room doubles)."""
         keys = self.prompt_length + tokens * self.size
         if keys > self.mask.shape[-1]:
-            self.mask = self._build(max(tokens, 2 * (self.mask.shape[-1] - self.prompt_length) // self.size))
+            steps = max(tokens, 2 * (self.mask.shape[-1] - self.prompt_length) // self.size)
+            self.mask = run_decode_mask(self.prompt_mask, self.size, steps)
         return self.mask[..., :keys]
 
     def cache_length(self, tokens: int) -> int:
@@ -172,8 +165,7 @@ def start_run_decode(
     prompt_len = ids.shape[1]
     # The runs' sequences grow by `size` keys a step: the model must honour the custom mask (no
     # sliding window shorter than they may grow) for the whole round.
-    attention = custom_mask_attention(model, prompt_len + size * obs_len)
-    if attention is None:
+    if custom_mask_attention(model, prompt_len + size * obs_len) is None:
         return None
     cache_kw, has_keep = forward_kwargs(model)
     output = model(
@@ -186,8 +178,7 @@ def start_run_decode(
     )
     # Room for as many new tokens as the prompt has, within the window (a longer round doubles it).
     steps = max(min(obs_len, 2 * prompt_len) - prompt_len, 1)
-    dtype = None if attention == "sdpa" else next(model.parameters()).dtype
-    runs = RunDecode.start(mask[first_rows], size, steps, dtype)
+    runs = RunDecode.start(mask[first_rows], size, steps)
     cache = output_cache(output)
     reserve_cache(cache, runs.cache_length(steps))
     return RunRound(model, cache, runs, next_token), output.logits[:, -1][inverse]
