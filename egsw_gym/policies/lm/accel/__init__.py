@@ -24,7 +24,9 @@ against the plain path):
     ``"shared_decode"``, the run decode is used.
 
 Nothing here keeps state between calls except the compiled steps of ``"compile"``, which the
-policy owns (``LMPolicy._decoder``).
+policy owns (``LMPolicy._decoder``). ``"shared_decode"`` and ``"prefix_tree"`` register one
+attention function with ``transformers`` (:data:`~egsw_gym.policies.lm.accel.run_attention.RUN_ATTENTION`)
+and switch a model to it only for the duration of their own calls.
 """
 
 from __future__ import annotations

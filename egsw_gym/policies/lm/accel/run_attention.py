@@ -71,6 +71,8 @@ def run_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
         )
         return out.transpose(1, 2).contiguous(), None
+    # Over the flattened (K * S) columns: gather each group's queries and keys, attend under its
+    # mask, and write each real query's output back to its column.
     rows, size, heads, dim = query.shape[0], query.shape[2], query.shape[1], query.shape[3]
     flat = [t.transpose(1, 2).reshape(rows * size, t.shape[1], dim) for t in (query, key, value)]
     out = query.new_zeros(rows * size, heads, dim)
@@ -97,8 +99,7 @@ def attending_by_runs(model: torch.nn.Module) -> Iterator[None]:
     leaving."""
     from transformers import AttentionInterface
 
-    if RUN_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(RUN_ATTENTION, run_attention)
+    AttentionInterface.register(RUN_ATTENTION, run_attention)  # one name, the same function each time
     config = unwrap_peft(model).config
     before = config._attn_implementation
     config._attn_implementation = RUN_ATTENTION
