@@ -290,6 +290,33 @@ def test_policy_evaluate_sequences_with_and_without_the_tree(monkeypatch):
     assert (lp_t[~valid] == 0).all() and (ent_t[~valid] == 0).all()
 
 
+def test_a_lora_policy_takes_the_tree_with_the_plain_paths_values_and_gradients(monkeypatch):
+    """peft's wrapper passes the tree's attention groups on to the base model's attention."""
+    pytest.importorskip("peft")
+    space, obs, actions, valid, _ = grpo_style_policy_batch()
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["c_attn"]}
+    policy = LMPolicy(
+        space, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=CONFIGS["gpt2"], lora_config=lora,
+        accel=("prefix_tree",),
+    )  # fmt: skip
+    ran = []
+    monkeypatch.setattr(
+        tree_module,
+        "prefix_tree_outputs",
+        lambda *a, _f=tree_module.prefix_tree_outputs: ran.append(1) or _f(*a),
+    )
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    results = []
+    for accel in (("prefix_tree",), ()):
+        policy.accel = accel
+        log_probs, _ = policy.evaluate_sequences(obs, None, actions, valid)
+        results.append((log_probs, torch.autograd.grad(log_probs.sum(), trainable)))
+    assert ran == [1], "the tree ran"
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-5)
+    for tree_grad, plain_grad in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(tree_grad, plain_grad, rtol=1e-4, atol=1e-5)
+
+
 def runs(n_runs: int, run_len: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(widths, first_rows, inverse)`` of ``n_runs`` runs of ``run_len`` rows with ``width`` tokens."""
     n = n_runs * run_len
