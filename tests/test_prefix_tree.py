@@ -443,3 +443,14 @@ def test_tree_architectures_match_one_pass_per_row(model_type, attn):
         tree = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         full, _ = sequence_log_probs(model, ids, mask, actions)
     assert torch.allclose(tree, full, atol=1e-5)
+
+
+def test_a_model_that_drops_the_groups_fails_loudly_and_keeps_its_attention():
+    """StableLM's layers do not hand the groups on: forced through the tree, its attention meets the
+    tree's empty mask and raises (never a wrong number), and the model's attention is restored."""
+    model = listed_model("stablelm", "sdpa")
+    ids, mask, actions = uneven_batch()
+    ids, mask = prepare_prompt(ids, mask)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        tree_logits(model, ids, mask, actions)
+    assert model.config._attn_implementation == "sdpa"
