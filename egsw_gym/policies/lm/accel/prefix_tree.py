@@ -10,8 +10,7 @@ computes only those pairs (:mod:`~egsw_gym.policies.lm.accel.run_attention`).
 Runs differ in length (completions end at different steps, prompts differ), so one run per row
 pads every row to the longest run. :func:`pack_runs` places runs side by side in fewer rows,
 longest first into the emptiest row, so that rows come out about equally long; the attention keeps
-runs that share a row apart. A cost model (:func:`prefix_tree_rows`) picks the row count and falls
-back to the plain pass where the tree would cost more.
+runs that share a row apart. A cost model (:func:`prefix_tree_rows`) picks the row count.
 """
 
 from __future__ import annotations
@@ -110,10 +109,10 @@ class PrefixTree(NamedTuple):
     """Runs of repeated prompts laid out in ``K`` rows of ``S`` columns (see :func:`prefix_tree`).
 
     ``input_ids``/``position_ids`` are ``(K, S)``; ``groups`` are the query-key pairs that attend
-    (:class:`~egsw_gym.policies.lm.accel.run_attention.AttentionGroup`). ``rows`` ``(B,)`` is the row holding each batch row's run, and
-    ``columns`` ``(B, 1 + C)`` the columns whose outputs predict its actions: its prompt's last token,
-    then its own laid-out tokens. ``first_column`` is the smallest entry of ``columns``: outputs left
-    of it are never read.
+    (:class:`~egsw_gym.policies.lm.accel.run_attention.AttentionGroup`). ``rows`` ``(B,)`` is the row
+    holding each batch row's run, and ``columns`` ``(B, 1 + C)`` the columns whose outputs predict its
+    actions: its prompt's last token, then its own laid-out tokens. ``first_column`` is the smallest
+    entry of ``columns``: outputs left of it are never read.
     """
 
     input_ids: torch.Tensor
