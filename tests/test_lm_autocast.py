@@ -25,9 +25,15 @@ def make_policy(**kwargs) -> LMPolicy:
     return LMPolicy(obs, spaces.Discrete(VOCAB), lambda _: 1e-3, model_config=dict(CONFIG), **kwargs)
 
 
-def act_then_evaluate(policy: LMPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+def act_then_evaluate(policy: LMPolicy, runs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``N`` tokens for 4 prompts (``runs``: 2 prompts twice each, GRPO-style, so the run decode
+    and the prefix tree serve them) and recompute their log-probs with ``evaluate_sequences``."""
     torch.manual_seed(0)
-    ids = torch.randint(3, VOCAB, (4, P + N))
+    ids = (
+        torch.randint(3, VOCAB, (2, P + N)).repeat_interleave(2, 0)
+        if runs
+        else torch.randint(3, VOCAB, (4, P + N))
+    )
     mask = torch.zeros_like(ids)
     mask[:, :P] = 1
     obs, state, actions, logps = {"input_ids": ids, "attention_mask": mask}, None, [], []
@@ -35,6 +41,7 @@ def act_then_evaluate(policy: LMPolicy) -> tuple[torch.Tensor, torch.Tensor]:
         a, lp, _, state = policy.act(obs, state)
         actions.append(a)
         logps.append(lp)
+    assert (state.accel is not None) == runs  # the run decode serves the GRPO-style rounds
     actions, act_lp = torch.stack(actions, 1), torch.stack(logps, 1)
     eval_lp, _ = policy.evaluate_sequences(obs, None, actions, torch.ones_like(actions, dtype=torch.bool))
     return act_lp, eval_lp
@@ -47,9 +54,16 @@ def test_default_is_off_on_cpu() -> None:
     torch.testing.assert_close(act_lp, eval_lp, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_autocast_runs_and_agrees_to_bf16_precision() -> None:
+@pytest.mark.parametrize("runs", [False, True])
+def test_bf16_autocast_runs_and_agrees_to_bf16_precision(runs: bool, monkeypatch) -> None:
+    import egsw_gym.policies.lm.accel.prefix_tree as tree_module
+
+    trees = []
+    real = tree_module.prefix_tree_outputs
+    monkeypatch.setattr(tree_module, "prefix_tree_outputs", lambda *a: trees.append(1) or real(*a))
     policy = make_policy(autocast="bfloat16")
-    act_lp, eval_lp = act_then_evaluate(policy)
+    act_lp, eval_lp = act_then_evaluate(policy, runs)
+    assert bool(trees) == runs  # the prefix tree's grouped attention under bf16 autocast
     assert act_lp.dtype == eval_lp.dtype == torch.float32
     assert torch.isfinite(act_lp).all() and torch.isfinite(eval_lp).all()
     assert (act_lp - eval_lp).abs().max() < 0.1
