@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["GrowingLayer", "reserve_cache"]
+__all__ = ["GrowingLayer", "decode_room", "reserve_cache"]
 
 
 def _dynamic_layer_class() -> type | None:
@@ -87,6 +87,13 @@ def _make_growing_layer_class() -> type | None:
 
 
 GrowingLayer = _make_growing_layer_class()
+
+
+def decode_room(prompt_len: int, obs_len: int) -> int:
+    """Decode steps to reserve cache room for after a prefill of ``prompt_len`` columns: as many as
+    the prompt has, within the observation window ``obs_len``, at least one (a longer round doubles
+    the room as it grows)."""
+    return max(min(obs_len, 2 * prompt_len) - prompt_len, 1)
 
 
 def reserve_cache(cache: Any, capacity: int) -> bool:

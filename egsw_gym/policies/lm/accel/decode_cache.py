@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from egsw_gym.policies.lm.accel.cache import reserve_cache
+from egsw_gym.policies.lm.accel.cache import decode_room, reserve_cache
 from egsw_gym.policies.lm.accel.runs import custom_mask_attention
 
 __all__ = ["reserve_decode_room", "step_mask"]
@@ -30,8 +30,7 @@ def reserve_decode_room(cache: Any, prompt_len: int, obs_len: int) -> None:
     """Reserve room in a prefilled cache for as many new tokens as the prompt has (at least one),
     within the observation window ``obs_len``; layers that are not plain ``DynamicLayer`` s stay as
     they are."""
-    room = max(min(obs_len, 2 * prompt_len) - prompt_len, 1)
-    reserve_cache(cache, prompt_len + room)
+    reserve_cache(cache, prompt_len + decode_room(prompt_len, obs_len))
 
 
 def step_mask(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:

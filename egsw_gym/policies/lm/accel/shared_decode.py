@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from egsw_gym.policies.lm.accel.cache import reserve_cache
+from egsw_gym.policies.lm.accel.cache import decode_room, reserve_cache
 from egsw_gym.policies.lm.accel.run_attention import attending_by_runs
 from egsw_gym.policies.lm.accel.runs import (
     custom_mask_attention,
@@ -176,8 +176,7 @@ def start_run_decode(
         **{cache_kw: None},
         **({"logits_to_keep": 1} if has_keep else {}),
     )
-    # Room for as many new tokens as the prompt has, within the window (a longer round doubles it).
-    steps = max(min(obs_len, 2 * prompt_len) - prompt_len, 1)
+    steps = decode_room(prompt_len, obs_len)
     runs = RunDecode.start(mask[first_rows], size, steps)
     cache = output_cache(output)
     reserve_cache(cache, runs.cache_length(steps))
