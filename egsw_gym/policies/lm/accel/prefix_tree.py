@@ -22,7 +22,6 @@ import torch
 from egsw_gym.policies.lm.accel.run_attention import AttentionGroup, attending_by_runs
 from egsw_gym.policies.lm.accel.runs import (
     CUSTOM_MASK_MODEL_TYPES,
-    cost_units,
     custom_mask_attention,
     distinct_prompts,
 )
@@ -265,9 +264,8 @@ def prefix_tree_rows(
 
     ``prompt_lengths`` ``(U,)`` are the runs' real prompt tokens, ``widths`` ``(B,)`` the completion
     tokens of each row fed to the model (``length - 1`` for teacher forcing). Packings of 1 to
-    :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are costed in the units of
-    :func:`~egsw_gym.policies.lm.accel.runs.cost_units` (fewer rows pad less), and the cheapest is
-    used. The tree never computes a token or an attention pair that the plain pass skips.
+    :data:`PREFIX_TREE_MAX_RUNS_PER_ROW` runs a row (:func:`pack_runs`) are costed by their dense
+    tokens and output columns (:func:`_cost_units`; fewer rows pad less), and the cheapest is used. The tree never computes a token or an attention pair that the plain pass skips.
     """
     lengths = prompt_lengths.tolist()
     width = int(widths.max()) if len(widths) else 0
@@ -279,7 +277,7 @@ def prefix_tree_rows(
         or getattr(base, checkpointing or "is_gradient_checkpointing", False)  # newer name first
     ):
         return None
-    dense, logit = cost_units(model)  # a token's dense layers, an output column's logits
+    dense, logit = _cost_units(model)  # a token's dense layers, an output column's logits
     n_runs = len(first_rows)
     tokens = torch.zeros(n_runs, dtype=widths.dtype).index_add_(0, inverse.cpu(), widths.cpu()).tolist()
     costs = {}
@@ -290,6 +288,15 @@ def prefix_tree_rows(
             n_rows, n_rows * (packing.size * dense + (packing.size - packing.first_column) * logit)
         )
     return min(costs, key=costs.__getitem__)
+
+
+def _cost_units(model: torch.nn.Module) -> tuple[float, float]:
+    """A token's dense layers and an output column's logits, in one scale (a query-key pair's
+    ~4d FLOPs a layer): ~24d^2 FLOPs are ~6d, and 2dV FLOPs once are V / (2 * layers)."""
+    config = getattr(unwrap_peft(model), "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+    return 6 * hidden, (getattr(config, "vocab_size", None) or 0) / (2 * layers)
 
 
 def prefix_tree_outputs(

@@ -6,8 +6,7 @@ do not depend on what follows it, so such a run needs the prompt computed once:
 :mod:`~egsw_gym.policies.lm.accel.shared_decode` decodes each run as one KV-cache sequence,
 :mod:`~egsw_gym.policies.lm.accel.prefix_tree` trains on each run as one prefix tree. The decode
 feeds the model a custom 4D attention mask, which only some architectures honour
-(:func:`custom_mask_attention`). The prefix tree's cost model counts in the units of
-:func:`cost_units`.
+(:func:`custom_mask_attention`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from egsw_gym.policies.lm.compat import unwrap_peft
 
 __all__ = [
     "CUSTOM_MASK_MODEL_TYPES",
-    "cost_units",
     "custom_mask_attention",
     "distinct_prompts",
     "uniform_runs",
@@ -109,12 +107,3 @@ def uniform_runs(first_rows: torch.Tensor, batch: int) -> int | None:
     if size < 2 or not torch.equal(first_rows, torch.arange(0, batch, size, device=first_rows.device)):
         return None
     return size
-
-
-def cost_units(model: torch.nn.Module) -> tuple[float, float]:
-    """A token's dense layers and an output column's logits, in attention pairs (a query and a key,
-    ~4d FLOPs a layer): ~24d^2 FLOPs are ~6d pairs, and 2dV FLOPs once are V / (2 * layers) pairs."""
-    config = getattr(unwrap_peft(model), "config", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
-    return 6 * hidden, (getattr(config, "vocab_size", None) or 0) / (2 * layers)
