@@ -12,14 +12,9 @@ from egsw_gym.policies.lm.accel.decode_cache import step_mask
 
 pytest.importorskip("transformers")
 
+from test_shared_decode import assert_same_round  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def assert_same_round(a, b):
-    (tokens_a, logp_a, ent_a), (tokens_b, logp_b, ent_b) = a, b
-    torch.testing.assert_close(tokens_a, tokens_b, rtol=0, atol=0)
-    torch.testing.assert_close(logp_a, logp_b, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ent_a, ent_b, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
